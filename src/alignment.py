@@ -1,0 +1,205 @@
+"""Word timestamps: wav2vec2 forced alignment, with Whisper's own timings as a fallback.
+
+Order of preference for a request with ``align_output``:
+
+1. whisperX forced alignment with the wav2vec2 model of the detected language (loaded once
+   per language and kept; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
+2. when no aligner exists or loads for the language (no network, unknown language,
+   silence detected as a rare language), Whisper's cross-attention word timings computed
+   from the ASR model itself, which runs offline with the weights already resident.
+
+Either way every word leaves with ``start``/``end``: words the aligner cannot place (digits,
+Latin words in Russian text have no wav2vec2 characters) get times interpolated between
+their neighbours, in proportion to their length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from asr import WindowTranscript, log_mel_batch
+
+logger = logging.getLogger(__name__)
+
+# A failed aligner load (offline, unknown language) is not retried for this long, so a
+# worker without network does not pay the Hub's retry delays on every request.
+FAILED_LOAD_RETRY_S = 600.0
+
+# Punctuation merged into the neighbouring word, as Whisper does.
+PREPEND_PUNCTUATIONS = "\"'“¿([{-«"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、»"
+
+
+class AlignerUnavailable(RuntimeError):
+    """No wav2vec2 aligner could be loaded for a language; message says why."""
+
+
+@dataclass(frozen=True)
+class Aligner:
+    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
+
+    language: str
+    model: object
+    metadata: dict
+    source: str
+
+
+class AlignmentModels:
+    """Resident aligners, one per language; failed loads are remembered for a while."""
+
+    def __init__(self, device: str, override: Callable[[str], str | None] = lambda _lang: None) -> None:
+        self.device = device
+        self._override = override
+        self._loaded: dict[str, Aligner] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, language: str) -> tuple[Aligner, float]:
+        """The aligner for ``language`` and the seconds spent loading it (0 if resident)."""
+        with self._lock:
+            if language in self._loaded:
+                return self._loaded[language], 0.0
+            failed = self._failed.get(language)
+            if failed and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+                raise AlignerUnavailable(failed[1])
+            started = time.perf_counter()
+            try:
+                aligner = self._load(language)
+            except AlignerUnavailable as exc:
+                self._failed[language] = (time.monotonic(), str(exc))
+                raise
+            self._loaded[language] = aligner
+            return aligner, time.perf_counter() - started
+
+    def _load(self, language: str) -> Aligner:
+        import whisperx
+
+        name = self._override(language)
+        logger.info("loading alignment model for %s (%s)", language, name or "whisperX default")
+        chatter = io.StringIO()
+        try:
+            # whisperX prints load errors to stdout; keep them out of the worker's output.
+            with contextlib.redirect_stdout(chatter):
+                model, metadata = whisperx.load_align_model(language, self.device, model_name=name)
+        except Exception as exc:  # offline, gated, unknown language, corrupt folder
+            raise AlignerUnavailable(
+                f"no wav2vec2 alignment model for language {language!r} "
+                f"({name or 'whisperX default'}): {type(exc).__name__}"
+            ) from None
+        finally:
+            if chatter.getvalue().strip():
+                logger.debug("whisperX: %s", chatter.getvalue().strip()[:500])
+        return Aligner(language, model, metadata, name or "whisperX default")
+
+
+def align_with_wav2vec2(
+    transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str
+) -> list[dict]:
+    """whisperX forced alignment of each window's text; segments split into sentences."""
+    import whisperx
+
+    segments = [{"start": t.start, "end": t.end, "text": t.text} for t in transcripts if t.text]
+    if not segments:
+        return []
+    result = whisperx.align(
+        segments, aligner.model, aligner.metadata, waveform, device, return_char_alignments=False
+    )
+    return [_clean_segment(seg) for seg in result["segments"]]
+
+
+def whisper_word_timings(
+    model,
+    waveform: np.ndarray,
+    transcripts: Sequence[WindowTranscript],
+    tokenizer,
+    batch_size: int,
+    device: str,
+) -> list[dict]:
+    """Word timings from Whisper's cross-attention (DTW over the alignment heads).
+
+    One segment per window; ``score`` is the mean token probability of the word.
+    """
+    from faster_whisper.transcribe import merge_punctuations
+
+    kept = [t for t in transcripts if t.tokens and t.text]
+    segments: list[dict] = []
+    for first in range(0, len(kept), batch_size):
+        batch = kept[first : first + batch_size]
+        features = log_mel_batch(model, waveform, batch, device)
+        encoder_output = model.encode(features)
+        frames = [max(1, int(round(t.duration * model.frames_per_second))) for t in batch]
+        alignments = model.find_alignment(tokenizer, [t.tokens for t in batch], encoder_output, frames)
+        for transcript, alignment in zip(batch, alignments):
+            merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+            words = [
+                {
+                    "word": item["word"].strip(),
+                    "start": round(transcript.start + float(item["start"]), 3),
+                    "end": round(transcript.start + float(item["end"]), 3),
+                    "score": round(float(item["probability"]), 3),
+                }
+                for item in alignment
+                if item["word"].strip()
+            ]
+            segments.append(_clean_segment({"start": transcript.start, "end": transcript.end, "text": transcript.text, "words": words}))
+    return segments
+
+
+def _clean_segment(segment: dict) -> dict:
+    """JSON-native segment with rounded times and every word timed."""
+    words = fill_missing_word_times(segment.get("words") or [], segment["start"], segment["end"])
+    out = {
+        "start": round(float(words[0]["start"] if words else segment["start"]), 3),
+        "end": round(float(words[-1]["end"] if words else segment["end"]), 3),
+        "text": segment["text"].strip(),
+        "words": words,
+    }
+    return out
+
+
+def fill_missing_word_times(words: list[dict], seg_start: float, seg_end: float) -> list[dict]:
+    """Give every word ``start``/``end`` (seconds), keeping the ones that have them.
+
+    A run of untimed words (numbers, Latin words the aligner has no characters for) shares
+    the gap between its timed neighbours (or the segment edges) in proportion to its
+    length in characters. Times are made monotonic.
+    """
+    out = [{"word": w["word"], **{k: v for k, v in w.items() if k != "word"}} for w in words]
+    i = 0
+    while i < len(out):
+        if _has_times(out[i]):
+            i += 1
+            continue
+        j = i
+        while j < len(out) and not _has_times(out[j]):
+            j += 1
+        left = out[i - 1]["end"] if i > 0 else seg_start
+        right = out[j]["start"] if j < len(out) else seg_end
+        right = max(right, left)
+        lengths = np.array([max(1, len(w["word"])) for w in out[i:j]], dtype=float)
+        edges = left + (right - left) * np.concatenate(([0.0], np.cumsum(lengths) / lengths.sum()))
+        for k, word in enumerate(out[i:j]):
+            word["start"], word["end"] = float(edges[k]), float(edges[k + 1])
+            word.setdefault("score", 0.0)
+        i = j
+    previous_end = seg_start
+    for word in out:
+        word["start"] = round(max(float(word["start"]), previous_end), 3)
+        word["end"] = round(max(float(word["end"]), word["start"]), 3)
+        if "score" in word and word["score"] is not None:
+            word["score"] = round(float(word["score"]), 3)
+        previous_end = word["end"]
+    return out
+
+
+def _has_times(word: dict) -> bool:
+    start, end = word.get("start"), word.get("end")
+    return start is not None and end is not None and not (np.isnan(start) or np.isnan(end))

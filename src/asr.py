@@ -1,0 +1,268 @@
+"""Batched Whisper decoding with per-call options.
+
+The ``WhisperModel`` (CTranslate2 weights) is shared by every request; everything a request
+may change (beam size, temperatures, thresholds, prompt, language, task) travels in a frozen
+``DecodeOptions`` passed to each call. Nothing here stores state between calls, so two
+requests can never see each other's options (whisperX's ``FasterWhisperPipeline`` rewrites
+its own tokenizer and options per call, which is why it is not used).
+
+Unlike whisperX's batched path, the quality thresholds act: each window's compression ratio,
+average log-probability and no-speech probability are computed; windows that fail are
+decoded again at the next temperature, and windows judged silent are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vad import SAMPLE_RATE, SpeechWindow
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's 30 s input, in 16 kHz samples
+N_FFT = 400
+HOP_LENGTH = 160  # 10 ms frames: 3000 mel frames per 30 s window
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-request decoding options (faster-whisper semantics)."""
+
+    beam_size: int = 5
+    best_of: int = 5  # hypotheses sampled per window when temperature > 0
+    patience: float = 1.0
+    length_penalty: float = 1.0
+    temperatures: tuple[float, ...] = (0.0,)  # schedule tried in order on failure
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    suppress_numerals: bool = False
+    task: str = "transcribe"
+
+
+@dataclass
+class WindowTranscript:
+    """The decoded text of one speech window; times in seconds from the audio start."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+    silent: bool = False  # judged non-speech by the thresholds: text dropped
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class LanguageDetection:
+    """Which language was detected, how sure, and on which speech windows."""
+
+    language: str
+    probability: float
+    met_threshold: bool
+    tries: list[dict] = field(default_factory=list)
+
+
+def temperature_schedule(start: float, increment: float | None) -> tuple[float, ...]:
+    """``start, start+increment, ...`` up to 1.0; just ``(start,)`` without an increment."""
+    if not increment or increment <= 0:
+        return (start,)
+    count = int(round((1.0 - start) / increment)) + 1
+    return tuple(round(min(1.0, start + i * increment), 4) for i in range(max(1, count)))
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes over zlib-compressed bytes: high values mean repetitive (looping) text."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], device: str) -> np.ndarray:
+    """Log-mel features (B, n_mels, 3000) of each window, zero-padded to 30 s.
+
+    Computed with torch on ``device`` in one batch; the clamp to (max - 8) is per window,
+    as Whisper was trained with.
+    """
+    import torch
+    from whisperx.audio import mel_filters
+
+    n_mels = model.feat_kwargs.get("feature_size") or 80
+    batch = np.zeros((len(windows), CHUNK_SAMPLES), dtype=np.float32)
+    for i, window in enumerate(windows):
+        first = int(window.start * SAMPLE_RATE)
+        piece = waveform[first : first + min(int(round(window.duration * SAMPLE_RATE)), CHUNK_SAMPLES)]
+        batch[i, : len(piece)] = piece
+    with torch.inference_mode():
+        audio = torch.from_numpy(batch).to(device)
+        stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT, device=audio.device), return_complex=True)
+        power = stft[..., :-1].abs() ** 2
+        mel = mel_filters(audio.device, n_mels) @ power
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        features = (log_spec + 4.0) / 4.0
+        return features.float().cpu().numpy()
+
+
+def make_tokenizer(model, language: str, task: str):
+    """A faster-whisper ``Tokenizer`` for this request (cheap: the vocabulary is shared)."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=task, language=language)
+
+
+def suppressed_tokens(tokenizer, suppress_numerals: bool) -> list[int]:
+    """Whisper's default suppression list, plus digit/symbol tokens when asked."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    tokens = set(get_suppressed_tokens(tokenizer, [-1]))
+    if suppress_numerals:
+        tokens.update(numeral_tokens(tokenizer))
+    return sorted(tokens)
+
+
+def numeral_tokens(tokenizer) -> list[int]:
+    """Tokens whose text contains a digit or a currency/percent sign."""
+    decode = tokenizer.tokenizer.decode
+    return [i for i in range(tokenizer.eot) if any(c in "0123456789%$£€₽" for c in decode([i]))]
+
+
+def _prompt(model, tokenizer, opts: DecodeOptions) -> list[int]:
+    previous = tokenizer.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else []
+    return model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=opts.hotwords)
+
+
+def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress):
+    """One generate call over a batch of windows at one temperature."""
+    encoder_output = model.encode(features)
+    if temperature > 0:
+        kwargs = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0, "sampling_temperature": temperature}
+    else:
+        kwargs = {"beam_size": opts.beam_size, "patience": opts.patience}
+    results = model.model.generate(
+        encoder_output,
+        [prompt] * features.shape[0],
+        length_penalty=opts.length_penalty,
+        max_length=model.max_length,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=True,
+        suppress_tokens=suppress,
+        **kwargs,
+    )
+    decoded = []
+    for result in results:
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        # CTranslate2 returns the length-normalised score; undo it as faster-whisper does.
+        cum_logprob = result.scores[0] * (len(tokens) ** opts.length_penalty)
+        avg_logprob = cum_logprob / (len(tokens) + 1)
+        text = tokenizer.decode(tokens).strip()
+        decoded.append((tokens, text, float(avg_logprob), float(result.no_speech_prob)))
+    return decoded
+
+
+def _needs_fallback(avg_logprob: float, ratio: float, opts: DecodeOptions) -> bool:
+    if opts.compression_ratio_threshold is not None and ratio > opts.compression_ratio_threshold:
+        return True  # repetitive: the decoder is looping
+    return opts.log_prob_threshold is not None and avg_logprob < opts.log_prob_threshold
+
+
+def _is_silent(avg_logprob: float, no_speech_prob: float, opts: DecodeOptions) -> bool:
+    """Whisper's rule: high no-speech probability, unless the text is confidently decoded."""
+    if opts.no_speech_threshold is None or no_speech_prob <= opts.no_speech_threshold:
+        return False
+    return opts.log_prob_threshold is None or avg_logprob < opts.log_prob_threshold
+
+
+def transcribe_windows(
+    model,
+    waveform: np.ndarray,
+    windows: Sequence[SpeechWindow],
+    tokenizer,
+    opts: DecodeOptions,
+    batch_size: int,
+    device: str,
+    progress: Callable[[float], None] | None = None,
+) -> list[WindowTranscript]:
+    """Decode every window, ``batch_size`` at a time, with the temperature fallback.
+
+    Returns one ``WindowTranscript`` per window, in order. ``progress`` gets 0–100.
+    """
+    prompt = _prompt(model, tokenizer, opts)
+    suppress = suppressed_tokens(tokenizer, opts.suppress_numerals)
+    out: list[WindowTranscript | None] = [None] * len(windows)
+    for first in range(0, len(windows), batch_size):
+        batch = list(range(first, min(first + batch_size, len(windows))))
+        pending = batch
+        candidates: dict[int, list[WindowTranscript]] = {i: [] for i in batch}
+        for temperature in opts.temperatures:
+            if not pending:
+                break
+            features = log_mel_batch(model, waveform, [windows[i] for i in pending], device)
+            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress)
+            still_failing = []
+            for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):
+                ratio = compression_ratio(text)
+                window = windows[index]
+                result = WindowTranscript(window.start, window.end, text, tokens, avg_logprob, no_speech, ratio, temperature)
+                candidates[index].append(result)
+                if _needs_fallback(avg_logprob, ratio, opts) and not _is_silent(avg_logprob, no_speech, opts):
+                    still_failing.append(index)
+                else:
+                    out[index] = result
+            pending = still_failing
+        for index in pending:  # every temperature failed: keep the most likely readable one
+            tried = candidates[index]
+            readable = [c for c in tried if opts.compression_ratio_threshold is None or c.compression_ratio <= opts.compression_ratio_threshold]
+            out[index] = max(readable or tried, key=lambda c: c.avg_logprob)
+        for index in batch:
+            result = out[index]
+            result.silent = _is_silent(result.avg_logprob, result.no_speech_prob, opts)
+        if progress is not None:
+            progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
+    return [r for r in out if r is not None]
+
+
+def detect_language(
+    model,
+    waveform: np.ndarray,
+    windows: Sequence[SpeechWindow],
+    min_prob: float,
+    max_tries: int,
+    device: str,
+) -> LanguageDetection:
+    """Detect the language on speech, not on the first 30 s of the file.
+
+    Tries the first ``max_tries`` speech windows one at a time and stops at the first whose
+    top language reaches ``min_prob``; otherwise returns the language with the highest
+    summed probability over the tries (``met_threshold`` False).
+    """
+    duration = len(waveform) / SAMPLE_RATE
+    candidates = list(windows[:max_tries]) or [SpeechWindow(0.0, min(30.0, duration), ())]
+    tries: list[dict] = []
+    totals: dict[str, float] = {}
+    for window in candidates:
+        features = log_mel_batch(model, waveform, [window], device)
+        ranked = model.model.detect_language(model.encode(features))[0]
+        token, probability = ranked[0]
+        language = token[2:-2]
+        tries.append({"start": round(window.start, 3), "end": round(window.end, 3), "language": language, "probability": round(float(probability), 4)})
+        for tok, prob in ranked[:5]:
+            totals[tok[2:-2]] = totals.get(tok[2:-2], 0.0) + float(prob)
+        if probability >= min_prob:
+            return LanguageDetection(language, float(probability), True, tries)
+    best = max(totals, key=totals.get)
+    return LanguageDetection(best, totals[best] / len(tries), False, tries)

@@ -1,0 +1,106 @@
+"""RunPod entry point: input in, JSON out, errors mapped to ``{"error": ...}``.
+
+Start-up loads and warms the models before the worker takes jobs. Each job is validated by
+``rp_schema`` (request -> ENV -> default), run by the resident ``Predictor``, and answered
+with the transcript plus this job's own log lines. No exception escapes a job: user
+mistakes get a message naming the field or the problem; anything else gets a short
+internal-error message while the worker keeps serving.
+
+Run it:
+    python -u src/handler.py                      # RunPod Serverless
+    python src/handler.py --rp_serve_api          # local HTTP API (/run, /runsync, /status)
+    python src/handler.py --test_input '{"input": {...}}'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import audio
+import rp_schema
+from logs import capture_request_logs, redact, setup_logging
+from models import ModelLoadError
+from predict import Predictor, UserError
+from settings import WorkerSettings
+
+logger = logging.getLogger("handler")
+
+USER_ERRORS = (rp_schema.ValidationError, audio.AudioError, ModelLoadError, UserError)
+
+_predictor: Predictor | None = None
+_predictor_lock = threading.Lock()
+
+
+def get_predictor() -> Predictor:
+    """The process-wide Predictor, created and set up on first use."""
+    global _predictor
+    with _predictor_lock:
+        if _predictor is None:
+            predictor = Predictor(WorkerSettings.from_env())
+            predictor.setup()
+            _predictor = predictor
+        return _predictor
+
+
+def _progress_sender(job: dict):
+    """Forward stage progress to RunPod (visible in /status) when running under it."""
+    # Only a real RunPod worker (RUNPOD_POD_ID set) has a job server to report progress to.
+    if not job.get("id") or not os.environ.get("RUNPOD_POD_ID"):
+        return None
+    try:
+        from runpod.serverless import progress_update
+    except ImportError:  # pragma: no cover
+        return None
+    last = {"t": 0.0}
+
+    def send(stage: str, percent: float | None) -> None:
+        now = time.monotonic()
+        if stage == "transcribe" and percent not in (0.0, 100.0) and now - last["t"] < 1.0:
+            return  # rate-limit percentage updates
+        last["t"] = now
+        message = stage if percent is None else f"{stage} {percent:.0f}%"
+        try:
+            progress_update(job, message)
+        except Exception:  # progress is best effort; never fail a job over it
+            logger.debug("progress update failed", exc_info=True)
+
+    return send
+
+
+def handler(job: dict) -> dict:
+    """Run one RunPod job; always returns a dict (``{"error": ...}`` on failure)."""
+    settings_tail = int(os.environ.get("LOG_TAIL_CHARS", "20000") or 20000)
+    with capture_request_logs(settings_tail) as capture:
+        started = time.perf_counter()
+        try:
+            job_input = job.get("input") if isinstance(job, dict) else None
+            if job_input is None:
+                raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
+            options = rp_schema.resolve_options(job_input)
+            logger.info("job %s started: %r", job.get("id", "-"), options)
+            result = get_predictor().predict(options, progress=_progress_sender(job))
+        except USER_ERRORS as exc:
+            message = redact(str(exc))
+            logger.warning("job %s rejected: %s", job.get("id", "-") if isinstance(job, dict) else "-", message)
+            return {"error": message, "logs": capture.text()}
+        except Exception as exc:  # a bug or an OOM must not take the worker down
+            logger.exception("job failed")
+            return {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "logs": capture.text()}
+        logger.info("job %s done in %.2f s", job.get("id", "-"), time.perf_counter() - started)
+    result["logs"] = capture.text()
+    return result
+
+
+def main() -> None:
+    setup_logging()
+    import runpod
+
+    get_predictor()  # load and warm up before taking jobs
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

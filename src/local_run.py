@@ -1,0 +1,44 @@
+"""Transcribe one file or URL locally, without RunPod, and print the JSON result.
+
+    python src/local_run.py AUDIO [--language ru] [--diarization] [--no-align] [--debug]
+
+The request goes through the same ``handler`` a RunPod job does; local paths are allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio", help="local path or http(s) URL")
+    parser.add_argument("--language", default=None)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--diarization", action="store_true", help="label speakers")
+    parser.add_argument("--no-align", action="store_true", help="skip word alignment")
+    parser.add_argument("--output-format", default=None, choices=["json", "srt", "vtt", "txt", "tsv"])
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
+    from handler import handler
+    from logs import setup_logging
+
+    setup_logging()
+    job_input: dict = {"audio_file": args.audio, "diarization": args.diarization, "align_output": not args.no_align, "debug": args.debug}
+    for key in ("language", "model", "output_format"):
+        value = getattr(args, key)
+        if value is not None:
+            job_input[key] = value
+    result = handler({"id": "local", "input": job_input})
+    json.dump(result, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

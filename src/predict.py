@@ -1,0 +1,428 @@
+"""The Predictor: resident models and the order of the stages.
+
+download -> probe / ffmpeg resample -> VAD -> language detection -> batched ASR ->
+alignment -> diarization -> response. Each stage is a function in its own module that takes
+data and options and returns data; only this module knows the order, the timings, the
+warnings and the ``debug_info`` sections. Options arrive as a frozen ``RequestOptions`` and
+are turned into per-call option objects, so nothing a request sets outlives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import alignment
+import asr
+import audio
+import rp_schema
+import vad
+from models import AsrModels, ModelLoadError, effective_compute_type, pick_device, resolve_asr_model
+from settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float | None], None]
+
+
+class UserError(ValueError):
+    """A problem the caller can fix (bad audio, unknown model); becomes ``{"error": ...}``."""
+
+
+@dataclass
+class _RequestState:
+    """What one request accumulates on its way through the stages."""
+
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 4)
+
+    def warn(self, message: str) -> None:
+        logger.warning(message)
+        self.warnings.append(message)
+
+
+def vad_options(opts: rp_schema.RequestOptions) -> vad.VadOptions:
+    """The request's VAD thresholds (seconds and probabilities)."""
+    return vad.VadOptions(
+        onset=opts.vad_onset,
+        offset=opts.vad_offset,
+        min_duration_on=opts.min_duration_on,
+        min_duration_off=opts.min_duration_off,
+        pad_onset=opts.pad_onset,
+        pad_offset=opts.pad_offset,
+    )
+
+
+def decode_options(opts: rp_schema.RequestOptions) -> asr.DecodeOptions:
+    """The request's decoding options, with the temperature fallback schedule expanded."""
+    return asr.DecodeOptions(
+        beam_size=opts.beam_size,
+        length_penalty=opts.length_penalty,
+        temperatures=asr.temperature_schedule(opts.temperature, opts.temperature_increment_on_fallback),
+        compression_ratio_threshold=opts.compression_ratio_threshold,
+        log_prob_threshold=opts.log_prob_threshold,
+        no_speech_threshold=opts.no_speech_threshold,
+        initial_prompt=opts.initial_prompt,
+        hotwords=opts.hotwords,
+        suppress_numerals=opts.suppress_numerals,
+        task=opts.task,
+    )
+
+
+class Predictor:
+    """Keeps models resident and runs one request at a time through the stages."""
+
+    def __init__(self, settings: WorkerSettings | None = None) -> None:
+        self.settings = settings or WorkerSettings.from_env()
+        self.device = "cpu"
+        self.asr_models: AsrModels | None = None
+        self.aligners: alignment.AlignmentModels | None = None
+        self.diarizers = None
+        self.startup_timings: dict[str, float] = {}
+        self.startup_error: str | None = None
+
+    # ------------------------------------------------------------------ start-up
+    def setup(self) -> None:
+        """Load the default ASR model, the VAD and (when possible) warm them up.
+
+        A failure to load the default model is logged and remembered, not raised: the worker
+        keeps serving requests that name another model.
+        """
+        started = time.perf_counter()
+        self.device = pick_device(self.settings.device)
+        self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads)
+        self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
+        self._setup_diarization()
+        self._configure_torch()
+        name, requested_type = self._preload_choice()
+        compute_type, _ = effective_compute_type(requested_type, self.device)
+        try:
+            resolved = resolve_asr_model(name, self.settings.models_dir, None)
+            _, seconds = self.asr_models.whisper(resolved, compute_type)
+            self.startup_timings["model_load_s"] = round(seconds, 3)
+            self.asr_models.vad()
+            if self.settings.warmup:
+                self._warm_up(resolved, compute_type)
+        except ModelLoadError as exc:
+            self.startup_error = str(exc)
+            logger.error("default model not loaded at start-up: %s", exc)
+        self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
+        logger.info("worker ready on %s in %.1f s", self.device, self.startup_timings["setup_s"])
+
+    def _preload_choice(self) -> tuple[str, str]:
+        """The model a request with no ``model`` field would get (PRELOAD_MODEL, else the
+        ``model`` ENV alias, else the schema default), and likewise its compute type."""
+        environ = os.environ
+        defaults, aliases = rp_schema.defaults(), rp_schema.env_aliases()
+
+        def from_env(field_name: str) -> str | None:
+            return next((environ[n].strip() for n in aliases.get(field_name, ()) if environ.get(n, "").strip()), None)
+
+        name = self.settings.preload_model or from_env("model") or defaults["model"]
+        compute = self.settings.preload_compute_type or from_env("compute_type") or defaults["compute_type"]
+        return name, compute
+
+    def _setup_diarization(self) -> None:
+        try:
+            import diarization
+        except ImportError:  # pragma: no cover - module always ships with the worker
+            return
+        self.diarizers = diarization.DiarizationModels(self.device, self.settings.offline_diarization_dir)
+
+    def _configure_torch(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            # TF32 matmuls: alignment/diarization run ~2x faster on Ampere+ at no WER cost.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            # Denormal floats make CPU convolutions (VAD, CAM++) up to 10x slower.
+            torch.set_flush_denormal(True)
+
+    def _warm_up(self, resolved, compute_type: str) -> None:
+        """Run one tiny transcription so kernels and VAD are initialised before the first job."""
+        import numpy as np
+
+        started = time.perf_counter()
+        model, _ = self.asr_models.whisper(resolved, compute_type)
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(vad.SAMPLE_RATE * 2) * 0.01).astype(np.float32)
+        vad.speech_scores(self.asr_models.vad(), noise)
+        window = vad.SpeechWindow(0.0, 2.0, ((0.0, 2.0),))
+        tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
+        asr.transcribe_windows(model, noise, [window], tokenizer, asr.DecodeOptions(beam_size=1), 1, self.device)
+        self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
+
+    # ------------------------------------------------------------------ request
+    def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
+        """Run one request; returns the response dict (without ``logs``, which the handler adds).
+
+        Raises ``UserError`` / ``audio.AudioError`` / ``ModelLoadError`` for problems the
+        caller can fix; a failure after ASR becomes a warning and the transcript is kept.
+        """
+        if self.asr_models is None:
+            self.setup()
+        state = _RequestState()
+        notify = progress or (lambda _stage, _pct: None)
+        workdir = Path(tempfile.mkdtemp(prefix="whisperx-job-"))
+        self._reset_gpu_peak()
+        try:
+            return self._run(opts, state, notify, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._release_gpu_cache()
+
+    def _run(self, opts, state: _RequestState, notify: ProgressFn, workdir: Path) -> dict:
+        compute_type, note = effective_compute_type(opts.compute_type, self.device)
+        if note:
+            state.warn(note)
+        with state.timed("model_load_s"):
+            resolved = resolve_asr_model(opts.model, self.settings.models_dir, opts.huggingface_access_token)
+            model, _ = self.asr_models.whisper(resolved, compute_type)
+            vad_model = self.asr_models.vad()
+
+        notify("download", None)
+        with state.timed("audio_load_s"):
+            policy = audio.FetchPolicy.from_env()
+            path, source = audio.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy)
+            prepared = audio.prepare_audio(path, source, workdir)
+        logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)
+
+        notify("vad", None)
+        with state.timed("vad_s"):
+            scores = vad.speech_scores(vad_model, prepared.waveform)
+            windows = vad.speech_windows(scores, vad_options(opts), prepared.duration_s)
+        if not windows:
+            state.warn("no speech detected in the audio: the transcript is empty")
+
+        language, detection = self._language(opts, model, prepared.waveform, windows, state)
+        dopts = decode_options(opts)
+        tokenizer = asr.make_tokenizer(model, language, opts.task)
+        notify("transcribe", 0.0)
+        with state.timed("transcription_s"):
+            transcripts = asr.transcribe_windows(
+                model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, self.device,
+                progress=lambda pct: notify("transcribe", pct),
+            )
+        dropped = sum(t.silent for t in transcripts)
+        if dropped:
+            state.warn(f"{dropped} window(s) judged non-speech by no_speech_threshold were dropped")
+        kept = [t for t in transcripts if not t.silent and t.text]
+        segments = [{"start": round(t.start, 3), "end": round(t.end, 3), "text": t.text} for t in kept]
+
+        alignment_method = None
+        if opts.align_output and kept:
+            notify("align", None)
+            with state.timed("alignment_s"):
+                segments, alignment_method = self._align(model, tokenizer, prepared.waveform, kept, language, opts, segments, state)
+
+        diarization_backend = None
+        if opts.diarization and segments:
+            notify("diarize", None)
+            with state.timed("diarization_s"):
+                segments, diarization_backend, embeddings = self._diarize(prepared.waveform, segments, opts, state)
+        else:
+            embeddings = None
+
+        response: dict = {
+            "segments": segments,
+            "detected_language": language,
+            "language_probability": None if detection is None else round(detection.probability, 4),
+            "warnings": state.warnings,
+        }
+        if embeddings is not None:
+            response["speaker_embeddings"] = embeddings
+        self._attach_formats(response, opts, state)
+        if opts.debug:
+            response["debug_info"] = self._debug_info(
+                opts, prepared, resolved, compute_type, dopts, detection, windows, transcripts,
+                alignment_method, diarization_backend, state,
+            )
+        return response
+
+    # ------------------------------------------------------------------ stages
+    def _language(self, opts, model, waveform, windows, state: _RequestState):
+        """The request's language, or the one detected on speech windows."""
+        if opts.language:
+            return opts.language, None
+        if not model.model.is_multilingual:
+            return "en", None
+        with state.timed("language_detection_s"):
+            detection = asr.detect_language(
+                model, waveform, windows, opts.language_detection_min_prob,
+                opts.language_detection_max_tries, self.device,
+            )
+        if not detection.met_threshold:
+            state.warn(
+                f"language detection stayed below language_detection_min_prob="
+                f"{opts.language_detection_min_prob} after {len(detection.tries)} tries; "
+                f"using {detection.language!r} (p={detection.probability:.2f})"
+            )
+        logger.info("language %s (p=%.2f)", detection.language, detection.probability)
+        return detection.language, detection
+
+    def _align(self, model, tokenizer, waveform, kept, language, opts, segments, state):
+        """wav2vec2 alignment, else Whisper's own word timings; never raises."""
+        try:
+            aligner, load_s = self.aligners.get(language)
+            state.timings["alignment_model_load_s"] = round(load_s, 4)
+            return alignment.align_with_wav2vec2(kept, aligner, waveform, self.device), f"wav2vec2 ({aligner.source})"
+        except alignment.AlignerUnavailable as exc:
+            reason = str(exc)
+        except Exception as exc:  # OOM or a bug in the aligner must not lose the transcript
+            reason = f"wav2vec2 alignment failed: {type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            aligned = alignment.whisper_word_timings(model, waveform, kept, tokenizer, opts.batch_size, self.device)
+        except Exception as exc:
+            state.warn(f"word alignment failed ({reason}; whisper timings: {type(exc).__name__}); segments have no word timestamps")
+            return segments, None
+        state.warn(f"{reason}; word timestamps come from Whisper's cross-attention instead")
+        return aligned, "whisper cross-attention"
+
+    def _diarize(self, waveform, segments, opts, state):
+        """Speaker labels on words and segments; a failure leaves the transcript unlabelled."""
+        if self.diarizers is None:
+            state.warn("diarization is not available in this worker; speakers are not labelled")
+            return segments, None, None
+        import diarization
+
+        try:
+            out = self.diarizers.diarize(
+                waveform,
+                model=opts.diarization_model,
+                token=opts.huggingface_access_token,
+                min_speakers=opts.min_speakers,
+                max_speakers=opts.max_speakers,
+                num_speakers=opts.num_speakers,
+                return_embeddings=opts.return_speaker_embeddings,
+            )
+        except Exception as exc:  # DiarizationUnavailable, OOM, anything: keep the transcript
+            state.warn(f"diarization failed ({type(exc).__name__}: {str(exc)[:200]}); speakers are not labelled")
+            return segments, None, None
+        for message in out.warnings:
+            state.warn(message)
+        return diarization.assign_speakers(segments, out.turns), out.backend, out.speaker_embeddings
+
+    def _attach_formats(self, response: dict, opts, state: _RequestState) -> None:
+        """Subtitle/text renderings next to ``segments`` when ``output_format`` asks for one."""
+        response["output_format"] = opts.output_format
+        if opts.output_format == "json":
+            return
+        try:
+            import formats
+        except ImportError:
+            state.warn(f"output_format {opts.output_format!r} is not available in this build")
+            return
+        response["output"] = formats.render(response["segments"], opts.output_format)
+
+    # ------------------------------------------------------------------ debug
+    def _debug_info(self, opts, prepared, resolved, compute_type, dopts, detection, windows, transcripts, alignment_method, diarization_backend, state) -> dict:
+        import torch
+
+        peak_mb = None
+        if self.device == "cuda":
+            peak_mb = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        vopts = vad_options(opts)
+        return {
+            "audio": prepared.debug_dict(),
+            "runtime": {
+                "device": self.device,
+                "torch_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.device == "cuda" else False,
+            },
+            "model": {
+                "path": resolved.path,
+                "origin": resolved.origin,
+                "compute_type": compute_type,
+                "asr_options": {
+                    "beam_size": dopts.beam_size,
+                    "length_penalty": dopts.length_penalty,
+                    "temperatures": list(dopts.temperatures),
+                    "compression_ratio_threshold": dopts.compression_ratio_threshold,
+                    "log_prob_threshold": dopts.log_prob_threshold,
+                    "no_speech_threshold": dopts.no_speech_threshold,
+                    "initial_prompt": dopts.initial_prompt,
+                    "hotwords": dopts.hotwords,
+                    "suppress_numerals": dopts.suppress_numerals,
+                    "task": dopts.task,
+                },
+                "vad_options": {
+                    "vad_onset": vopts.onset,
+                    "vad_offset": vopts.offset,
+                    "min_duration_on": vopts.min_duration_on,
+                    "min_duration_off": vopts.min_duration_off,
+                    "pad_onset": vopts.pad_onset,
+                    "pad_offset": vopts.pad_offset,
+                    "chunk_size": vopts.chunk_size,
+                },
+            },
+            "decode": {
+                "batch_size": opts.batch_size,
+                "beam_size": opts.beam_size,
+                "temperature": opts.temperature,
+                "temperature_increment_on_fallback": opts.temperature_increment_on_fallback,
+                "length_penalty": opts.length_penalty,
+                "language": opts.language,
+                "language_detection": None if detection is None else {
+                    "language": detection.language,
+                    "probability": round(detection.probability, 4),
+                    "met_threshold": detection.met_threshold,
+                    "min_prob": opts.language_detection_min_prob,
+                    "max_tries": opts.language_detection_max_tries,
+                    "tries": detection.tries,
+                },
+                "windows": [
+                    {
+                        "start": round(t.start, 3),
+                        "end": round(t.end, 3),
+                        "avg_logprob": round(t.avg_logprob, 4),
+                        "no_speech_prob": round(t.no_speech_prob, 4),
+                        "compression_ratio": round(t.compression_ratio, 3),
+                        "temperature": t.temperature,
+                        "silent": t.silent,
+                    }
+                    for t in transcripts
+                ],
+                "vad_windows": len(windows),
+            },
+            "output": {
+                "align_output": opts.align_output,
+                "alignment_method": alignment_method,
+                "diarization": opts.diarization,
+                "diarization_backend": diarization_backend,
+                "min_speakers": opts.min_speakers,
+                "max_speakers": opts.max_speakers,
+                "output_format": opts.output_format,
+            },
+            "timings": {**state.timings, "startup": dict(self.startup_timings)},
+            "peak_gpu_memory_mb": peak_mb,
+            "option_sources": dict(opts.sources),
+        }
+
+    def _reset_gpu_peak(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def _release_gpu_cache(self) -> None:
+        """Give cached blocks back between requests so one long job cannot starve the next."""
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()

@@ -1,0 +1,639 @@
+"""Request contract of the worker: fields, defaults, ENV aliases, validation.
+
+Every option is resolved in one order, whatever the field:
+
+1. the request (``job["input"]``), when the key is present;
+2. the environment, first alias that is set and non-empty;
+3. the default declared here.
+
+For nullable fields an explicit JSON ``null`` in the request means ``None``
+and wins over the environment. For non-nullable fields ``null`` (and a blank
+string) means "not given", because many clients send nulls or empty strings
+for blank form fields.
+
+After typing, every range, choice and cross-field rule is checked on the final
+value whatever its source: runpod's ``rp_validator`` skips constraints when a
+value has the default's type, so it is deliberately not used.
+
+Only the standard library and :mod:`languages` are imported so the module
+loads in milliseconds (no torch, no whisperx).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from languages import WHISPER_LANGUAGE_CODES
+
+logger = logging.getLogger(__name__)
+
+#: Placeholder written instead of secrets in :meth:`RequestOptions.to_dict`.
+REDACTED: Final = "***"
+
+_TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS: Final = frozenset({"false", "0", "no", "off"})
+_NULL_WORDS: Final = frozenset({"none", "null"})
+
+# How a string value is tidied before checks: identifiers and paths lose
+# surrounding whitespace (copy-paste artefacts), choice-like values are also
+# lower-cased, free text (prompts, base64) is left untouched.
+_KEEP, _STRIP, _LOWER = "keep", "strip", "lower"
+
+
+class ValidationError(ValueError):
+    """A request or ENV value that cannot be used; the message is user-facing.
+
+    ``field`` names the offending request field (``None`` when the problem is
+    the request as a whole, e.g. unknown keys).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Declaration of one request field (private; exported as INPUT_SCHEMA)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    env: tuple[str, ...] = ()
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    choices: tuple[str, ...] | None = None
+    # Wording used instead of listing ``choices`` (100 language codes).
+    choices_label: str | None = None
+    # Extra request keys accepted for this field (e.g. "diarize").
+    aliases: tuple[str, ...] = ()
+    normalize: str = _STRIP
+    # Secrets are never echoed back in error messages or to_dict().
+    secret: bool = False
+
+
+_SPECS: Final[tuple[_Spec, ...]] = (
+    # --- audio source -----------------------------------------------------
+    _Spec("audio_file", str, None, nullable=True,
+          help="URL of the audio to transcribe (or a local path where the "
+               "worker allows it). Required unless audio_base64 is given."),
+    _Spec("audio_base64", str, None, nullable=True, normalize=_KEEP,
+          help="Base64-encoded audio, for clients that cannot host a file. "
+               "Mutually exclusive with audio_file."),
+    _Spec("audio_filename", str, None, nullable=True,
+          help="Optional file name hint (extension) for audio_base64."),
+    # --- model ------------------------------------------------------------
+    _Spec("model", str, "faster-whisper-large-v3-russian", env=("MODEL",),
+          help="Whisper model name, Hub id or local path /models/<model>."),
+    _Spec("language", str, None, nullable=True, normalize=_LOWER,
+          choices=WHISPER_LANGUAGE_CODES,
+          choices_label="a Whisper language code (e.g. en, ru, de)",
+          # No ENV alias on purpose: LANGUAGE is a standard POSIX locale
+          # variable and would silently force a language.
+          help="ISO language code; null = auto-detect."),
+    _Spec("compute_type", str, "float16", env=("COMPUTE_TYPE",),
+          normalize=_LOWER, choices=("float16", "int8", "float32"),
+          help="CTranslate2 compute type."),
+    # --- decoding ---------------------------------------------------------
+    _Spec("batch_size", int, 32, env=("BATCH_SIZE",), min=1, max=256,
+          help="Number of VAD chunks decoded in parallel."),
+    _Spec("beam_size", int, 5, env=("BEAM_SIZE",), min=1, max=20,
+          help="Beam search width."),
+    _Spec("temperature", float, 0.0, env=("TEMPERATURE",), min=0.0, max=1.0,
+          help="Initial sampling temperature (0 = greedy/beam search)."),
+    _Spec("temperature_increment_on_fallback", float, 0.2, nullable=True,
+          env=("TEMPERATURE_INCREMENT_ON_FALLBACK",), min=0.0, max=1.0,
+          help="Temperature step when a decode fails the thresholds; "
+               "null or 0 = no fallback."),
+    # --- VAD --------------------------------------------------------------
+    _Spec("vad_onset", float, 0.300, env=("VAD_ONSET",), min=0.0, max=1.0,
+          min_exclusive=True, max_exclusive=True,
+          help="VAD probability above which speech starts (0..1 exclusive)."),
+    _Spec("vad_offset", float, 0.250, env=("VAD_OFFSET",), min=0.0, max=1.0,
+          min_exclusive=True, max_exclusive=True,
+          help="VAD probability below which speech ends (0..1 exclusive)."),
+    _Spec("min_duration_on", float, 0.08, env=("MIN_DURATION_ON",), min=0.0,
+          help="Shortest speech region kept by VAD, seconds."),
+    _Spec("min_duration_off", float, 0.08, env=("MIN_DURATION_OFF",), min=0.0,
+          help="Shortest silence that splits speech regions, seconds."),
+    _Spec("pad_onset", float, 0.0, env=("PAD_ONSET",), min=0.0, max=10.0,
+          help="Padding added before each speech region, seconds."),
+    _Spec("pad_offset", float, 0.0, env=("PAD_OFFSET",), min=0.0, max=10.0,
+          help="Padding added after each speech region, seconds."),
+    # --- post-processing --------------------------------------------------
+    _Spec("align_output", bool, True, env=("ALIGN_OUTPUT",),
+          help="Word-level alignment with a wav2vec2 model."),
+    _Spec("diarization", bool, True, env=("DIARIZATION", "DIARIZE"),
+          aliases=("diarize",),
+          help="Speaker diarization with pyannote (request alias: diarize)."),
+    _Spec("diarization_model", str, "pyannote/speaker-diarization-3.1",
+          env=("DIARIZATION_MODEL",),
+          help="pyannote pipeline: Hub id or local directory."),
+    _Spec("huggingface_access_token", str, None, nullable=True, secret=True,
+          env=("HUGGINGFACE_ACCESS_TOKEN", "HF_TOKEN"),
+          help="Hugging Face token for gated pyannote models."),
+    _Spec("min_speakers", int, None, nullable=True, env=("MIN_SPEAKERS",),
+          min=1, help="Lower bound on the number of speakers."),
+    _Spec("max_speakers", int, None, nullable=True, env=("MAX_SPEAKERS",),
+          min=1, help="Upper bound on the number of speakers."),
+    _Spec("num_speakers", int, None, nullable=True, min=1,
+          help="Exact number of speakers, when known."),
+    # --- ASR thresholds ---------------------------------------------------
+    _Spec("length_penalty", float, 1.1, env=("LENGTH_PENALTY",), min=0.0,
+          max=10.0, min_exclusive=True,
+          help="Beam search length penalty exponent."),
+    _Spec("no_speech_threshold", float, 0.6, nullable=True,
+          env=("NO_SPEECH_THRESHOLD",), min=0.0, max=1.0,
+          help="Skip a window whose no-speech probability exceeds this."),
+    _Spec("log_prob_threshold", float, -1.0, nullable=True,
+          env=("LOG_PROB_THRESHOLD", "LOGPROB_THRESHOLD"), max=0.0,
+          help="Retry/skip when the average log probability is below this."),
+    _Spec("compression_ratio_threshold", float, 2.4, nullable=True,
+          env=("COMPRESSION_RATIO_THRESHOLD",), min=0.0, min_exclusive=True,
+          help="Retry when the gzip compression ratio exceeds this."),
+    _Spec("language_detection_min_prob", float, 0.5,
+          env=("LANGUAGE_DETECTION_MIN_PROB",), min=0.0, max=1.0,
+          help="Minimum probability to accept a detected language."),
+    _Spec("language_detection_max_tries", int, 3,
+          env=("LANGUAGE_DETECTION_MAX_TRIES",), min=1, max=20,
+          help="Audio windows tried before giving up on detection."),
+    # --- output -----------------------------------------------------------
+    _Spec("output_format", str, "json", env=("OUTPUT_FORMAT",),
+          normalize=_LOWER, choices=("json", "srt", "vtt", "txt", "tsv"),
+          help="Format of the transcript returned."),
+    _Spec("debug", bool, False, env=("DEBUG",),
+          help="Add timings and a debug_info object to the response."),
+    # --- decoding extras --------------------------------------------------
+    _Spec("initial_prompt", str, None, nullable=True, normalize=_KEEP,
+          help="Text that conditions the first window (vocabulary, style)."),
+    _Spec("hotwords", str, None, nullable=True, normalize=_KEEP,
+          help="Words to bias decoding towards."),
+    _Spec("suppress_numerals", bool, False,
+          help="Spell numbers out as words instead of digits."),
+    _Spec("task", str, "transcribe", normalize=_LOWER,
+          choices=("transcribe", "translate"),
+          help="transcribe, or translate into English."),
+    _Spec("return_speaker_embeddings", bool, False,
+          help="Return one embedding vector per diarized speaker."),
+)  # fmt: skip
+
+_SPEC_BY_NAME: Final[Mapping[str, _Spec]] = MappingProxyType(
+    {spec.name: spec for spec in _SPECS}
+)
+_ALIAS_TO_FIELD: Final[Mapping[str, str]] = MappingProxyType(
+    {alias: spec.name for spec in _SPECS for alias in spec.aliases}
+)
+
+
+def _schema_entry(spec: _Spec) -> dict[str, Any]:
+    """Describe one field as a plain dict (the public INPUT_SCHEMA form)."""
+    entry: dict[str, Any] = {
+        "type": spec.type,
+        "default": spec.default,
+        "env": spec.env,
+        "nullable": spec.nullable,
+        "help": spec.help,
+    }
+    if spec.min is not None:
+        entry["min"] = spec.min
+        entry["min_exclusive"] = spec.min_exclusive
+    if spec.max is not None:
+        entry["max"] = spec.max
+        entry["max_exclusive"] = spec.max_exclusive
+    if spec.choices is not None:
+        entry["choices"] = spec.choices
+    if spec.aliases:
+        entry["aliases"] = spec.aliases
+    return entry
+
+
+#: Field name -> {type, default, env, nullable, help[, min, min_exclusive,
+#: max, max_exclusive, choices, aliases]}. ``env`` lists ENV names, first wins.
+INPUT_SCHEMA: Final[dict[str, dict[str, Any]]] = {
+    spec.name: _schema_entry(spec) for spec in _SPECS
+}
+
+
+def env_aliases() -> dict[str, tuple[str, ...]]:
+    """Return field -> ENV names (first wins) for fields that have any."""
+    return {spec.name: spec.env for spec in _SPECS if spec.env}
+
+
+def defaults() -> dict[str, Any]:
+    """Return field -> default value for every request field."""
+    return {spec.name: spec.default for spec in _SPECS}
+
+
+_D: Final = defaults()
+
+
+@dataclass(frozen=True, repr=False)
+class RequestOptions:
+    """Fully resolved and validated options of one job.
+
+    Build it with :func:`resolve_options`; direct construction (e.g. in tests)
+    skips validation. Durations are in seconds; probabilities in [0, 1].
+    ``sources`` maps each field to ``"request"``, ``"env:NAME"`` or
+    ``"default"``.
+    """
+
+    audio_file: str | None = _D["audio_file"]
+    audio_base64: str | None = _D["audio_base64"]
+    audio_filename: str | None = _D["audio_filename"]
+    model: str = _D["model"]
+    language: str | None = _D["language"]
+    compute_type: str = _D["compute_type"]
+    batch_size: int = _D["batch_size"]
+    beam_size: int = _D["beam_size"]
+    temperature: float = _D["temperature"]
+    temperature_increment_on_fallback: float | None = _D[
+        "temperature_increment_on_fallback"
+    ]
+    vad_onset: float = _D["vad_onset"]
+    vad_offset: float = _D["vad_offset"]
+    min_duration_on: float = _D["min_duration_on"]
+    min_duration_off: float = _D["min_duration_off"]
+    pad_onset: float = _D["pad_onset"]
+    pad_offset: float = _D["pad_offset"]
+    align_output: bool = _D["align_output"]
+    diarization: bool = _D["diarization"]
+    diarization_model: str = _D["diarization_model"]
+    huggingface_access_token: str | None = _D["huggingface_access_token"]
+    min_speakers: int | None = _D["min_speakers"]
+    max_speakers: int | None = _D["max_speakers"]
+    num_speakers: int | None = _D["num_speakers"]
+    length_penalty: float = _D["length_penalty"]
+    no_speech_threshold: float | None = _D["no_speech_threshold"]
+    log_prob_threshold: float | None = _D["log_prob_threshold"]
+    compression_ratio_threshold: float | None = _D["compression_ratio_threshold"]
+    language_detection_min_prob: float = _D["language_detection_min_prob"]
+    language_detection_max_tries: int = _D["language_detection_max_tries"]
+    output_format: str = _D["output_format"]
+    debug: bool = _D["debug"]
+    initial_prompt: str | None = _D["initial_prompt"]
+    hotwords: str | None = _D["hotwords"]
+    suppress_numerals: bool = _D["suppress_numerals"]
+    task: str = _D["task"]
+    return_speaker_embeddings: bool = _D["return_speaker_embeddings"]
+    # Excluded from eq/hash: provenance is not part of the option values.
+    sources: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """Return the option values as a JSON-native dict (no ``sources``).
+
+        With ``redact`` (the default, for logs and debug output) the HF token
+        becomes ``"***"``, base64 audio is replaced by its length and
+        credentials in the audio URL (user info, query string, which is where
+        presigned URLs carry their signature) are masked.
+        """
+        data = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"
+        }
+        if redact:
+            if data["huggingface_access_token"] is not None:
+                data["huggingface_access_token"] = REDACTED
+            if data["audio_base64"] is not None:
+                data["audio_base64"] = f"<base64, {len(data['audio_base64'])} chars>"
+            if data["audio_file"] is not None:
+                data["audio_file"] = _redact_url(data["audio_file"])
+        return data
+
+    def __repr__(self) -> str:
+        """Show redacted values only, so a stray log of the object is safe."""
+        body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(redact=True).items())
+        return f"RequestOptions({body})"
+
+
+def _redact_url(location: str) -> str:
+    """Mask user info and query string of a URL; leave plain paths alone."""
+    parts = urlsplit(location)
+    if not parts.scheme or not parts.netloc:
+        return location
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = REDACTED if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ---------------------------------------------------------------------------
+# Resolution
+# ---------------------------------------------------------------------------
+
+
+def resolve_options(
+    job_input: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> RequestOptions:
+    """Resolve request -> ENV -> default for every field and validate.
+
+    ``environ`` defaults to :data:`os.environ`, read at call time. Raises
+    :class:`ValidationError` with a message naming the field (and the ENV
+    variable, for ENV problems) on the first problem found.
+    """
+    if not isinstance(job_input, Mapping):
+        raise ValidationError("input must be a JSON object")
+    env = os.environ if environ is None else environ
+    _check_unknown_keys(job_input)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in _SPECS:
+        values[spec.name], sources[spec.name] = _resolve_field(spec, job_input, env)
+
+    _check_audio_source(values)
+    _check_speakers(values, sources)
+    return RequestOptions(**values, sources=MappingProxyType(sources))
+
+
+def _check_unknown_keys(job_input: Mapping[Any, Any]) -> None:
+    """Reject keys that are neither a field nor a request alias, all at once."""
+    unknown = sorted(
+        str(key)
+        for key in job_input
+        if key not in _SPEC_BY_NAME and key not in _ALIAS_TO_FIELD
+    )
+    if unknown:
+        raise ValidationError(f"unknown input field(s): {', '.join(unknown)}")
+
+
+def _resolve_field(
+    spec: _Spec, job_input: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Any, str]:
+    """Return (validated value, source) for one field."""
+    given, raw, key = _request_value(spec, job_input)
+    if given:
+        value = None if raw is None else _coerce_request(spec, raw, key)
+        source = "request"
+    else:
+        found = _env_value(spec, env)
+        if found is not None:
+            env_name, text = found
+            value = _parse_env(spec, env_name, text)
+            source = f"env:{env_name}"
+        else:
+            value, source = spec.default, "default"
+    if value is not None:
+        _check_constraints(spec, value, source)
+    return value, source
+
+
+def _is_blank(value: Any) -> bool:
+    """True for None and whitespace-only strings (blank form fields)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _request_value(
+    spec: _Spec, job_input: Mapping[str, Any]
+) -> tuple[bool, Any, str]:
+    """Return (given, raw value, key used) from the request, honouring aliases.
+
+    A blank value counts as an explicit ``None`` for nullable fields and as
+    "not given" for the others. Two keys for one field must agree.
+    """
+    keys = [key for key in (spec.name, *spec.aliases) if key in job_input]
+    present = [key for key in keys if not _is_blank(job_input[key])]
+    if len(present) > 1:
+        typed = {key: _coerce_request(spec, job_input[key], key) for key in present}
+        if len(set(typed.values())) > 1:
+            shown = " and ".join(f"{key}={json.dumps(typed[key])}" for key in present)
+            raise ValidationError(
+                f"{shown} disagree; give only one of "
+                f"{' / '.join(present)}",
+                spec.name,
+            )
+    if present:
+        return True, job_input[present[0]], present[0]
+    if keys and spec.nullable:
+        return True, None, keys[0]
+    return False, None, spec.name
+
+
+def _env_value(spec: _Spec, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Return (ENV name, stripped text) of the first alias set and non-empty."""
+    set_names = [name for name in spec.env if env.get(name, "").strip()]
+    if not set_names:
+        return None
+    winner = set_names[0]
+    for shadowed in set_names[1:]:
+        if env[shadowed].strip() != env[winner].strip():
+            # Values are not logged: one of these aliases holds a token.
+            logger.warning(
+                "ENV %s is ignored for %s because %s is also set and wins",
+                shadowed, spec.name, winner,
+            )
+    return winner, env[winner].strip()
+
+
+def _describe(spec: _Spec, value: Any) -> str:
+    """Describe a bad value for an error message without leaking secrets."""
+    kind = "null" if value is None else type(value).__name__
+    if spec.secret:
+        return f"a value of type {kind}"
+    text = repr(value)
+    if len(text) > 60:  # base64 blobs and prompts can be megabytes long
+        text = text[:57] + "..."
+    return f"{kind} {text}"
+
+
+def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
+    """Type-check a non-null request value strictly and convert it.
+
+    JSON has one number type, so integral floats (4.0) are accepted for int
+    fields and ints for float fields; bools are never numbers here.
+    """
+    key = key or spec.name
+    expected = {bool: "a JSON boolean (true/false)", int: "an integer",
+                float: "a number", str: "a string"}[spec.type]  # fmt: skip
+    problem = ValidationError(
+        f"{key} must be {expected} (got {_describe(spec, value)})", spec.name
+    )
+    if spec.type is bool:
+        if isinstance(value, bool):
+            return value
+        raise problem
+    if spec.type is str:
+        if isinstance(value, str):
+            return _normalize(spec, value)
+        raise problem
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise problem
+    if spec.type is int:
+        if isinstance(value, int):
+            return value
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise problem
+    return _finite_float(spec, value, key)
+
+
+def _finite_float(spec: _Spec, value: int | float, where: str) -> float:
+    """Convert to float, rejecting NaN, infinities and ints too big for float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValidationError(
+            f"{where} must be a finite number (got {value!r})", spec.name
+        )
+    return number
+
+
+def _normalize(spec: _Spec, text: str) -> str:
+    """Tidy a string value according to the field's normalisation rule."""
+    if spec.normalize == _LOWER:
+        return text.strip().lower()
+    if spec.normalize == _STRIP:
+        return text.strip()
+    return text
+
+
+def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
+    """Parse an ENV string into the field's type or raise ValidationError."""
+    if spec.nullable and text.lower() in _NULL_WORDS:
+        return None
+    if spec.type is str:
+        return _normalize(spec, text)
+    parsed = _parse_scalar(spec.type, text)
+    if parsed is None:
+        expected = {
+            bool: "a boolean (true/false/1/0/yes/no/on/off)",
+            int: "an integer",
+            float: "a number",
+        }[spec.type]
+        shown = "<hidden>" if spec.secret else repr(text)
+        raise ValidationError(
+            f"environment variable {env_name}={shown} is not valid for "
+            f"{spec.name}: expected {expected}",
+            spec.name,
+        )
+    return parsed
+
+
+def _parse_scalar(kind: type, text: str) -> bool | int | float | None:
+    """Parse a bool/int/float ENV string; return None when it does not parse."""
+    if kind is bool:
+        word = text.lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if kind is int:
+        # int() keeps precision for long digit strings; "4.0" is still an int.
+        try:
+            return int(text)
+        except ValueError:
+            return int(number) if number.is_integer() else None
+    return number
+
+
+def _origin(source: str) -> str:
+    """Phrase a value's source for error messages ("" for the request)."""
+    if source.startswith("env:"):
+        return f" from environment variable {source[4:]}"
+    if source == "default":
+        return " from the default"
+    return ""
+
+
+def _check_constraints(spec: _Spec, value: Any, source: str) -> None:
+    """Enforce choices and numeric ranges on a typed, non-null value."""
+    if spec.choices is not None and value not in spec.choices:
+        if spec.choices_label:
+            message = f"{spec.name} {value!r}{_origin(source)} is not {spec.choices_label}"
+        else:
+            message = (
+                f"{spec.name} must be one of {', '.join(spec.choices)} "
+                f"(got {value!r}{_origin(source)})"
+            )
+        raise ValidationError(message, spec.name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    too_low = spec.min is not None and (
+        value <= spec.min if spec.min_exclusive else value < spec.min
+    )
+    too_high = spec.max is not None and (
+        value >= spec.max if spec.max_exclusive else value > spec.max
+    )
+    if too_low or too_high:
+        raise ValidationError(
+            f"{spec.name} must be {_range_text(spec)} "
+            f"(got {value!r}{_origin(source)})",
+            spec.name,
+        )
+
+
+def _range_text(spec: _Spec) -> str:
+    """Describe a field's allowed range, e.g. '> 0 and < 1'."""
+    parts = []
+    if spec.min is not None:
+        parts.append(f"{'>' if spec.min_exclusive else '>='} {spec.min:g}")
+    if spec.max is not None:
+        parts.append(f"{'<' if spec.max_exclusive else '<='} {spec.max:g}")
+    return " and ".join(parts)
+
+
+def _check_audio_source(values: Mapping[str, Any]) -> None:
+    """Require exactly one of audio_file / audio_base64 (blank = absent)."""
+    has_file = values["audio_file"] is not None
+    has_base64 = values["audio_base64"] is not None
+    if not has_file and not has_base64:
+        raise ValidationError("audio_file is required (or audio_base64)", "audio_file")
+    if has_file and has_base64:
+        raise ValidationError(
+            "give either audio_file or audio_base64, not both", "audio_file"
+        )
+    if values["audio_filename"] is not None and not has_base64:
+        raise ValidationError(
+            "audio_filename is only allowed together with audio_base64",
+            "audio_filename",
+        )
+
+
+def _check_speakers(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Check min_speakers <= max_speakers and num_speakers within them."""
+
+    def shown(name: str) -> str:
+        return f"{name} ({values[name]}{_origin(sources[name])})"
+
+    low, high, exact = (
+        values["min_speakers"], values["max_speakers"], values["num_speakers"]
+    )  # fmt: skip
+    if low is not None and high is not None and low > high:
+        raise ValidationError(
+            f"{shown('min_speakers')} must be <= {shown('max_speakers')}",
+            "min_speakers",
+        )
+    if exact is None:
+        return
+    if low is not None and exact < low:
+        raise ValidationError(
+            f"{shown('num_speakers')} must be >= {shown('min_speakers')}",
+            "num_speakers",
+        )
+    if high is not None and exact > high:
+        raise ValidationError(
+            f"{shown('num_speakers')} must be <= {shown('max_speakers')}",
+            "num_speakers",
+        )

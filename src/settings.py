@@ -1,0 +1,90 @@
+"""Worker-level settings: read once from ENV at start-up (never per request).
+
+Per-request parameters and their ENV fallbacks live in ``rp_schema``; this module holds what
+configures the worker process itself: where models live, which device to use, log limits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"ENV {name}={raw!r} is not a boolean (use true/false)")
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"ENV {name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Process-wide configuration.
+
+    models_dir: folder searched for ``<model name>`` before the Hub (``/models`` in the image).
+    device: "cuda", "cpu" or "auto" (cuda when available).
+    preload_model: ASR model loaded at start-up ("" = the schema's default model).
+    preload_compute_type: compute type for the preloaded model ("" = the schema default).
+    warmup: run a short dummy transcription at start-up so the first job is not slower.
+    log_tail_chars: cap on the ``logs`` field of a response, in characters.
+    align_model_overrides: language -> Hub id or local dir for the wav2vec2 aligner
+        (ENV ``ALIGN_MODEL_<LANG>``, e.g. ``ALIGN_MODEL_RU=/models/wav2vec2-ru``).
+    offline_diarization_dir: weights of the token-free diarization pipeline.
+    cpu_threads: CTranslate2 threads on CPU (0 = library default).
+    """
+
+    models_dir: str = "/models"
+    device: str = "auto"
+    preload_model: str = ""
+    preload_compute_type: str = ""
+    warmup: bool = True
+    log_tail_chars: int = 20_000
+    align_model_overrides: tuple[tuple[str, str], ...] = ()
+    offline_diarization_dir: str = "/models/offline-diarization"
+    cpu_threads: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if environ is None else environ
+        overrides = tuple(
+            sorted(
+                (key[len("ALIGN_MODEL_") :].lower(), value)
+                for key, value in env.items()
+                if key.startswith("ALIGN_MODEL_") and value.strip()
+            )
+        )
+        device = env.get("WORKER_DEVICE", "auto").strip().lower() or "auto"
+        if device not in {"auto", "cuda", "cpu"}:
+            raise ValueError(f"ENV WORKER_DEVICE={device!r} must be auto, cuda or cpu")
+        return cls(
+            models_dir=env.get("MODELS_DIR", "/models").strip() or "/models",
+            device=device,
+            preload_model=env.get("PRELOAD_MODEL", "").strip(),
+            preload_compute_type=env.get("PRELOAD_COMPUTE_TYPE", "").strip(),
+            warmup=_env_bool(env, "WARMUP", True),
+            log_tail_chars=_env_int(env, "LOG_TAIL_CHARS", 20_000),
+            align_model_overrides=overrides,
+            offline_diarization_dir=env.get(
+                "OFFLINE_DIARIZATION_DIR", "/models/offline-diarization"
+            ).strip(),
+            cpu_threads=_env_int(env, "CPU_THREADS", 0),
+        )
+
+    def align_model_for(self, language: str) -> str | None:
+        """The configured aligner for ``language``, or None to use whisperX's default."""
+        return dict(self.align_model_overrides).get(language)

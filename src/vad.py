@@ -1,0 +1,114 @@
+"""Voice activity detection: speech regions, then windows of at most 30 s for the ASR.
+
+The VAD network gives frame-level speech probabilities once per request; every threshold
+below is applied afterwards, per request, so requests with different ``vad_*`` options share
+one resident model. Unlike whisperX (which passes ``min_duration_*``/``pad_*`` to a pipeline
+that ignores them), all six seed parameters act here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """Per-request VAD thresholds; durations in seconds."""
+
+    onset: float = 0.300  # probability above which speech starts
+    offset: float = 0.250  # probability below which speech ends
+    min_duration_on: float = 0.08  # drop speech regions shorter than this
+    min_duration_off: float = 0.08  # fill silences shorter than this
+    pad_onset: float = 0.0  # extend each region's start by this much
+    pad_offset: float = 0.0  # extend each region's end by this much
+    chunk_size: float = 30.0  # longest ASR window (Whisper's receptive field)
+
+
+@dataclass(frozen=True)
+class SpeechWindow:
+    """One ASR window: [start, end) in seconds, made of one or more speech regions."""
+
+    start: float
+    end: float
+    regions: tuple[tuple[float, float], ...]
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def speech_scores(vad_pipeline, waveform: np.ndarray):
+    """Frame-level speech probabilities for 16 kHz mono float32 ``waveform``
+    (a pyannote ``SlidingWindowFeature``)."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
+    return vad_pipeline({"waveform": tensor, "sample_rate": SAMPLE_RATE})
+
+
+def binarize(scores, opts: VadOptions) -> list[tuple[float, float]]:
+    """Hysteresis thresholding of ``scores`` into speech regions (seconds), with regions
+    longer than ``chunk_size`` cut at their lowest-probability frame (whisperX's min-cut)."""
+    from whisperx.vads.pyannote import Binarize
+
+    active = Binarize(onset=opts.onset, offset=opts.offset, max_duration=opts.chunk_size)(scores)
+    return [(float(seg.start), float(seg.end)) for seg in active.get_timeline()]
+
+
+def refine_regions(
+    regions: list[tuple[float, float]], opts: VadOptions, duration_s: float
+) -> list[tuple[float, float]]:
+    """Apply ``min_duration_off`` (fill short gaps), ``min_duration_on`` (drop short
+    regions) and padding, clamped to [0, duration_s]; overlapping regions are merged."""
+    merged: list[list[float]] = []
+    for start, end in sorted(regions):
+        if merged and start - merged[-1][1] < opts.min_duration_off:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    kept = [(s, e) for s, e in merged if e - s >= opts.min_duration_on]
+    padded: list[list[float]] = []
+    for start, end in kept:
+        start = max(0.0, start - opts.pad_onset)
+        end = min(duration_s, end + opts.pad_offset)
+        if end <= start:
+            continue
+        if padded and start <= padded[-1][1]:
+            padded[-1][1] = max(padded[-1][1], end)
+        else:
+            padded.append([start, end])
+    return [(s, e) for s, e in padded]
+
+
+def _split_long(start: float, end: float, limit: float) -> list[tuple[float, float]]:
+    """Cut one region longer than ``limit`` seconds into equal parts no longer than it."""
+    parts = max(1, int(np.ceil((end - start) / limit)))
+    step = (end - start) / parts
+    return [(start + i * step, start + (i + 1) * step) for i in range(parts)]
+
+
+def group_windows(regions: list[tuple[float, float]], chunk_size: float) -> list[SpeechWindow]:
+    """Greedily pack consecutive regions into windows spanning at most ``chunk_size`` s."""
+    pieces: list[tuple[float, float]] = []
+    for start, end in regions:
+        pieces.extend(_split_long(start, end, chunk_size) if end - start > chunk_size else [(start, end)])
+    windows: list[SpeechWindow] = []
+    current: list[tuple[float, float]] = []
+    for piece in pieces:
+        if current and piece[1] - current[0][0] > chunk_size:
+            windows.append(SpeechWindow(current[0][0], current[-1][1], tuple(current)))
+            current = []
+        current.append(piece)
+    if current:
+        windows.append(SpeechWindow(current[0][0], current[-1][1], tuple(current)))
+    return windows
+
+
+def speech_windows(scores, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
+    """Speech windows for the ASR from frame scores, under ``opts``."""
+    regions = refine_regions(binarize(scores, opts), opts, duration_s)
+    return group_windows(regions, opts.chunk_size)
