@@ -28,6 +28,12 @@ CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's 30 s input, in 16 kHz samples
 N_FFT = 400
 HOP_LENGTH = 160  # 10 ms frames: 3000 mel frames per 30 s window
 
+# Decode-length cap: fast speech is ~4 words/s, ~3 tokens/word in Russian; anything longer
+# is a repetition loop. Capping per window bounds the cost of a looping (and of every
+# sampled fallback) decode, which otherwise runs to Whisper's 448-token limit.
+MAX_TOKENS_PER_SECOND = 15
+MIN_NEW_TOKENS = 16
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -145,8 +151,14 @@ def _prompt(model, tokenizer, opts: DecodeOptions) -> list[int]:
     return model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=opts.hotwords)
 
 
-def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress):
-    """One generate call over a batch of windows at one temperature."""
+def max_new_tokens(duration_s: float) -> int:
+    """Upper bound on the tokens a window of ``duration_s`` seconds can honestly need."""
+    return MIN_NEW_TOKENS + int(MAX_TOKENS_PER_SECOND * duration_s)
+
+
+def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress, longest_s: float):
+    """One generate call over a batch of windows at one temperature; ``longest_s`` is the
+    longest window's duration (seconds), which caps the decode length of the batch."""
     encoder_output = model.encode(features)
     if temperature > 0:
         kwargs = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0, "sampling_temperature": temperature}
@@ -156,7 +168,7 @@ def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperatu
         encoder_output,
         [prompt] * features.shape[0],
         length_penalty=opts.length_penalty,
-        max_length=model.max_length,
+        max_length=min(model.max_length, len(prompt) + max_new_tokens(longest_s)),
         return_scores=True,
         return_no_speech_prob=True,
         suppress_blank=True,
@@ -212,7 +224,8 @@ def transcribe_windows(
             if not pending:
                 break
             features = log_mel_batch(model, waveform, [windows[i] for i in pending], device)
-            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress)
+            longest = max(windows[i].duration for i in pending)
+            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, longest)
             still_failing = []
             for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):
                 ratio = compression_ratio(text)

