@@ -100,6 +100,42 @@ class AlignmentModels:
         return Aligner(language, model, metadata, name or "whisperX default")
 
 
+_PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+
+
+def ensure_punkt(language: str) -> str | None:
+    """Make sure nltk's ``punkt_tab`` data for ``language`` is on the nltk path, offline.
+
+    whisperX splits aligned text into sentences with punkt and, when the data is missing,
+    calls ``nltk.download`` at run time (a network call inside a request). The image bakes
+    the real data (``NLTK_DATA``); when it is absent, minimal parameter files are written to
+    a cache folder instead, so sentence splitting falls back to punctuation only. Returns a
+    warning in that case, else None.
+    """
+    import os
+
+    import nltk
+    from whisperx.utils import PUNKT_LANGUAGES
+
+    for folder in os.environ.get("NLTK_DATA", "").split(os.pathsep):
+        if folder and folder not in nltk.data.path:
+            nltk.data.path.insert(0, folder)
+    name = PUNKT_LANGUAGES.get(language, "english")
+    try:
+        nltk.data.find(f"tokenizers/punkt_tab/{name}/")
+        return None
+    except LookupError:
+        pass
+    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "whisperx-worker", "nltk_data")
+    target = os.path.join(cache, "tokenizers", "punkt_tab", name)
+    os.makedirs(target, exist_ok=True)
+    for filename in _PUNKT_FILES:
+        open(os.path.join(target, filename), "a").close()
+    if cache not in nltk.data.path:
+        nltk.data.path.append(cache)
+    return f"nltk punkt_tab data for {name!r} is not installed: sentences are split on punctuation only"
+
+
 def align_with_wav2vec2(
     transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str
 ) -> list[dict]:

@@ -282,6 +282,9 @@ class Predictor:
         try:
             aligner, load_s = self.aligners.get(language)
             state.timings["alignment_model_load_s"] = round(load_s, 4)
+            punkt_note = alignment.ensure_punkt(language)
+            if punkt_note:
+                state.warn(punkt_note)
             return alignment.align_with_wav2vec2(kept, aligner, waveform, self.device), f"wav2vec2 ({aligner.source})"
         except alignment.AlignerUnavailable as exc:
             reason = str(exc)

@@ -67,13 +67,10 @@ def read_stm(path: Path) -> list[StmLine]:
     return lines
 
 
-def festvox_word_boundaries(clip: str) -> list[tuple[float, float]]:
-    """Word (start, end) in seconds from the phone-level ``lab`` file.
+def festvox_pause_runs(clip: str) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each run of phones between pauses, from the ``lab`` file.
 
-    Words are the runs of phones between pauses ('pau') and word breaks; festvox labels give
-    each phone's end time, so a word starts where the previous phone ended. The lab files
-    mark no word breaks inside a pause-free run, so only pause-delimited words are exact:
-    this returns the runs (phrases) between pauses, which tests compare with phrase edges.
+    Each lab row gives a phone's *end* time, so a phone starts where the previous one ended.
     """
     rows = []
     for line in (FESTVOX / "lab" / f"{clip}.lab").read_text(encoding="utf-8").splitlines():
@@ -92,3 +89,30 @@ def festvox_word_boundaries(clip: str) -> list[tuple[float, float]]:
     if start is not None:
         runs.append((start, prev_end))
     return runs
+
+
+@dataclass(frozen=True)
+class EdgeWord:
+    """A reference word whose start (or end) time is known exactly from the labels."""
+
+    index: int  # position in the normalised reference word list
+    word: str
+    kind: str  # "start" | "end"
+    time: float  # seconds
+
+
+def festvox_edge_words(clip: str, text: str) -> list[EdgeWord] | None:
+    """Exact word boundaries of one clip: festvox puts a comma (or dash/period) where the
+    speaker paused, and the labels mark each pause, so the first word of each phrase starts,
+    and the last word ends, at a labelled phone edge. None when phrases and pauses disagree."""
+    phrases = [normalise(p).split() for p in re.split(r"[,.!?;:—–-]+", text.replace("+", ""))]
+    phrases = [p for p in phrases if p]
+    runs = festvox_pause_runs(clip)
+    if len(runs) != len(phrases):
+        return None
+    edges, index = [], 0
+    for words, (start, end) in zip(phrases, runs):
+        edges.append(EdgeWord(index, words[0], "start", start))
+        edges.append(EdgeWord(index + len(words) - 1, words[-1], "end", end))
+        index += len(words)
+    return edges
