@@ -70,10 +70,22 @@ def _progress_sender(job: dict):
     return send
 
 
+def _log_tail_chars() -> int:
+    """Cap of a response's ``logs`` (LOG_TAIL_CHARS); a bad value falls back to 20,000."""
+    try:
+        return max(0, int(os.environ.get("LOG_TAIL_CHARS", "") or 20_000))
+    except ValueError:
+        return 20_000
+
+
+def _state_may_be_corrupt(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "cuda error" in text or "device-side assert" in text or "illegal memory access" in text
+
+
 def handler(job: dict) -> dict:
     """Run one RunPod job; always returns a dict (``{"error": ...}`` on failure)."""
-    settings_tail = int(os.environ.get("LOG_TAIL_CHARS", "20000") or 20000)
-    with capture_request_logs(settings_tail) as capture:
+    with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
         try:
             job_input = job.get("input") if isinstance(job, dict) else None
@@ -88,7 +100,12 @@ def handler(job: dict) -> dict:
             return {"error": message, "logs": capture.text()}
         except Exception as exc:  # a bug or an OOM must not take the worker down
             logger.exception("job failed")
-            return {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "logs": capture.text()}
+            response = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "logs": capture.text()}
+            if _state_may_be_corrupt(exc):
+                # A CUDA context after a device-side error cannot be trusted: ask RunPod for
+                # a fresh worker once this job is answered.
+                response["refresh_worker"] = True
+            return response
         logger.info("job %s done in %.2f s", job.get("id", "-"), time.perf_counter() - started)
     result["logs"] = capture.text()
     return result

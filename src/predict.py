@@ -36,6 +36,28 @@ class UserError(ValueError):
     """A problem the caller can fix (bad audio, unknown model); becomes ``{"error": ...}``."""
 
 
+class JobTimeout(UserError):
+    """The job ran past its time budget (``JOB_TIMEOUT_S``)."""
+
+
+class Deadline:
+    """A job's time budget in seconds (0 = none), checked between and inside stages."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._ends = time.monotonic() + budget_s if budget_s > 0 else None
+
+    def check(self, stage: str) -> None:
+        if self._ends is not None and time.monotonic() > self._ends:
+            raise JobTimeout(f"job exceeded its time budget of {self.budget_s:g} s (JOB_TIMEOUT_S) during {stage}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/CPU allocation failures from torch or CTranslate2."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "out of memory" in text or "outofmemory" in text or "cublas_status_alloc_failed" in text
+
+
 @dataclass
 class _RequestState:
     """What one request accumulates on its way through the stages."""
@@ -179,7 +201,13 @@ class Predictor:
         if self.asr_models is None:
             self.setup()
         state = _RequestState()
-        notify = progress or (lambda _stage, _pct: None)
+        deadline = Deadline(self.settings.job_timeout_s)
+
+        def notify(stage: str, percent: float | None) -> None:
+            deadline.check(stage)
+            if progress is not None:
+                progress(stage, percent)
+
         workdir = Path(tempfile.mkdtemp(prefix="whisperx-job-"))
         self._reset_gpu_peak()
         try:
@@ -216,10 +244,7 @@ class Predictor:
         tokenizer = asr.make_tokenizer(model, language, opts.task)
         notify("transcribe", 0.0)
         with state.timed("transcription_s"):
-            transcripts = asr.transcribe_windows(
-                model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, self.device,
-                progress=lambda pct: notify("transcribe", pct),
-            )
+            transcripts = self._transcribe(model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, notify, state)
         dropped = sum(t.silent for t in transcripts)
         if dropped:
             state.warn(f"{dropped} window(s) judged non-speech by no_speech_threshold were dropped")
@@ -257,6 +282,21 @@ class Predictor:
         return response
 
     # ------------------------------------------------------------------ stages
+    def _transcribe(self, model, waveform, windows, tokenizer, dopts, batch_size, notify, state):
+        """Batched ASR; on out-of-memory, retry with half the batch (down to 1) and warn."""
+        while True:
+            try:
+                return asr.transcribe_windows(
+                    model, waveform, windows, tokenizer, dopts, batch_size, self.device,
+                    progress=lambda pct: notify("transcribe", pct),
+                )
+            except Exception as exc:
+                if not is_out_of_memory(exc) or batch_size <= 1:
+                    raise
+                self._release_gpu_cache()
+                state.warn(f"out of memory at batch_size={batch_size}; retrying with batch_size={batch_size // 2}")
+                batch_size //= 2
+
     def _language(self, opts, model, waveform, windows, state: _RequestState):
         """The request's language, or the one detected on speech windows."""
         if opts.language:

@@ -32,6 +32,19 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"ENV {name}={raw!r} is not an integer") from None
 
 
+def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"ENV {name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"ENV {name}={raw!r} must be >= 0")
+    return value
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Process-wide configuration.
@@ -46,6 +59,7 @@ class WorkerSettings:
         (ENV ``ALIGN_MODEL_<LANG>``, e.g. ``ALIGN_MODEL_RU=/models/wav2vec2-ru``).
     offline_diarization_dir: weights of the token-free diarization pipeline.
     cpu_threads: CTranslate2 threads on CPU (0 = library default).
+    job_timeout_s: time budget of one job in seconds (``JOB_TIMEOUT_S``; 0 = none).
     """
 
     models_dir: str = "/models"
@@ -57,6 +71,7 @@ class WorkerSettings:
     align_model_overrides: tuple[tuple[str, str], ...] = ()
     offline_diarization_dir: str = "/models/offline-diarization"
     cpu_threads: int = 0
+    job_timeout_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -83,6 +98,7 @@ class WorkerSettings:
                 "OFFLINE_DIARIZATION_DIR", "/models/offline-diarization"
             ).strip(),
             cpu_threads=_env_int(env, "CPU_THREADS", 0),
+            job_timeout_s=_env_float(env, "JOB_TIMEOUT_S", 0.0),
         )
 
     def align_model_for(self, language: str) -> str | None:

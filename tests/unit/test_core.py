@@ -1,0 +1,157 @@
+"""Unit tests of the small pure pieces: VAD windowing, decode helpers, deadlines, OOM retry,
+log capture, worker settings."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import asr
+import logs
+import predict
+import vad
+from settings import WorkerSettings
+
+
+# ---------------------------------------------------------------- VAD windows
+def test_refine_regions_fills_gaps_drops_short_and_pads():
+    opts = vad.VadOptions(min_duration_off=0.2, min_duration_on=0.3, pad_onset=0.1, pad_offset=0.1)
+    regions = [(1.0, 2.0), (2.1, 3.0), (5.0, 5.2), (8.0, 9.95)]
+    assert vad.refine_regions(regions, opts, duration_s=10.0) == [(0.9, 3.1), (7.9, 10.0)]
+
+
+def test_refine_regions_merges_regions_that_padding_makes_overlap():
+    opts = vad.VadOptions(min_duration_off=0.0, min_duration_on=0.0, pad_onset=0.5, pad_offset=0.5)
+    assert vad.refine_regions([(1.0, 2.0), (2.6, 3.0)], opts, 10.0) == [(0.5, 3.5)]
+
+
+def test_group_windows_never_exceeds_chunk_size():
+    regions = [(0.0, 10.0), (11.0, 25.0), (26.0, 40.0), (41.0, 120.0)]
+    windows = vad.group_windows(regions, 30.0)
+    assert all(w.duration <= 30.0 + 1e-9 for w in windows)
+    covered = sum(e - s for w in windows for s, e in w.regions)
+    assert covered == pytest.approx(sum(e - s for s, e in regions))
+    assert [w.start for w in windows] == sorted(w.start for w in windows)
+
+
+def test_group_windows_empty():
+    assert vad.group_windows([], 30.0) == []
+
+
+# ---------------------------------------------------------------- decoding helpers
+@pytest.mark.parametrize(
+    "start, increment, expected",
+    [(0.0, 0.2, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)), (0.0, None, (0.0,)), (0.0, 0.0, (0.0,)), (0.5, 0.25, (0.5, 0.75, 1.0)), (1.0, 0.2, (1.0,))],
+)
+def test_temperature_schedule(start, increment, expected):
+    assert asr.temperature_schedule(start, increment) == expected
+
+
+def test_compression_ratio_flags_repetition():
+    assert asr.compression_ratio("привет " * 50) > 2.4
+    assert asr.compression_ratio("Она завела прядь волнистых волос за ухо.") < 2.0
+    assert asr.compression_ratio("") == 0.0
+
+
+def test_silence_and_fallback_rules():
+    opts = asr.DecodeOptions()
+    assert asr._is_silent(-1.5, 0.9, opts)  # unsure text + high no-speech: silence
+    assert not asr._is_silent(-0.3, 0.9, opts)  # confidently decoded text is kept
+    assert not asr._is_silent(-1.5, 0.1, opts)
+    assert asr._needs_fallback(-1.5, 1.2, opts)
+    assert asr._needs_fallback(-0.2, 3.0, opts)
+    assert not asr._needs_fallback(-0.2, 1.2, opts)
+    off = asr.DecodeOptions(log_prob_threshold=None, compression_ratio_threshold=None, no_speech_threshold=None)
+    assert not asr._needs_fallback(-5.0, 9.0, off) and not asr._is_silent(-5.0, 1.0, off)
+
+
+def test_max_new_tokens_grows_with_duration():
+    assert asr.max_new_tokens(0.0) == asr.MIN_NEW_TOKENS
+    assert asr.max_new_tokens(30.0) > asr.max_new_tokens(5.0)
+
+
+# ---------------------------------------------------------------- deadline and OOM retry
+def test_deadline():
+    predict.Deadline(0).check("anything")  # no budget: never raises
+    expired = predict.Deadline(1e-9)
+    with pytest.raises(predict.JobTimeout, match="time budget of .* during transcribe"):
+        expired.check("transcribe")
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (RuntimeError("CUDA failed with error out of memory"), True),
+        (RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"), True),
+        (MemoryError("out of memory"), True),
+        (RuntimeError("shape mismatch"), False),
+    ],
+)
+def test_is_out_of_memory(exc, expected):
+    assert predict.is_out_of_memory(exc) is expected
+
+
+def test_out_of_memory_retries_with_smaller_batch(monkeypatch):
+    seen = []
+
+    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None):
+        seen.append(batch_size)
+        if batch_size > 4:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return ["ok"]
+
+    monkeypatch.setattr(asr, "transcribe_windows", fake_transcribe)
+    predictor = predict.Predictor(WorkerSettings(device="cpu"))
+    state = predict._RequestState()
+    result = predictor._transcribe(None, None, [], None, asr.DecodeOptions(), 32, lambda *_: None, state)
+    assert result == ["ok"] and seen == [32, 16, 8, 4]
+    assert len(state.warnings) == 3 and "batch_size=32" in state.warnings[0]
+
+
+def test_other_errors_are_not_retried(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(asr, "transcribe_windows", broken)
+    predictor = predict.Predictor(WorkerSettings(device="cpu"))
+    with pytest.raises(ValueError):
+        predictor._transcribe(None, None, [], None, asr.DecodeOptions(), 32, lambda *_: None, predict._RequestState())
+
+
+# ---------------------------------------------------------------- logs
+def test_capture_keeps_only_this_requests_lines_and_redacts(tmp_path):
+    logs.setup_logging(tmp_path / "container_log.txt")
+    log = logging.getLogger("test.capture")
+    log.warning("before any request")
+    with logs.capture_request_logs(10_000) as first:
+        log.warning("first request hf_abcdefghijklmnop")
+    with logs.capture_request_logs(10_000) as second:
+        log.warning("second request")
+    assert "first request" in first.text() and "second" not in first.text()
+    assert "second request" in second.text() and "first" not in second.text() and "before" not in second.text()
+    assert "hf_abcdefghijklmnop" not in first.text() and "hf_***" in first.text()
+    on_disk = (tmp_path / "container_log.txt").read_text()
+    assert "before any request" in on_disk and "hf_abcdefghijklmnop" not in on_disk
+
+
+def test_capture_is_capped_and_keeps_the_tail():
+    capture = logs.RequestLogCapture(max_chars=100)
+    for i in range(50):
+        capture.add(f"line {i:02d} " + "x" * 10)
+    text = capture.text()
+    assert len(text) <= 100 and "line 49" in text and capture.dropped > 0
+
+
+# ---------------------------------------------------------------- settings
+def test_worker_settings_from_env():
+    settings = WorkerSettings.from_env({"MODELS_DIR": "/m", "WORKER_DEVICE": "CPU", "ALIGN_MODEL_RU": "/m/w2v-ru", "JOB_TIMEOUT_S": "90", "WARMUP": "false"})
+    assert settings.models_dir == "/m" and settings.device == "cpu" and not settings.warmup
+    assert settings.align_model_for("ru") == "/m/w2v-ru" and settings.align_model_for("en") is None
+    assert settings.job_timeout_s == 90.0
+
+
+@pytest.mark.parametrize("env", [{"WORKER_DEVICE": "tpu"}, {"WARMUP": "maybe"}, {"JOB_TIMEOUT_S": "soon"}, {"JOB_TIMEOUT_S": "-1"}, {"LOG_TAIL_CHARS": "lots"}])
+def test_worker_settings_reject_bad_env(env):
+    with pytest.raises(ValueError, match=next(iter(env))):
+        WorkerSettings.from_env(env)
