@@ -13,15 +13,19 @@ from __future__ import annotations
 import difflib
 import json
 import statistics
+import sys
 
 import pytest
-from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, festvox_edge_words, festvox_transcripts, normalise, require_assets
+from references import ROOT, BASE_MODEL, FESTVOX, LOCAL_MODELS, festvox_edge_words, festvox_transcripts, normalise, require_assets
 
 import alignment
 import asr
 import rp_schema
 from predict import Predictor
 from settings import WorkerSettings
+
+sys.path.insert(0, str(ROOT / "bench"))
+from random_models import make_random_wav2vec2  # noqa: E402
 
 # Clips whose comma-delimited phrases match the labelled pauses (about 70 s in all).
 ALIGN_CLIPS = ("ru_0012", "ru_0014", "ru_0016", "ru_0017", "ru_0024", "ru_0032", "ru_0034", "ru_0038")
@@ -108,24 +112,7 @@ def test_offline_word_timings_accuracy_on_festvox(predictor, env):
 @pytest.fixture(scope="module")
 def random_wav2vec2_dir(tmp_path_factory):
     """A tiny randomly initialised Russian-alphabet Wav2Vec2ForCTC saved with save_pretrained."""
-    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
-
-    import torch
-
-    folder = tmp_path_factory.mktemp("wav2vec2-ru-random")
-    letters = list("абвгдежзийклмнопрстуфхцчшщъыьэюя")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4} | {c: i + 5 for i, c in enumerate(letters)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), word_delimiter_token="|")
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False)
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, pad_token_id=0,
-    )
-    Wav2Vec2ForCTC(config).save_pretrained(folder)
-    return folder
+    return make_random_wav2vec2(tmp_path_factory.mktemp("wav2vec2-ru-random"), "tiny")
 
 
 def test_wav2vec2_path_with_local_model(env, random_wav2vec2_dir):

@@ -1,0 +1,105 @@
+# WhisperX worker, variant A: the monolith. One build gives the whole image (dependencies,
+# baked models and src/).
+#
+#   DOCKER_BUILDKIT=1 docker build --secret id=hf_token,src=./.hf_token \
+#       -t your-dockerhub/whisperx-worker:latest .
+#
+# Everything down to the "application layer" marker is Dockerfile.base, instruction for
+# instruction (scripts/docker_build_test.sh checks it), so this build and the base+app pair
+# (variant B) share their layers in the build cache. The comments about the choices made
+# live in Dockerfile.base; docs/DEPLOY.md describes the build arguments.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# ffmpeg decodes and resamples input audio, libsndfile1 backs soundfile/librosa.
+# DL3008 (pin apt versions) is ignored: Debian replaces package versions in place with
+# security updates, so a pin breaks the build within weeks; the base image tag and
+# requirements.txt are what pin this image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates ffmpeg libsndfile1 \
+ && if ! command -v python3.11 >/dev/null; then \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv; \
+    fi \
+ && rm -rf /var/lib/apt/lists/*
+
+# One venv at a fixed path whatever the base image, so the paths below hold everywhere.
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+RUN python3.11 -m venv /opt/venv
+
+COPY requirements.txt /tmp/requirements.txt
+# The pip cache lives in a BuildKit cache mount: not in the image, but reused by rebuilds.
+# Behind a TLS-inspecting proxy, pass its CA bundle as the optional secret ca_bundle
+# (--secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt): pip and the model fetcher
+# use it during their RUN only, and it is not left in the image.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install -r /tmp/requirements.txt \
+ && python -c "import ctranslate2, torch, whisperx; print('ctranslate2', ctranslate2.__version__, 'torch', torch.__version__)"
+
+# Where the worker finds its models (read by src/settings.py, src/diarization.py, whisperX,
+# nltk, huggingface_hub and torch.hub); the fetcher bakes into the same places.
+# ALIGN_MODEL_RU is a folder saved by the fetcher; ALIGN_MODEL_EN names the torchaudio
+# bundle, whose checkpoint is baked into TORCH_HOME. When a language is left out of
+# BAKE_ALIGN_LANGS, set its ALIGN_MODEL_<LANG> to an empty value when deploying.
+ENV MODELS_DIR=/models \
+    HF_HOME=/models/hf \
+    TORCH_HOME=/models/torch \
+    NLTK_DATA=/models/nltk_data \
+    OFFLINE_DIARIZATION_DIR=/models/offline-diarization \
+    ALIGN_MODEL_RU=/models/wav2vec2-ru \
+    ALIGN_MODEL_EN=WAV2VEC2_ASR_BASE_960H \
+    PYANNOTE_METRICS_ENABLED=false \
+    HF_HUB_DISABLE_TELEMETRY=1
+
+# Which models are baked (see builder/fetch_models.py --help). OFFLINE_TEST_ASSETS, a folder
+# inside builder/ of the build context, bakes the small offline test models instead.
+# MODELS_REFRESH: change it to re-run the fetch when nothing else changed (the hf_token
+# secret is not part of the build cache key, so adding a token alone reuses the old layer).
+ARG BAKE_ASR=1
+ARG ASR_MODELS=bzikst/faster-whisper-large-v3-russian
+ARG BAKE_ALIGN_LANGS="ru en"
+ARG BAKE_DIARIZATION=1
+ARG BAKE_OFFLINE_DIARIZATION=1
+ARG BAKE_NLTK=1
+ARG OFFLINE_TEST_ASSETS=""
+ARG MODELS_REFRESH=0
+# The Hugging Face token is a BuildKit secret: a file under /run/secrets during this RUN
+# only, never in a layer, a build argument or `docker history`.
+RUN --mount=type=bind,source=builder,target=/tmp/builder \
+    --mount=type=secret,id=hf_token \
+    --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then \
+      export PIP_CERT=/run/secrets/ca_bundle REQUESTS_CA_BUNDLE=/run/secrets/ca_bundle SSL_CERT_FILE=/run/secrets/ca_bundle; \
+    fi \
+ && python /tmp/builder/fetch_models.py \
+      --models-dir "${MODELS_DIR}" \
+      --asr "${BAKE_ASR}" --asr-models "${ASR_MODELS}" \
+      --align-langs "${BAKE_ALIGN_LANGS}" \
+      --diarization "${BAKE_DIARIZATION}" \
+      --offline-diarization "${BAKE_OFFLINE_DIARIZATION}" \
+      --nltk "${BAKE_NLTK}" \
+      --hf-token-file /run/secrets/hf_token \
+      ${OFFLINE_TEST_ASSETS:+--offline-test-assets "/tmp/builder/${OFFLINE_TEST_ASSETS}"}
+
+# ctranslate2 4.x dlopens libcublas.so.12 (and cuDNN 9) by name: make the pip-installed
+# copies findable. src/gpu_check.py reports at start-up when they are not.
+ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+WORKDIR /app
+
+# ---- application layer (Dockerfile.app) ----
+COPY src/ /app/src/
+
+# RunPod starts the worker with this; `python -u src/handler.py --test_input '{...}'` runs
+# one job locally and exits.
+CMD ["python", "-u", "src/handler.py"]

