@@ -13,7 +13,8 @@ FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# ffmpeg decodes and resamples input audio, libsndfile1 backs soundfile/librosa.
+# ffmpeg decodes and resamples input audio, libsndfile1 backs soundfile/librosa; libpython3.11
+# is for torchcodec's FFmpeg bindings when Python comes from apt (python images ship it).
 # DL3008 (pin apt versions) is ignored: Debian replaces package versions in place with
 # security updates, so a pin breaks the build within weeks; the base image tag and
 # requirements.txt are what pin this image.
@@ -22,7 +23,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates ffmpeg libsndfile1 \
  && if ! command -v python3.11 >/dev/null; then \
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv; \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 

@@ -12,14 +12,16 @@
 #   3. Builds the monolith (Dockerfile) and the base+app pair (Dockerfile.base, then
 #      Dockerfile.app), timed; they share layers, so the second build is mostly cache hits.
 #      A fake hf_token secret is mounted to check it never reaches the image.
-#   4. Runs `python -u src/handler.py --test_input '<job>'` (the image's CMD plus RunPod's
-#      local test mode) with --network none on pyannote's 2-speaker English sample copied
-#      into the container, and checks the result printed on the "Job result:" line.
+#   4. Runs one job through handler.main() (what the image's CMD runs) in RunPod's local
+#      test mode (--test_input), with --network none, on pyannote's 2-speaker English sample
+#      copied into the container, and checks the whole JSON result.
 #
 #   bash scripts/docker_build_test.sh            # warm: reuses the build cache
 #   bash scripts/docker_build_test.sh --cold     # drop the build cache and test images first
 #   options: --no-run (build only), --clean (remove the test images at the end)
-# Env: DOCKER (docker CLI to use), WHISPERX_DOCKER_BASE (default local/debian:bookworm).
+# Env: DOCKER (docker CLI to use), WHISPERX_DOCKER_BASE (default local/debian:bookworm),
+# WHISPERX_DOCKER_CA_BUNDLE (CA bundle handed to pip in the build as the ca_bundle secret;
+# default: this machine's /etc/ssl/certs/ca-certificates.crt).
 # The timings and image sizes are written to .stage-docker/report.txt. Exits non-zero on
 # any failure.
 set -euo pipefail
@@ -43,7 +45,7 @@ for arg in "$@"; do
     --cold) cold=1 ;;
     --no-run) run=0 ;;
     --clean) clean=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -202,9 +204,26 @@ for path in ("/models/faster-whisper-base/model.bin", "/models/offline-diarizati
     assert os.path.exists(path), path
 print("environment ok:", json.dumps({k: os.environ[k] for k in ("MODELS_DIR", "HF_HOME", "NLTK_DATA", "OFFLINE_DIARIZATION_DIR")}))
 EOF
+  # The job goes through handler.main(), what the CMD runs: logging set-up, model load and
+  # warm-up, then RunPod's local test mode (--test_input), which exits non-zero when the job
+  # fails. RunPod cuts its "Job result:" log line at 4096 characters, so the handler is
+  # wrapped to print its whole result as one JSON line too.
   local job='{"input": {"audio_file": "/tmp/sample.wav", "diarization": true, "align_output": true, "debug": true}}'
+  local driver='
+import json, sys
+sys.path.insert(0, "src")
+sys.argv = ["src/handler.py", "--test_input", sys.argv[1]]
+import handler
+real_handler = handler.handler
+def handler_printing_json(job):
+    result = real_handler(job)
+    print("FULL_JOB_RESULT " + json.dumps(result, ensure_ascii=True), flush=True)
+    return result
+handler.handler = handler_printing_json
+handler.main()
+'
   cid=$(docker create --network none -e ALLOW_LOCAL_FILES=true -e MODEL=faster-whisper-base \
-        -e HF_HUB_OFFLINE=1 -e RUNPOD_LOG_LEVEL=INFO "$image" python -u src/handler.py --test_input "$job")
+        -e HF_HUB_OFFLINE=1 -e RUNPOD_LOG_LEVEL=INFO "$image" python -u -c "$driver" "$job")
   docker cp "$SAMPLE" "$cid:/tmp/sample.wav"
   out="$STAGE/run-$(echo "$image" | tr ':/' '__').log"
   local t0; t0=$(now)
@@ -213,12 +232,12 @@ EOF
   fi
   docker rm -f "$cid" >/dev/null
   log "$image: job ran in $(( $(now) - t0 )) s (container start, model load and warm-up included)"
+  grep -q "Job local_test completed successfully" "$out" || die "$image: RunPod's test mode did not report success (log: $out)"
   python3 - "$out" <<'EOF' || die "$image: unexpected job result (log: $out)"
-import ast, sys
-lines = [line for line in open(sys.argv[1], encoding="utf-8") if "| Job result: " in line]
-assert lines, "no 'Job result:' line in the output"
-result = ast.literal_eval(lines[-1].split("| Job result: ", 1)[1])  # RunPod logs the dict's repr
-output = result["output"]
+import json, sys
+lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.startswith("FULL_JOB_RESULT ")]
+assert len(lines) == 1, f"expected one FULL_JOB_RESULT line, got {len(lines)}"
+output = json.loads(lines[0].split(" ", 1)[1])
 assert "error" not in output, output.get("error")
 assert output["detected_language"] == "en", output["detected_language"]
 segments = output["segments"]
@@ -226,8 +245,12 @@ text = " ".join(segment["text"] for segment in segments).lower()
 for word in ("hello", "know"):
     assert word in text, f"{word!r} not in transcript: {text[:300]}"
 assert all(segment.get("words") for segment in segments), "a segment without word timings"
+for segment in segments:
+    for word in segment["words"]:
+        assert segment["start"] - 0.01 <= word["start"] <= word["end"] <= segment["end"] + 0.01, (segment["text"], word)
 speakers = {segment.get("speaker") for segment in segments} - {None}
 assert len(speakers) >= 2, f"expected 2 speakers, got {speakers} (warnings: {output.get('warnings')})"
+assert output["debug_info"]["runtime"]["device"] == "cpu", output["debug_info"]["runtime"]
 print(f"job result ok: {len(segments)} segments, speakers {sorted(speakers)}, "
       f"{len(text.split())} words, warnings: {output.get('warnings')}")
 EOF

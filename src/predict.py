@@ -9,12 +9,14 @@ are turned into per-call option objects, so nothing a request sets outlives it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,8 @@ class Predictor:
         self.aligners: alignment.AlignmentModels | None = None
         self.diarizers = None
         self.startup_timings: dict[str, float] = {}
+        # One background thread: diarization of the current job overlaps its ASR.
+        self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
         self.startup_error: str | None = None
 
     # ------------------------------------------------------------------ start-up
@@ -143,6 +147,7 @@ class Predictor:
         except ModelLoadError as exc:
             self.startup_error = str(exc)
             logger.error("default model not loaded at start-up: %s", exc)
+        self._warm_up_post_asr()
         self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
         logger.info("worker ready on %s in %.1f s", self.device, self.startup_timings["setup_s"])
 
@@ -191,6 +196,33 @@ class Predictor:
         asr.transcribe_windows(model, noise, [window], tokenizer, asr.DecodeOptions(beam_size=1), 1, self.device)
         self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
+    def _warm_up_post_asr(self) -> None:
+        """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES`` and the
+        offline diarization pipeline, so the first job pays no load or first-call cost."""
+        import numpy as np
+
+        started = time.perf_counter()
+        rng = np.random.default_rng(1)
+        noise = (rng.standard_normal(vad.SAMPLE_RATE * 3) * 0.01).astype(np.float32)
+        for language in self.settings.preload_align_languages:
+            try:
+                aligner, _ = self.aligners.get(language)
+                alignment.ensure_punkt(language)
+                if self.settings.warmup:
+                    window = asr.WindowTranscript(0.0, 3.0, "а", [], 0.0, 0.0, 1.0, 0.0)
+                    alignment.align_with_wav2vec2([window], aligner, noise, self.device)
+            except Exception as exc:  # reported again, as a warning, on requests that need it
+                logger.warning("aligner for %s not preloaded: %s", language, exc)
+        if self.diarizers is not None:
+            self.diarizers.warm_up()
+            if self.settings.warmup:
+                try:
+                    self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
+                                           num_speakers=None, return_embeddings=False)
+                except Exception as exc:
+                    logger.warning("diarization warm-up failed: %s", exc)
+        self.startup_timings["post_asr_warmup_s"] = round(time.perf_counter() - started, 3)
+
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
         """Run one request; returns the response dict (without ``logs``, which the handler adds).
@@ -232,6 +264,10 @@ class Predictor:
             prepared = audio.prepare_audio(path, source, workdir)
         logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)
 
+        # Diarization needs only the waveform: start it now, in a second thread, so it overlaps
+        # VAD, ASR and alignment (GPU kernels of both stages interleave; CPU work overlaps).
+        diarization_job = self._start_diarization(prepared.waveform, opts, state) if opts.diarization else None
+
         notify("vad", None)
         with state.timed("vad_s"):
             scores = vad.speech_scores(vad_model, prepared.waveform)
@@ -257,13 +293,11 @@ class Predictor:
             with state.timed("alignment_s"):
                 segments, alignment_method = self._align(model, tokenizer, prepared.waveform, kept, language, opts, segments, state)
 
-        diarization_backend = None
-        if opts.diarization and segments:
+        diarization_backend, embeddings = None, None
+        if diarization_job is not None:
             notify("diarize", None)
-            with state.timed("diarization_s"):
-                segments, diarization_backend, embeddings = self._diarize(prepared.waveform, segments, opts, state)
-        else:
-            embeddings = None
+            with state.timed("diarization_wait_s"):
+                segments, diarization_backend, embeddings = self._finish_diarization(diarization_job, segments, state)
 
         response: dict = {
             "segments": segments,
@@ -338,28 +372,47 @@ class Predictor:
         state.warn(f"{reason}; word timestamps come from Whisper's cross-attention instead")
         return aligned, "whisper cross-attention"
 
-    def _diarize(self, waveform, segments, opts, state):
-        """Speaker labels on words and segments; a failure leaves the transcript unlabelled."""
+    def _start_diarization(self, waveform, opts, state: _RequestState):
+        """Submit diarization to the background thread; returns a Future (or None if unavailable).
+
+        The call runs in a copy of this request's context, so its log lines still land in
+        this request's ``logs``.
+        """
         if self.diarizers is None:
             state.warn("diarization is not available in this worker; speakers are not labelled")
-            return segments, None, None
+            return None
+        context = contextvars.copy_context()
+
+        def run():
+            started = time.perf_counter()
+            try:
+                return self.diarizers.diarize(
+                    waveform,
+                    model=opts.diarization_model,
+                    token=opts.huggingface_access_token,
+                    min_speakers=opts.min_speakers,
+                    max_speakers=opts.max_speakers,
+                    num_speakers=opts.num_speakers,
+                    return_embeddings=opts.return_speaker_embeddings,
+                )
+            finally:
+                state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
+
+        return self._diarization_pool.submit(context.run, run)
+
+    def _finish_diarization(self, job, segments, state: _RequestState):
+        """Wait for diarization and label words and segments; a failure leaves them unlabelled."""
         import diarization
 
         try:
-            out = self.diarizers.diarize(
-                waveform,
-                model=opts.diarization_model,
-                token=opts.huggingface_access_token,
-                min_speakers=opts.min_speakers,
-                max_speakers=opts.max_speakers,
-                num_speakers=opts.num_speakers,
-                return_embeddings=opts.return_speaker_embeddings,
-            )
+            out = job.result()
         except Exception as exc:  # DiarizationUnavailable, OOM, anything: keep the transcript
             state.warn(f"diarization failed ({type(exc).__name__}: {str(exc)[:200]}); speakers are not labelled")
             return segments, None, None
         for message in out.warnings:
             state.warn(message)
+        if not segments:
+            return segments, out.backend, out.speaker_embeddings
         return diarization.assign_speakers(segments, out.turns), out.backend, out.speaker_embeddings
 
     def _attach_formats(self, response: dict, opts, state: _RequestState) -> None:

@@ -60,6 +60,8 @@ class WorkerSettings:
     offline_diarization_dir: weights of the token-free diarization pipeline.
     cpu_threads: CTranslate2 threads on CPU (0 = library default).
     job_timeout_s: time budget of one job in seconds (``JOB_TIMEOUT_S``; 0 = none).
+    preload_align_languages: aligners loaded at start-up (``PRELOAD_ALIGN_LANGUAGES``,
+        comma-separated; default ru: the worker is Russian-first).
     """
 
     models_dir: str = "/models"
@@ -72,6 +74,7 @@ class WorkerSettings:
     offline_diarization_dir: str = "/models/offline-diarization"
     cpu_threads: int = 0
     job_timeout_s: float = 0.0
+    preload_align_languages: tuple[str, ...] = ("ru",)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -99,6 +102,9 @@ class WorkerSettings:
             ).strip(),
             cpu_threads=_env_int(env, "CPU_THREADS", 0),
             job_timeout_s=_env_float(env, "JOB_TIMEOUT_S", 0.0),
+            preload_align_languages=tuple(
+                lang.strip().lower() for lang in env.get("PRELOAD_ALIGN_LANGUAGES", "ru").split(",") if lang.strip()
+            ),
         )
 
     def align_model_for(self, language: str) -> str | None:
