@@ -378,5 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with huggingface_hub's Xet chunk cache in a temporary folder, removed afterwards:
+    by default it grows under $HF_HOME, which is baked into the image."""
+    if os.environ.get("HF_XET_CACHE"):
+        return main(argv)
+    scratch = tempfile.mkdtemp(prefix="hf-xet-")
+    os.environ["HF_XET_CACHE"] = scratch
+    try:
+        return main(argv)
+    finally:
+        del os.environ["HF_XET_CACHE"]
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -66,6 +66,7 @@ class WindowTranscript:
     compression_ratio: float
     temperature: float
     silent: bool = False  # judged non-speech by the thresholds: text dropped
+    speech_prob: float = 1.0  # the window's mean VAD speech probability
 
     @property
     def duration(self) -> float:
@@ -192,11 +193,19 @@ def _needs_fallback(avg_logprob: float, ratio: float, opts: DecodeOptions) -> bo
     return opts.log_prob_threshold is not None and avg_logprob < opts.log_prob_threshold
 
 
-def _is_silent(avg_logprob: float, no_speech_prob: float, opts: DecodeOptions) -> bool:
-    """Whisper's rule: high no-speech probability, unless the text is confidently decoded."""
+# Below this mean VAD speech probability a window is mostly non-speech by the VAD's own account.
+VAD_DOUBT = 0.5
+
+
+def _is_silent(avg_logprob: float, no_speech_prob: float, opts: DecodeOptions, speech_prob: float = 1.0) -> bool:
+    """Whisper's rule (high no-speech probability and unsure text), extended: a window both
+    Whisper and the VAD doubt is non-speech even when the decoder is confident, since
+    confident text over noise is the typical hallucination ("Редактор субтитров ...")."""
     if opts.no_speech_threshold is None or no_speech_prob <= opts.no_speech_threshold:
         return False
-    return opts.log_prob_threshold is None or avg_logprob < opts.log_prob_threshold
+    if opts.log_prob_threshold is None or avg_logprob < opts.log_prob_threshold:
+        return True
+    return speech_prob < VAD_DOUBT
 
 
 def transcribe_windows(
@@ -230,9 +239,10 @@ def transcribe_windows(
             for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):
                 ratio = compression_ratio(text)
                 window = windows[index]
-                result = WindowTranscript(window.start, window.end, text, tokens, avg_logprob, no_speech, ratio, temperature)
+                result = WindowTranscript(window.start, window.end, text, tokens, avg_logprob, no_speech, ratio, temperature,
+                                          speech_prob=window.speech_prob)
                 candidates[index].append(result)
-                if _needs_fallback(avg_logprob, ratio, opts) and not _is_silent(avg_logprob, no_speech, opts):
+                if _needs_fallback(avg_logprob, ratio, opts) and not _is_silent(avg_logprob, no_speech, opts, window.speech_prob):
                     still_failing.append(index)
                 else:
                     out[index] = result
@@ -243,7 +253,7 @@ def transcribe_windows(
             out[index] = max(readable or tried, key=lambda c: c.avg_logprob)
         for index in batch:
             result = out[index]
-            result.silent = _is_silent(result.avg_logprob, result.no_speech_prob, opts)
+            result.silent = _is_silent(result.avg_logprob, result.no_speech_prob, opts, windows[index].speech_prob)
         if progress is not None:
             progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
     return [r for r in out if r is not None]

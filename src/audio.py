@@ -277,7 +277,11 @@ def fetch_audio(
     scheme = scheme_match.group(0)[:-1].lower()
     if scheme not in ("http", "https"):
         raise AudioError(f"audio_file: unsupported URL scheme '{scheme}' (only http and https are allowed)")
-    suffix = _safe_suffix(urlsplit(audio_file).path) or _safe_suffix(audio_filename)
+    try:
+        url_path = urlsplit(audio_file).path
+    except ValueError as exc:  # e.g. "http://[::1": urllib refuses it before any connection
+        raise AudioError(f"audio_file: not a valid URL ({exc})") from None
+    suffix = _safe_suffix(url_path) or _safe_suffix(audio_filename)
     dest = workdir / f"input{suffix or '.bin'}"
     _download(audio_file, dest, policy)
     return dest, "url"

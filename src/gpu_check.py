@@ -4,7 +4,9 @@ ctranslate2 4.x is built against CUDA 12: on a GPU it dlopens ``libcublas.so.12`
 cuDNN 9) by name when the first model is loaded, so an image that lacks them, or has them
 where the dynamic loader does not look, starts fine and then fails on the first job with a
 bare "Library libcublas.so.12 is not found or cannot be loaded". ``check_gpu_stack()`` finds
-this at start-up and says what to fix. The image makes the pip copies (nvidia-cublas-cu12,
+this at start-up and says what to fix. The dlopen is the check that matters: on an H100 whose
+only CUDA libraries were CUDA 13's, ctranslate2 4.8.5 saw the GPU and
+``get_supported_compute_types("cuda")`` answered normally, while ``libcublas.so.12`` was missing. The image makes the pip copies (nvidia-cublas-cu12,
 nvidia-cudnn-cu12, both torch dependencies) findable through ``LD_LIBRARY_PATH``.
 
 On a machine without a CUDA device it returns ``[]`` after two cheap queries. It never raises.

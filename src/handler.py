@@ -20,6 +20,7 @@ import threading
 import time
 
 import audio
+import result_store
 import rp_schema
 from logs import capture_request_logs, redact, setup_logging
 from models import ModelLoadError
@@ -107,6 +108,7 @@ def handler(job: dict) -> dict:
                 response["refresh_worker"] = True
             return response
         logger.info("job %s done in %.2f s", job.get("id", "-"), time.perf_counter() - started)
+        result = result_store.deliver(result, str(job.get("id", "local")))
     result["logs"] = capture.text()
     return result
 

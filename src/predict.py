@@ -275,9 +275,10 @@ class Predictor:
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
 
-        language, detection = self._language(opts, model, prepared.waveform, windows, state)
+        language, detection = self._language(opts, model, prepared.waveform, vad.detection_windows(scores, windows), state)
         dopts = decode_options(opts)
-        tokenizer = asr.make_tokenizer(model, language, opts.task)
+        # With no speech there is nothing to decode; the tokenizer still needs a language.
+        tokenizer = asr.make_tokenizer(model, language or "en", opts.task)
         notify("transcribe", 0.0)
         with state.timed("transcription_s"):
             transcripts = self._transcribe(model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, notify, state)
@@ -332,9 +333,12 @@ class Predictor:
                 batch_size //= 2
 
     def _language(self, opts, model, waveform, windows, state: _RequestState):
-        """The request's language, or the one detected on speech windows."""
+        """The request's language, or the one detected on speech windows (None when there
+        is no speech to judge)."""
         if opts.language:
             return opts.language, None
+        if not windows:
+            return None, None
         if not model.model.is_multilingual:
             return "en", None
         with state.timed("language_detection_s"):
@@ -490,6 +494,7 @@ class Predictor:
                         "no_speech_prob": round(t.no_speech_prob, 4),
                         "compression_ratio": round(t.compression_ratio, 3),
                         "temperature": t.temperature,
+                        "vad_speech_prob": round(t.speech_prob, 3),
                         "silent": t.silent,
                     }
                     for t in transcripts

@@ -313,14 +313,25 @@ class RequestOptions:
         return data
 
     def __repr__(self) -> str:
-        """Show redacted values only, so a stray log of the object is safe."""
-        body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(redact=True).items())
+        """Show redacted values only, so a stray log of the object is safe; long free text
+        (prompts) is shortened so one request cannot flood the container log."""
+        body = ", ".join(f"{k}={_short(v)!r}" for k, v in self.to_dict(redact=True).items())
         return f"RequestOptions({body})"
+
+
+def _short(value: Any, limit: int = 200) -> Any:
+    """``value``, or its first ``limit`` characters and its length when it is a long string."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value)} chars)"
+    return value
 
 
 def _redact_url(location: str) -> str:
     """Mask user info and query string of a URL; leave plain paths alone."""
-    parts = urlsplit(location)
+    try:
+        parts = urlsplit(location)
+    except ValueError:  # malformed (e.g. "http://[::1"): show nothing of it
+        return f"<malformed URL, {len(location)} chars>"
     if not parts.scheme or not parts.netloc:
         return location
     netloc = parts.netloc

@@ -35,6 +35,7 @@ class SpeechWindow:
     start: float
     end: float
     regions: tuple[tuple[float, float], ...]
+    speech_prob: float = 1.0  # mean VAD speech probability over the regions (1.0 if unknown)
 
     @property
     def duration(self) -> float:
@@ -108,7 +109,39 @@ def group_windows(regions: list[tuple[float, float]], chunk_size: float) -> list
     return windows
 
 
+def mean_speech_prob(scores, regions: tuple[tuple[float, float], ...]) -> float:
+    """Mean frame speech probability of ``scores`` inside ``regions`` (seconds)."""
+    data = np.asarray(scores.data).reshape(len(scores.data), -1)[:, 0]
+    frames = scores.sliding_window
+    centres = frames.start + frames.duration / 2 + frames.step * np.arange(len(data))
+    inside = np.zeros(len(data), dtype=bool)
+    for start, end in regions:
+        inside |= (centres >= start) & (centres < end)
+    return float(data[inside].mean()) if inside.any() else 0.0
+
+
+def detection_windows(scores, windows: list[SpeechWindow], min_prob: float = 0.5, min_duration_s: float = 1.0) -> list[SpeechWindow]:
+    """Speech regions the VAD is sure of (mean probability >= ``min_prob``, at least
+    ``min_duration_s`` long, at most 30 s), in time order, for language detection: music or
+    noise that a low onset let into a window is not what the language is judged on.
+    Falls back to ``windows`` when no region qualifies."""
+    picked = []
+    for window in windows:
+        for start, end in window.regions:
+            if end - start < min_duration_s:
+                continue
+            end = min(end, start + 30.0)
+            prob = mean_speech_prob(scores, ((start, end),))
+            if prob >= min_prob:
+                picked.append(SpeechWindow(start, end, ((start, end),), prob))
+    return picked or list(windows)
+
+
 def speech_windows(scores, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
-    """Speech windows for the ASR from frame scores, under ``opts``."""
+    """Speech windows for the ASR from frame scores, under ``opts``, each with its mean
+    speech probability (used with Whisper's no-speech probability to drop non-speech)."""
     regions = refine_regions(binarize(scores, opts), opts, duration_s)
-    return group_windows(regions, opts.chunk_size)
+    return [
+        SpeechWindow(w.start, w.end, w.regions, mean_speech_prob(scores, w.regions))
+        for w in group_windows(regions, opts.chunk_size)
+    ]

@@ -61,7 +61,7 @@ def api(tmp_path_factory, worker_tmp):
 
 def _jobs(media) -> list[Job]:
     jobs: list[Job] = []
-    variants = [{}, {"language": "ru"}, {"beam_size": 1}, {"batch_size": 4}, {"output_format": "srt"}]
+    variants = [{}, {"language": "ru"}, {"debug": True}, {"batch_size": 4}, {"output_format": "srt"}]
     for i in range(14):
         clip = SHORT_CLIPS[i % len(SHORT_CLIPS)]
         jobs.append(Job(f"good-{i}", "runsync", {"audio_file": media.url(f"{clip}.wav"), **FAST, **variants[i % len(variants)]}, clip=clip))

@@ -1,0 +1,73 @@
+"""Large results: keep them inline when they fit, upload them to a bucket when they do not.
+
+RunPod rejects job outputs beyond its payload limits, and a transcript of hours of speech
+with word timestamps can pass them. When the serialised response is larger than
+``RESULT_INLINE_LIMIT_BYTES`` (default 8 MB) and a bucket is configured with RunPod's own
+ENV (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY``, optional
+``BUCKET_NAME``), the full response is uploaded through the SDK's upload helper and a
+presigned link is returned instead; without a bucket it stays inline with a warning. A
+response above 80 % of the limit carries a warning either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INLINE_LIMIT_BYTES = 8_000_000
+WARN_FRACTION = 0.8
+# Kept inline next to the link: small and what a client checks first.
+INLINE_KEYS = ("detected_language", "language_probability", "output_format", "warnings")
+
+
+def inline_limit(environ: Mapping[str, str]) -> int:
+    raw = environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip()
+    try:
+        return int(raw) if raw else DEFAULT_INLINE_LIMIT_BYTES
+    except ValueError:
+        logger.warning("RESULT_INLINE_LIMIT_BYTES=%r is not an integer; using %d", raw, DEFAULT_INLINE_LIMIT_BYTES)
+        return DEFAULT_INLINE_LIMIT_BYTES
+
+
+def bucket_configured(environ: Mapping[str, str]) -> bool:
+    return all(environ.get(name) for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"))
+
+
+def deliver(response: dict, job_id: str, environ: Mapping[str, str] | None = None) -> dict:
+    """The response to return for job ``job_id``: itself, or a link to its uploaded copy."""
+    env = os.environ if environ is None else environ
+    data = json.dumps(response, ensure_ascii=False).encode("utf-8")
+    limit = inline_limit(env)
+    size_mb = len(data) / 1e6
+    if len(data) <= limit:
+        if len(data) > WARN_FRACTION * limit:
+            response["warnings"].append(
+                f"the result is {size_mb:.1f} MB, close to the inline limit of {limit / 1e6:.1f} MB; "
+                "configure BUCKET_ENDPOINT_URL to receive large results as a link"
+            )
+        return response
+    if not bucket_configured(env):
+        response["warnings"].append(
+            f"the result is {size_mb:.1f} MB, over the inline limit of {limit / 1e6:.1f} MB, and no bucket is "
+            "configured (BUCKET_ENDPOINT_URL): RunPod may refuse it; use output_format or fewer details"
+        )
+        return response
+    from runpod.serverless.utils.rp_upload import upload_in_memory_object
+
+    try:
+        url = upload_in_memory_object(
+            f"{job_id}.json", data, bucket_name=env.get("BUCKET_NAME") or None, prefix="whisperx-results"
+        )
+    except Exception as exc:  # a bucket outage must not lose the transcript: return it inline
+        logger.warning("result upload failed: %s", type(exc).__name__)
+        response["warnings"].append(f"uploading the {size_mb:.1f} MB result failed ({type(exc).__name__}); returned inline")
+        return response
+    logger.info("result of %.1f MB uploaded to the bucket", size_mb)
+    linked = {key: response[key] for key in INLINE_KEYS if key in response}
+    linked["warnings"] = [*response.get("warnings", []), f"the result ({size_mb:.1f} MB) was uploaded; fetch it from result_url"]
+    linked.update(result_url=url, result_bytes=len(data), segments=[])
+    return linked
