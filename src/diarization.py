@@ -136,10 +136,10 @@ class OfflineHyperParameters:
     batch_size: 10 s chunks per segmentation batch.
     """
 
-    clustering_threshold: float = 0.7
-    clustering_method: str = "centroid"
-    min_cluster_size: int = 12
-    min_duration_off: float = 0.0
+    clustering_threshold: float = 0.375
+    clustering_method: str = "average"
+    min_cluster_size: int = 6
+    min_duration_off: float = 0.25
     segmentation_step: float = 0.1
     embedding_exclude_overlap: bool = False
     min_embedding_seconds: float = 0.1
@@ -625,7 +625,11 @@ class DiarizationModels:
         model = (model or DEFAULT_MODEL).strip()
         token = token or None
         try:
-            audio = np.ascontiguousarray(np.asarray(waveform, dtype=np.float32).reshape(-1))
+            audio = np.ascontiguousarray(np.squeeze(np.asarray(waveform, dtype=np.float32)))
+            if audio.ndim != 1:
+                raise ValueError(f"expected mono audio, got an array of shape {np.shape(waveform)}")
+            # A NaN sample would poison every window that contains it.
+            audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
             bounds, notes = normalize_speaker_bounds(num_speakers, min_speakers, max_speakers)
         except (TypeError, ValueError) as exc:
             raise DiarizationUnavailable(f"bad diarization input: {_describe_error(exc, token)}") from exc
@@ -672,12 +676,10 @@ class DiarizationModels:
         """Package a result, warning when the speaker count misses the requested bounds."""
         count = len({turn.speaker for turn in turns})
         if turns and not bounds.admits(count):
-            notes.append(
-                f"diarization found {count} speaker(s), not {bounds.describe()} as requested "
-                "(too little speech from the others to tell them apart)"
-                if count < (bounds.num_speakers or bounds.min_speakers or 0)
-                else f"diarization found {count} speaker(s), not {bounds.describe()} as requested"
-            )
+            message = f"diarization found {count} speaker(s), not {bounds.describe()} as requested"
+            if count < (bounds.num_speakers or bounds.min_speakers or 0):
+                message += " (too little speech from the others to tell them apart)"
+            notes.append(message)
         if not turns:
             notes.append("diarization found no speech")
         logger.info("diarization (%s): %d turns, %d speakers", backend, len(turns), count)

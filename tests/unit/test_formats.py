@@ -551,7 +551,7 @@ _LONG_WORD = st.text(alphabet="абвгдежзийклмно", min_size=40, max
 _SPEAKER = st.sampled_from([None, "SPEAKER_00", "SPEAKER_01"])
 _OPTIONS = st.builds(
     lambda width, lines, max_ms, min_frac, labels: SubtitleOptions(width, lines, max_ms / 1000, max_ms * min_frac // 1 / 1000, labels),
-    st.integers(8, 60), st.integers(1, 3), st.integers(800, 10_000), st.floats(0, 1), st.booleans(),
+    st.integers(8, 60), st.integers(1, 3), st.integers(800, 10_000), st.floats(0, 1, allow_subnormal=False), st.booleans(),
 )
 
 
@@ -589,7 +589,7 @@ def clean_transcripts(draw) -> list[dict]:
     return segments
 
 
-_TIME = st.one_of(st.none(), st.floats(0, 30), st.just(5.0), st.just(float("nan")))
+_TIME = st.one_of(st.none(), st.floats(0, 30, allow_subnormal=False), st.just(5.0), st.just(float("nan")))
 
 
 @st.composite
@@ -599,8 +599,8 @@ def messy_transcripts(draw) -> list[dict]:
     segments = []
     for _ in range(draw(st.integers(0, 5))):
         words = draw(st.lists(_WORD, min_size=1, max_size=15))
-        start = draw(st.floats(0, 30))
-        segment = {"start": start, "end": start + draw(st.floats(0, 10)), "text": " ".join(words)}
+        start = draw(st.floats(0, 30, allow_subnormal=False))
+        segment = {"start": start, "end": start + draw(st.floats(0, 10, allow_subnormal=False)), "text": " ".join(words)}
         if draw(st.booleans()):
             segment["words"] = [
                 {"word": w, "start": draw(_TIME), "end": draw(_TIME), **({"speaker": s} if (s := draw(_SPEAKER)) else {})}
