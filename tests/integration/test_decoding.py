@@ -187,3 +187,13 @@ def test_num_speakers_and_speaker_embeddings(predictor, monkeypatch):
     assert len(speakers) == 2
     embeddings = result["speaker_embeddings"]
     assert set(embeddings) == speakers and all(len(v) == 192 for v in embeddings.values())
+
+
+@pytest.mark.parametrize("fmt, head", [("srt", "1\n00:00:"), ("vtt", "WEBVTT"), ("txt", ""), ("tsv", "start\tend\tspeaker\ttext")])
+def test_output_format_is_returned_next_to_segments(predictor, fmt, head):
+    import formats
+
+    result = run(predictor, FESTVOX / "wav" / "ru_0002.wav", output_format=fmt)
+    assert result["segments"] and result["output_format"] == fmt
+    assert result["output"].startswith(head)
+    assert result["output"] == formats.render(result["segments"], fmt)
