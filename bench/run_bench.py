@@ -223,7 +223,10 @@ def cold_start(args) -> float:
             f"p=Predictor(WorkerSettings(models_dir='.', device='{args.device}', preload_model='{args.model}', preload_compute_type='{args.compute_type}',"
             f" offline_diarization_dir='{args.offline_diarization_dir}')); p.setup(); print('READY', time.perf_counter()-t)")
     t0 = now()
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        print("cold start failed:", done.stderr[-1500:], file=sys.stderr)
+        return float("nan")
     return now() - t0
 
 
@@ -303,10 +306,12 @@ def main() -> None:
         report["ct2_ceiling"] = run_ct2_ceiling(args, waveform, predictor)
     if "latency" not in skip:
         report["warm_latency_30s_clip_s"] = warm_latency(args, predictor, waveform, tmp)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1, default=str))
     if "cold" not in skip:
         report["cold_start_s"] = cold_start(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1, default=str))
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=1, default=str))
     print_table(report, duration)
 
 

@@ -365,6 +365,7 @@ class Predictor:
 
     def _align(self, model, tokenizer, waveform, kept, language, opts, segments, state):
         """wav2vec2 alignment, else Whisper's own word timings; never raises."""
+        self._configure_torch()  # pyannote switches TF32 off whenever a pipeline runs
         try:
             aligner, load_s = self.aligners.get(language)
             state.timings["alignment_model_load_s"] = round(load_s, 4)

@@ -43,8 +43,9 @@ MEETINGS_DIR = ASSETS / "pyannote" / "meetings"
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 # clip -> (wav file name, RTTM file, DER bound at collar 0). Measured with the default
-# hyper-parameters: trn03 0.039 (2 speakers), dev00 0.352 (2 speakers, half a minute of
-# confusion between two similar voices), tst00 0.449 (4 speakers, much overlap); sample 0.056.
+# hyper-parameters: trn03 0.039 (2 speakers), dev00 0.352 (2 speakers; a quarter of the speech
+# goes to the wrong one of two similar voices), tst00 0.449 (4 speakers, much overlap, 3
+# found); sample 0.056.
 MEETING_CLIPS = {
     "trn03": ("trn03.wav", "debug.train.rttm", 0.08),
     "dev00": ("dev00.wav", "debug.development.rttm", 0.40),
@@ -214,17 +215,20 @@ def test_meeting_clip_der(models, clip):
 
 
 # --------------------------------------------------------------------------- speaker counts
-def test_num_speakers_three_on_two_speaker_call(models, sample):
-    output = run(models, sample, num_speakers=3)
-    # Forcing a third cluster splits one voice; the result is never more than asked for.
-    assert 2 <= len(output.speakers) <= 3
-    if len(output.speakers) != 3:
-        assert any("not exactly 3" in text for text in output.warnings)
-
-
-def test_max_speakers_one(models, sample):
-    output = run(models, sample, max_speakers=1)
-    assert output.speakers == ["SPEAKER_00"]
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        # Forcing a third speaker on a two-person call splits one voice (measured: 12.8 s,
+        # 6.9 s and 4.6 s of speech): honoured, though wrong, as pyannote does.
+        ({"num_speakers": 3}, 3),
+        ({"min_speakers": 3}, 3),
+        ({"min_speakers": 2, "max_speakers": 4}, 2),
+        ({"max_speakers": 1}, 1),
+    ],
+)
+def test_speaker_count_constraints_are_honoured(models, sample, bounds, expected):
+    output = run(models, sample, **bounds)
+    assert len(output.speakers) == expected
     assert not any("speaker(s), not" in text for text in output.warnings)
 
 
@@ -239,12 +243,15 @@ def test_empty_audio(models):
     assert output.turns == [] and output.warnings
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
 def test_very_short_audio(models, sample):
-    """Half a second of speech (less than one 10 s window) still gives a valid result."""
-    output = run(models, sample[int(8.5 * diarization.SAMPLE_RATE): 9 * diarization.SAMPLE_RATE])
+    """Half a second of speech (less than one 10 s window) still gives a valid result, and a
+    speaker count that cannot be met is reported, not raised."""
+    output = run(models, sample[int(8.5 * diarization.SAMPLE_RATE): 9 * diarization.SAMPLE_RATE], num_speakers=2)
     assert output.backend == OFFLINE_BACKEND
-    assert len(output.speakers) <= 1
-    assert all(0.0 <= turn.start < turn.end <= 0.51 for turn in output.turns)
+    assert output.speakers == ["SPEAKER_00"]
+    assert all(0.0 <= turn.start < turn.end <= 0.5 for turn in output.turns)
+    assert any("found 1 speaker(s), not exactly 2" in text for text in output.warnings)
 
 
 def test_stereo_input_is_refused_as_unavailable(models, sample):
