@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_correctness.json"))
     args = parser.parse_args()
     os.environ["ALLOW_LOCAL_FILES"] = "true"
+    import torch  # noqa: F401 - first, so torch's bundled cuDNN wins over any on LD_LIBRARY_PATH
     from references import normalise, wer
 
     import rp_schema
