@@ -52,6 +52,30 @@ class Aligner:
     source: str
 
 
+class HalfPrecision:
+    """Runs a wav2vec2 aligner in float16 on the GPU behind its float32 interface.
+
+    whisperX feeds float32 audio and reads float32 emissions; half precision halves the
+    aligner's weights and activations (xlsr-53-large: 1.2 GB -> 0.6 GB) and roughly doubles
+    its speed on tensor cores; CTC emissions are log-softmaxed in float32 afterwards.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner.half()
+
+    def __call__(self, waveform, *args, **kwargs):
+        out = self.inner(waveform.half(), *args, **kwargs)
+        if hasattr(out, "logits"):  # transformers Wav2Vec2ForCTC
+            out.logits = out.logits.float()
+            return out
+        if isinstance(out, tuple):  # torchaudio bundles: (emissions, lengths)
+            return (out[0].float(), *out[1:])
+        return out.float()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 class AlignmentModels:
     """Resident aligners, one per language; failed loads are remembered for a while."""
 
@@ -97,6 +121,8 @@ class AlignmentModels:
         finally:
             if chatter.getvalue().strip():
                 logger.debug("whisperX: %s", chatter.getvalue().strip()[:500])
+        if self.device == "cuda":
+            model = HalfPrecision(model)
         return Aligner(language, model, metadata, name or "whisperX default")
 
 

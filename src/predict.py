@@ -197,11 +197,13 @@ class Predictor:
         started = time.perf_counter()
         model, _ = self.asr_models.whisper(resolved, compute_type)
         rng = np.random.default_rng(0)
-        noise = (rng.standard_normal(vad.SAMPLE_RATE * 2) * 0.01).astype(np.float32)
+        # On a GPU, a full 30 s window with beam search: the kernels a real batch will use.
+        seconds, beam = (30.0, 5) if self.device == "cuda" else (2.0, 1)
+        noise = (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
         vad.speech_scores(self.asr_models.vad(), noise)
-        window = vad.SpeechWindow(0.0, 2.0, ((0.0, 2.0),))
+        window = vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
-        asr.transcribe_windows(model, noise, [window], tokenizer, asr.DecodeOptions(beam_size=1), 1, self.device)
+        asr.transcribe_windows(model, noise, [window], tokenizer, asr.DecodeOptions(beam_size=beam), 1, self.device)
         self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
     def _warm_up_post_asr(self) -> None:
@@ -211,13 +213,14 @@ class Predictor:
 
         started = time.perf_counter()
         rng = np.random.default_rng(1)
-        noise = (rng.standard_normal(vad.SAMPLE_RATE * 3) * 0.01).astype(np.float32)
+        seconds = 30 if self.device == "cuda" else 3  # full-size shapes where kernels are chosen by shape
+        noise = (rng.standard_normal(vad.SAMPLE_RATE * seconds) * 0.01).astype(np.float32)
         for language in self.settings.preload_align_languages:
             try:
                 aligner, _ = self.aligners.get(language)
                 alignment.ensure_punkt(language)
                 if self.settings.warmup:
-                    window = asr.WindowTranscript(0.0, 3.0, "а", [], 0.0, 0.0, 1.0, 0.0)
+                    window = asr.WindowTranscript(0.0, float(seconds), "а " * (4 * seconds), [], 0.0, 0.0, 1.0, 0.0)
                     alignment.align_with_wav2vec2([window], aligner, noise, self.device)
             except Exception as exc:  # reported again, as a warning, on requests that need it
                 logger.warning("aligner for %s not preloaded: %s", language, exc)

@@ -170,3 +170,17 @@ def test_fill_missing_word_times(words, expected):
     filled = alignment.fill_missing_word_times(words, 1.0 if "start" not in words[0] else 0.0, 4.0)
     assert [(w["start"], w["end"]) for w in filled] == expected
     assert all("score" in w for w in filled if "start" not in next(x for x in words if x["word"] == w["word"]))
+
+
+def test_half_precision_aligner_matches_float32(random_wav2vec2_dir):
+    """The GPU path runs the aligner in float16 behind its float32 interface (checked on CPU,
+    where torch also has half kernels): same shape, float32 out, emissions within 1e-2."""
+    import torch
+    from transformers import Wav2Vec2ForCTC
+
+    waveform = torch.randn(1, 32000, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = Wav2Vec2ForCTC.from_pretrained(random_wav2vec2_dir).eval()(waveform).logits
+        half = alignment.HalfPrecision(Wav2Vec2ForCTC.from_pretrained(random_wav2vec2_dir).eval())(waveform).logits
+    assert half.dtype == torch.float32 and half.shape == reference.shape
+    assert (half - reference).abs().max().item() < 1e-2
