@@ -197,13 +197,14 @@ class Predictor:
         started = time.perf_counter()
         model, _ = self.asr_models.whisper(resolved, compute_type)
         rng = np.random.default_rng(0)
-        # On a GPU, a full 30 s window with beam search: the kernels a real batch will use.
-        seconds, beam = (30.0, 5) if self.device == "cuda" else (2.0, 1)
+        # On a GPU, a full batch of 30 s windows with beam search: the shapes and kernels a
+        # real job uses, so the first job does not pay for choosing and loading them.
+        seconds, beam, batch = (30.0, 5, rp_schema.defaults()["batch_size"]) if self.device == "cuda" else (2.0, 1, 1)
         noise = (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
         vad.speech_scores(self.asr_models.vad(), noise)
-        window = vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))
+        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
-        asr.transcribe_windows(model, noise, [window], tokenizer, asr.DecodeOptions(beam_size=beam), 1, self.device)
+        asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device)
         self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
     def _warm_up_post_asr(self) -> None:
@@ -227,6 +228,8 @@ class Predictor:
         if self.diarizers is not None:
             self.diarizers.warm_up()
             if self.settings.warmup:
+                if self.device == "cuda":  # more 10 s chunks than one GPU batch holds
+                    noise = np.tile(noise, 3)
                 try:
                     self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
                                            num_speakers=None, return_embeddings=False)
