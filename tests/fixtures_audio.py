@@ -12,7 +12,6 @@ import base64
 import http.server
 import shutil
 import subprocess
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ import requests
 import soundfile as sf
 
 from references import FESTVOX
+from servers import LocalServer
 
 SAMPLE_RATE = 16_000
 
@@ -202,7 +202,7 @@ def _make_handler(files: dict[str, Path], hits: Counter):
     return Handler
 
 
-class HostileServer:
+class HostileServer(LocalServer):
     """Threaded HTTP server on 127.0.0.1 with misbehaving routes (see ``_make_handler``).
 
     ``hits`` counts requests per path (retries are visible there).
@@ -210,24 +210,7 @@ class HostileServer:
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.hits: Counter = Counter()
-        self.httpd = _QuietThreadingServer(("127.0.0.1", 0), _make_handler(files, self.hits))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def url(self, path: str) -> str:
-        return f"{self.base}/{path.lstrip('/')}"
-
-    def __enter__(self) -> HostileServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(_QuietThreadingServer(("127.0.0.1", 0), _make_handler(files, self.hits)))
 
 
 # ---------------------------------------------------------------------------

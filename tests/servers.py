@@ -33,24 +33,37 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-class FileServer:
-    """A threaded static file server for ``root`` on 127.0.0.1."""
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (port chosen by the OS), started and stopped as a
+    context manager; subclasses give it a server instance."""
 
-    def __init__(self, root: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def __init__(self, httpd: http.server.HTTPServer) -> None:
+        self.httpd = httpd
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> FileServer:
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def __enter__(self):
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class FileServer(LocalServer):
+    """A static file server for ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        super().__init__(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 def worker_env(**extra: str) -> dict[str, str]:
