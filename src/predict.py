@@ -286,6 +286,8 @@ class Predictor:
         with state.timed("vad_s"):
             scores = vad.speech_scores(vad_model, prepared.waveform)
             windows = vad.speech_windows(scores, vad_options(opts), prepared.duration_s)
+            windows = vad.fill_batch(scores, windows, vad_options(opts), prepared.duration_s, opts.batch_size,
+                                     self.settings.batch_fill_window_s(self.device))
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
 
@@ -516,6 +518,7 @@ class Predictor:
                     for t in transcripts
                 ],
                 "vad_windows": len(windows),
+                "batch_fill_min_window_s": self.settings.batch_fill_window_s(self.device),
             },
             "output": {
                 "align_output": opts.align_output,
