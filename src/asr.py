@@ -157,9 +157,38 @@ def max_new_tokens(duration_s: float) -> int:
     return MIN_NEW_TOKENS + int(MAX_TOKENS_PER_SECOND * duration_s)
 
 
-def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress, longest_s: float):
-    """One generate call over a batch of windows at one temperature; ``longest_s`` is the
-    longest window's duration (seconds), which caps the decode length of the batch."""
+# Whisper's encoder always emits 1500 frames (30 s); the decoder caches keys and values of
+# all of them in every layer, for every window in flight.
+ENCODER_FRAMES = 1500
+
+
+def windows_in_flight(decoder_layers: int, d_model: int, cache_budget_mb: float, bytes_per_value: int = 2) -> int:
+    """How many windows one generate call may decode so that the decoder's cross-attention
+    cache (keys + values of 1500 encoder frames, every layer, float16) stays within
+    ``cache_budget_mb`` MiB. Measured on an H100 with large-v3 (32 layers x 1280): ~0.33 GB
+    per window at beam 5, of which 0.25 GB is this cache, so batch 32 adds ~11 GB to the
+    3 GB model and 16 windows ~5.7 GB. At least 1."""
+    per_window = 2 * decoder_layers * ENCODER_FRAMES * d_model * bytes_per_value
+    return max(1, int(cache_budget_mb * 2**20 // per_window))
+
+
+def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress,
+                 durations: Sequence[float], max_rows: int | None = None):
+    """Generate over a batch of windows at one temperature, ``max_rows`` windows per call
+    (all of them when None). ``durations`` (seconds, one per window) cap each call's decode
+    length by its longest window. Encoding per slice gives the same result as one pass
+    (windows are independent) and bounds the encoder's activations too."""
+    calls = 1 if not max_rows else -(-len(durations) // max_rows)
+    rows = -(-len(durations) // calls)  # equal slices: 32 windows at a cap of 17 -> 16 + 16
+    decoded = []
+    for first in range(0, len(durations), rows):
+        part = slice(first, first + rows)
+        decoded.extend(_generate(model, features[part], prompt, tokenizer, opts, temperature, suppress, max(durations[part])))
+    return decoded
+
+
+def _generate(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress, longest_s: float):
+    """One encode + generate call; ``longest_s`` (seconds) caps the decode length."""
     encoder_output = model.encode(features)
     if temperature > 0:
         kwargs = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0, "sampling_temperature": temperature}
@@ -217,10 +246,13 @@ def transcribe_windows(
     batch_size: int,
     device: str,
     progress: Callable[[float], None] | None = None,
+    max_rows: int | None = None,
 ) -> list[WindowTranscript]:
     """Decode every window, ``batch_size`` at a time, with the temperature fallback.
 
     Returns one ``WindowTranscript`` per window, in order. ``progress`` gets 0–100.
+    ``max_rows`` caps the windows of one generate call (see ``windows_in_flight``); a batch
+    bigger than that is decoded in consecutive calls.
     """
     prompt = _prompt(model, tokenizer, opts)
     suppress = suppressed_tokens(tokenizer, opts.suppress_numerals)
@@ -233,8 +265,8 @@ def transcribe_windows(
             if not pending:
                 break
             features = log_mel_batch(model, waveform, [windows[i] for i in pending], device)
-            longest = max(windows[i].duration for i in pending)
-            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, longest)
+            durations = [windows[i].duration for i in pending]
+            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, durations, max_rows)
             still_failing = []
             for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):
                 ratio = compression_ratio(text)

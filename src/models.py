@@ -7,7 +7,10 @@ touch it: decoding options are passed to each call instead (see ``asr``).
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -146,3 +149,50 @@ class AsrModels:
                 logger.info("loading VAD model (whisperX pyannote)")
                 self._vad = load_vad_model(torch.device(self.device).type)
             return self._vad
+
+
+@dataclass(frozen=True)
+class WhisperDimensions:
+    """Sizes of a CTranslate2 Whisper model that set its decoding memory."""
+
+    decoder_layers: int
+    d_model: int
+
+
+@functools.lru_cache(maxsize=16)
+def whisper_dimensions(model_path: str) -> WhisperDimensions | None:
+    """Decoder layer count and model width of the CTranslate2 Whisper in ``model_path``.
+
+    Read from the names and shapes at the head of each variable in ``model.bin`` (the data
+    is skipped with seeks, so a 3 GB file costs ~1 ms); None when the file is not in the
+    layout CTranslate2 writes (version, spec name, revision, variables).
+    """
+    layers: set[int] = set()
+    width = None
+    try:
+        with open(Path(model_path) / "model.bin", "rb") as handle:
+
+            def read(fmt: str):
+                return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))[0]
+
+            def read_string() -> str:
+                return handle.read(read("H")).rstrip(b"\0").decode("utf-8")
+
+            read("I")  # binary version
+            read_string()  # spec name
+            read("I")  # spec revision
+            for _ in range(read("I")):
+                name = read_string()
+                shape = [read("I") for _ in range(read("B"))]
+                read("B")  # dtype id
+                handle.seek(read("I"), 1)
+                match = re.match(r"decoder/layer_(\d+)/", name)
+                if match:
+                    layers.add(int(match.group(1)))
+                elif name == "decoder/layer_norm/gamma" and shape:
+                    width = shape[0]
+    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    if not layers or width is None:
+        return None
+    return WhisperDimensions(decoder_layers=len(layers), d_model=width)

@@ -26,7 +26,7 @@ import asr
 import audio
 import rp_schema
 import vad
-from models import AsrModels, ModelLoadError, effective_compute_type, pick_device, resolve_asr_model
+from models import AsrModels, ModelLoadError, effective_compute_type, pick_device, resolve_asr_model, whisper_dimensions
 from settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,8 @@ class Predictor:
         vad.speech_scores(self.asr_models.vad(), noise)
         windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
-        asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device)
+        asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
+                               max_rows=self._windows_per_generate(resolved.path, compute_type))
         self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
     def _warm_up_post_asr(self) -> None:
@@ -287,7 +288,7 @@ class Predictor:
             scores = vad.speech_scores(vad_model, prepared.waveform)
             windows = vad.speech_windows(scores, vad_options(opts), prepared.duration_s)
             windows = vad.fill_batch(scores, windows, vad_options(opts), prepared.duration_s, opts.batch_size,
-                                     self.settings.batch_fill_window_s(self.device))
+                                     self.settings.batch_fill_chunk_s(self.device))
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
 
@@ -296,8 +297,10 @@ class Predictor:
         # With no speech there is nothing to decode; the tokenizer still needs a language.
         tokenizer = asr.make_tokenizer(model, language or "en", opts.task)
         notify("transcribe", 0.0)
+        max_rows = self._windows_per_generate(resolved.path, compute_type)
         with state.timed("transcription_s"):
-            transcripts = self._transcribe(model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, notify, state)
+            transcripts = self._transcribe(model, prepared.waveform, windows, tokenizer, dopts, opts.batch_size, notify, state,
+                                           max_rows)
         dropped = sum(t.silent for t in transcripts)
         if dropped:
             state.warn(f"{dropped} window(s) judged non-speech by no_speech_threshold were dropped")
@@ -333,13 +336,21 @@ class Predictor:
         return response
 
     # ------------------------------------------------------------------ stages
-    def _transcribe(self, model, waveform, windows, tokenizer, dopts, batch_size, notify, state):
+    def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
+        """Cap on windows per generate call on a GPU (``ASR_DECODE_CACHE_MB``), None for none."""
+        budget = self.settings.asr_decode_cache_mb
+        dims = whisper_dimensions(model_path) if self.device == "cuda" and budget > 0 else None
+        if dims is None:
+            return None
+        return asr.windows_in_flight(dims.decoder_layers, dims.d_model, budget, 4 if compute_type == "float32" else 2)
+
+    def _transcribe(self, model, waveform, windows, tokenizer, dopts, batch_size, notify, state, max_rows=None):
         """Batched ASR; on out-of-memory, retry with half the batch (down to 1) and warn."""
         while True:
             try:
                 return asr.transcribe_windows(
                     model, waveform, windows, tokenizer, dopts, batch_size, self.device,
-                    progress=lambda pct: notify("transcribe", pct),
+                    progress=lambda pct: notify("transcribe", pct), max_rows=max_rows,
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch_size <= 1:
@@ -518,7 +529,8 @@ class Predictor:
                     for t in transcripts
                 ],
                 "vad_windows": len(windows),
-                "batch_fill_min_window_s": self.settings.batch_fill_window_s(self.device),
+                "batch_fill_min_chunk_s": self.settings.batch_fill_chunk_s(self.device),
+                "windows_per_generate": self._windows_per_generate(resolved.path, compute_type),
             },
             "output": {
                 "align_output": opts.align_output,

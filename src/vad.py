@@ -153,23 +153,23 @@ def fill_batch(
     opts: VadOptions,
     duration_s: float,
     batch_size: int,
-    min_window_s: float,
+    min_chunk_s: float,
 ) -> list[SpeechWindow]:
     """Shorter windows, cut at pauses, when the audio gives fewer windows than one batch holds.
 
     On a GPU a batch of windows decodes in about the time of its longest window (tokens are
     generated one step at a time, windows side by side), so a 30 s clip decoded as one window
-    takes ~3x longer than the same clip as three 10 s windows in one batch. Windows are re-cut
-    with the request's own VAD rules and a smaller ``chunk_size`` (long regions are split at
-    their lowest speech probability, i.e. at pauses, as whisperX does for 30 s), never shorter
-    than ``min_window_s`` seconds (Whisper needs context) and only while the result still fits
-    one batch of ``batch_size``. Returns ``windows`` unchanged when there is nothing to gain
-    or ``min_window_s`` is 0.
+    takes ~3x longer than the same clip as three ~10 s windows in one batch. Windows are
+    re-cut with the request's own VAD rules and a smaller ``chunk_size`` (long regions split
+    at their lowest speech probability, i.e. at pauses, as whisperX does for 30 s); that chunk
+    size never goes below ``min_chunk_s`` seconds (Whisper needs context) and the result must
+    still fit one batch of ``batch_size``. Returns ``windows`` unchanged when there is nothing
+    to gain or ``min_chunk_s`` is 0.
     """
-    if min_window_s <= 0 or not windows or len(windows) >= batch_size:
+    if min_chunk_s <= 0 or not windows or len(windows) >= batch_size:
         return windows
     speech_s = sum(window.duration for window in windows)
-    target = max(min_window_s, speech_s / batch_size)
+    target = max(min_chunk_s, speech_s / batch_size)
     # Greedy packing leaves windows a little short of the target, so the first cut can
     # overflow the batch: widen the target until it fits (a few cheap passes over the scores).
     while target < opts.chunk_size:

@@ -151,7 +151,25 @@ def test_worker_settings_from_env():
     assert settings.job_timeout_s == 90.0
 
 
-@pytest.mark.parametrize("env", [{"WORKER_DEVICE": "tpu"}, {"WARMUP": "maybe"}, {"JOB_TIMEOUT_S": "soon"}, {"JOB_TIMEOUT_S": "-1"}, {"LOG_TAIL_CHARS": "lots"}])
+def test_gpu_tuning_settings_from_env():
+    default = WorkerSettings.from_env({})
+    assert default.batch_fill_chunk_s("cuda") == 10.0 and default.batch_fill_chunk_s("cpu") == 0.0
+    assert default.asr_decode_cache_mb == 4096.0
+    tuned = WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "0", "ASR_DECODE_CACHE_MB": "0"})
+    assert tuned.batch_fill_chunk_s("cuda") == 0.0 and tuned.asr_decode_cache_mb == 0.0
+    assert WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "8"}).batch_fill_chunk_s("cpu") == 8.0
+
+
+def test_windows_in_flight_bounds_the_cross_attention_cache():
+    # large-v3: 2 x 32 layers x 1500 frames x 1280 x 2 bytes = 234 MiB per window.
+    assert asr.windows_in_flight(32, 1280, 4096) == 17
+    assert asr.windows_in_flight(32, 1280, 4096, bytes_per_value=4) == 8
+    assert asr.windows_in_flight(6, 512, 4096) == 233  # base: never splits a batch of 32
+    assert asr.windows_in_flight(32, 1280, 1) == 1
+
+
+@pytest.mark.parametrize("env", [{"WORKER_DEVICE": "tpu"}, {"WARMUP": "maybe"}, {"JOB_TIMEOUT_S": "soon"}, {"JOB_TIMEOUT_S": "-1"},
+                                 {"LOG_TAIL_CHARS": "lots"}, {"BATCH_FILL_MIN_CHUNK_S": "-2"}, {"ASR_DECODE_CACHE_MB": "big"}])
 def test_worker_settings_reject_bad_env(env):
     with pytest.raises(ValueError, match=next(iter(env))):
         WorkerSettings.from_env(env)
