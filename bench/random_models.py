@@ -14,10 +14,13 @@ from pathlib import Path
 RUSSIAN_LETTERS = "абвгдежзийклмнопрстуфхцчшщъыьэюя"
 
 
-def make_random_wav2vec2(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
+def make_random_wav2vec2(folder: Path, size: str = "tiny", seed: int = 0, feat_extract_norm: str | None = None) -> Path:
     """A Russian-alphabet ``Wav2Vec2ForCTC`` saved with ``save_pretrained``.
 
     size "tiny": 2 layers of 32 (fast, for tests); "large": xlsr-53-large shape (24 x 1024).
+    ``feat_extract_norm`` ("group" | "layer") overrides the size's feature-encoder norm (tiny:
+    "group", the transformers default; large: "layer", as xlsr-53): layer norm makes zero
+    padding exact, so the aligner batches segments.
     """
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
@@ -32,10 +35,11 @@ def make_random_wav2vec2(folder: Path, size: str = "tiny", seed: int = 0) -> Pat
     torch.manual_seed(seed)
     if size == "tiny":
         config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, pad_token_id=0)
+                                conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, pad_token_id=0,
+                                feat_extract_norm=feat_extract_norm or "group")
     else:
         config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                                conv_dim=(512,) * 7, do_stable_layer_norm=True, feat_extract_norm="layer", pad_token_id=0)
+                                conv_dim=(512,) * 7, do_stable_layer_norm=True, feat_extract_norm=feat_extract_norm or "layer", pad_token_id=0)
     Wav2Vec2ForCTC(config).save_pretrained(folder)
     return folder
 

@@ -2,8 +2,9 @@
 
 Order of preference for a request with ``align_output``:
 
-1. whisperX forced alignment with the wav2vec2 model of the detected language (loaded once
-   per language and kept; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
+1. wav2vec2 CTC forced alignment (whisperX's method and results, re-implemented for speed in
+   ``ctc_alignment``) with the model of the detected language (loaded once per language by
+   whisperX and kept; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
 2. when no aligner exists or loads for the language (no network, unknown language,
    silence detected as a rare language), Whisper's cross-attention word timings computed
    from the ASR model itself, which runs offline with the weights already resident.
@@ -165,16 +166,15 @@ def ensure_punkt(language: str) -> str | None:
 def align_with_wav2vec2(
     transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str
 ) -> list[dict]:
-    """whisperX forced alignment of each window's text; segments split into sentences."""
-    import whisperx
+    """wav2vec2 forced alignment of each window's text (whisperX's method and word timings,
+    batched: ``ctc_alignment``); segments split into sentences, every word timed."""
+    import ctc_alignment
 
-    segments = [{"start": t.start, "end": t.end, "text": t.text} for t in transcripts if t.text]
+    segments = [ctc_alignment.SegmentText(t.start, t.end, t.text) for t in transcripts if t.text]
     if not segments:
         return []
-    result = whisperx.align(
-        segments, aligner.model, aligner.metadata, waveform, device, return_char_alignments=False
-    )
-    return [_clean_segment(seg) for seg in result["segments"]]
+    aligned = ctc_alignment.align_segments(segments, aligner.model, aligner.metadata, waveform, device)
+    return [_clean_segment(seg) for seg in aligned]
 
 
 def whisper_word_timings(
