@@ -58,7 +58,8 @@ ENV MODELS_DIR=/models \
     ALIGN_MODEL_RU=/models/wav2vec2-ru \
     ALIGN_MODEL_EN=WAV2VEC2_ASR_BASE_960H \
     PYANNOTE_METRICS_ENABLED=false \
-    HF_HUB_DISABLE_TELEMETRY=1
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
 # Which models are baked (see builder/fetch_models.py --help). OFFLINE_TEST_ASSETS, a folder
 # inside builder/ of the build context, bakes the small offline test models instead.

@@ -138,6 +138,10 @@ class Predictor:
         self.startup_warnings = gpu_check.check_gpu_stack()
         for message in self.startup_warnings:
             logger.error("GPU stack: %s", message)
+        # Before the first CUDA allocation: torch then grows one mapped segment per stream
+        # instead of caching differently sized blocks, so the aligner's and the diarization's
+        # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = pick_device(self.settings.device)
         self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads)
         self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
