@@ -54,6 +54,7 @@ import dataclasses
 
 import bisect
 import copy
+import functools
 import importlib.util
 import logging
 import math
@@ -73,6 +74,7 @@ from pyannote.audio import Model
 from pyannote.audio.core.inference import BaseInference
 from pyannote.audio.core.plda import PLDA
 from pyannote.audio.pipelines import SpeakerDiarization
+from pyannote.core import SlidingWindowFeature
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,9 @@ class OfflineHyperParameters:
     embedding_exclude_overlap: embed only the non-overlapped speech of each local speaker.
     min_embedding_seconds: a local speaker with less speech than this in a 10 s chunk gets
         no embedding (NaN), so it is not used to build clusters.
-    batch_size: 10 s chunks per segmentation batch, local speakers per embedding batch.
+    batch_size: 10 s chunks per segmentation batch; local speakers per CAM++ forward: at most
+        this many on CPU (fewer for long stretches, see ``CPU_EMBEDDING_FRAMES``), at least this
+        many on CUDA (see ``CUDA_EMBEDDING_FRAMES``).
 
     How the defaults were chosen (``bench/diarization_quality.py --grid``: a sweep on cached
     segmentations and embeddings, ranked by corpus DER on the 10 train clips, checked on the 5
@@ -185,8 +189,21 @@ class OfflineHyperParameters:
 
 
 OFFLINE_HYPER_PARAMETERS = OfflineHyperParameters()
-GPU_BATCH_SIZE = 64  # segmentation / embedding chunks per batch on CUDA
 """Defaults of the offline pipeline (see the class docstring and the module docstring)."""
+
+GPU_BATCH_SIZE = 64
+"""Segmentation chunks per batch on CUDA, and the fewest local speakers per CAM++ forward."""
+
+CUDA_EMBEDDING_FRAMES = 64_000
+"""Most fbank frames (10 ms) per CAM++ forward on CUDA, rows rounded down to a power of two:
+64 local speakers of 9 s, 128 of 3 s (measured on an H100: 2.1 GB of GPU memory at the peak
+for 16 min of audio, fbank of the whole file included)."""
+
+CPU_EMBEDDING_FRAMES = 2_000
+"""Most fbank frames (10 ms) per CAM++ forward on CPU. Measured on one thread: 100-115 us per
+frame from 800 to ~2,400 frames per forward, 130-185 us beyond (the activations leave the
+caches) and below (per-call overhead): 16 rows of 10 s in one forward run 1.7x slower per frame
+than 2 rows."""
 
 
 # --------------------------------------------------------------------------- offline assets
@@ -244,6 +261,46 @@ def _load_campplus_class(code_path: Path) -> type:
 
 
 # --------------------------------------------------------------------------- CAM++ embedding
+def _conv1d_as_matmul(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for x (batch, channels, frames), computed as one (batched) matrix product.
+
+    Why, on CUDA: cuDNN builds execution plans for every convolution of each input shape it
+    has not seen (on an H100 with torch 2.11, a CAM++ forward of a new shape took ~140 ms, a
+    repeated one ~30 ms), and the embedding step runs one forward per distinct speech length,
+    up to ~300 shapes for a long file, most of them new to the process. Matrix products need
+    no plan. Measured on 16 min of speech (255 forwards): 10.8 s for a first file and 7.2 s
+    for a repeat, against 28-30 s and 6.1 s with cuDNN. CAM++'s 12 small 2-D convolutions
+    (its front end) still go to cuDNN.
+    """
+    (kernel,), (stride,), (dilation,), (padding,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    weight = conv.weight
+    if kernel == 1 and stride == 1 and padding == 0:
+        # (batch, out, in) @ (batch, in, frames); expand is a view, so this is one batched GEMM.
+        out = weight[:, :, 0].expand(x.shape[0], -1, -1).bmm(x)
+    else:
+        if padding:
+            x = F.pad(x, (padding, padding))
+        windows = x.unfold(2, (kernel - 1) * dilation + 1, stride)[..., ::dilation]  # (batch, in, frames', kernel)
+        out = torch.einsum("bctk,ock->bot", windows, weight)
+    return out if conv.bias is None else out + conv.bias[:, None]
+
+
+def _route_conv1d(network: torch.nn.Module, as_matmul: bool) -> None:
+    """Run ``network``'s plain 1-D convolutions through ``_conv1d_as_matmul`` (as_matmul) or
+    through torch's own convolution again."""
+    for module in network.modules():
+        if (
+            type(module) is torch.nn.Conv1d
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple)
+        ):
+            if as_matmul:
+                module.forward = functools.partial(_conv1d_as_matmul, module)
+            else:
+                module.__dict__.pop("forward", None)
+
+
 class CampPlusEmbedding(BaseInference):
     """CAM++ with the interface pyannote's ``SpeakerDiarization`` expects of an embedding.
 
@@ -252,6 +309,13 @@ class CampPlusEmbedding(BaseInference):
     local speakers that have too little speech (pyannote leaves those out of clustering).
     Subclassing ``BaseInference`` registers it with the pipeline, so ``Pipeline.to(device)``
     moves it along with the segmentation model.
+
+    What gets embedded for one local speaker (both ``__call__`` and
+    ``OfflineSpeakerDiarization.get_embeddings``, which share ``frame_masks`` and
+    ``embed_frames``): the 80-bin kaldi fbank of its 10 s chunk (10 ms frames), the frames where
+    its segmentation mask, stretched to the fbank frame count by nearest interpolation, is
+    > 0.5; none when fewer than ``min_num_frames`` remain; mean-normalised over those frames,
+    then cut to ``bucket_length`` frames.
     """
 
     sample_rate = SAMPLE_RATE
@@ -260,6 +324,9 @@ class CampPlusEmbedding(BaseInference):
     # Kaldi fbank framing, in 16 kHz samples: 25 ms window, 10 ms shift.
     _window_samples = 400
     _hop_samples = 160
+    # fbank frames computed at once over long audio (5 min): the FFT buffers of a piece take
+    # ~10 kB per frame, so this bounds them to a few hundred MB whatever the audio's length.
+    _piece_frames = 30_000
 
     def __init__(self, network: torch.nn.Module, min_embedding_seconds: float = 0.1):
         self.network = network
@@ -272,60 +339,165 @@ class CampPlusEmbedding(BaseInference):
         return self._window_samples + (self.min_num_frames - 1) * self._hop_samples
 
     def to(self, device: torch.device) -> CampPlusEmbedding:
-        """Move the network to ``device`` (features follow the waveform there)."""
+        """Move the network to ``device`` (features follow the waveform there); on CUDA its
+        1-D convolutions run as matrix products (see ``_conv1d_as_matmul``)."""
         self.network.to(device)
-        self.device = device
+        self.device = torch.device(device)
+        _route_conv1d(self.network, as_matmul=self.device.type == "cuda")
         return self
+
+    @classmethod
+    def num_frames(cls, num_samples: int) -> int:
+        """fbank frames (10 ms) of ``num_samples`` 16 kHz samples: whole 25 ms windows only."""
+        if num_samples < cls._window_samples:
+            return 0
+        return 1 + (num_samples - cls._window_samples) // cls._hop_samples
 
     @staticmethod
     def features(waveform: torch.Tensor) -> torch.Tensor:
         """80-bin log-mel fbank, (frames, 80), of a (1, samples) 16 kHz waveform, as 3D-Speaker computes it."""
         return kaldi.fbank(waveform, num_mel_bins=80, sample_frequency=SAMPLE_RATE, dither=0.0)
 
-    def masked_features(self, waveform: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """Mean-normalised fbank frames (frames, 80) of a (1, samples) waveform where ``mask``
-        > 0.5, or None when too few frames remain to embed."""
-        if mask is not None and not bool(mask.any()):
-            return None  # inactive local speaker: nothing to embed
-        feats = self.features(waveform.to(self.device).float())
-        if mask is not None:
-            # Segmentation frames (~17 ms) -> fbank frames (10 ms).
-            resized = F.interpolate(mask.to(self.device).float()[None, None], size=feats.shape[0], mode="nearest")
-            feats = feats[resized[0, 0] > 0.5]
-        if feats.shape[0] < self.min_num_frames:
-            return None
-        # Mean normalisation over the embedded frames, as in 3D-Speaker's recipe.
-        return feats - feats.mean(dim=0, keepdim=True)
+    def long_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``features`` of a (1, samples) 16 kHz waveform of any length, on ``self.device``.
+
+        Kaldi fbank frame i depends on samples [160 i, 160 i + 400) alone (DC removal,
+        pre-emphasis and windowing are per frame; no dither), so the audio is cut into pieces
+        of ``_piece_frames`` frames that overlap by the 240 samples a window reaches past its
+        hop, and the pieces' frames are concatenated: the same frames, in bounded memory.
+        """
+        total = self.num_frames(waveform.shape[-1])
+        pieces = []
+        for first in range(0, total, self._piece_frames):
+            count = min(self._piece_frames, total - first)
+            start = first * self._hop_samples
+            stop = start + (count - 1) * self._hop_samples + self._window_samples
+            piece = waveform[:, start:stop].to(self.device, torch.float32)
+            pieces.append(self.features(piece))
+        if not pieces:
+            return torch.zeros((0, 80), device=self.device)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     @staticmethod
-    def bucket_length(frames: int) -> int:
+    @functools.lru_cache(maxsize=16)
+    def _nearest_index(mask_frames: int, num_frames: int) -> np.ndarray:
+        """Segmentation frame that ``F.interpolate(mode="nearest")`` picks for each of
+        ``num_frames`` fbank frames: interpolating the frame numbers themselves gives torch's
+        exact float32 rounding, so the vectorised lookup matches a per-row interpolation."""
+        positions = torch.arange(mask_frames, dtype=torch.float32)[None, None]
+        index = F.interpolate(positions, size=num_frames, mode="nearest")[0, 0].long().numpy()
+        index.setflags(write=False)  # shared by every caller through the cache
+        return index
+
+    def frame_masks(self, masks: np.ndarray, num_frames: int) -> np.ndarray:
+        """(rows, num_frames) bool: which fbank frames (10 ms) each row embeds.
+
+        masks: (rows, segmentation frames) float, 1 = speaking (NaN counts as silence).
+        Nearest interpolation to the fbank frame count, then > 0.5; computed in numpy on the
+        CPU for all rows at once, so no per-row device round trip decides what to keep.
+        """
+        masks = np.nan_to_num(np.asarray(masks, dtype=np.float32), nan=0.0)
+        if masks.shape[0] == 0 or num_frames == 0:
+            return np.zeros((masks.shape[0], num_frames), dtype=bool)
+        return masks[:, self._nearest_index(masks.shape[1], num_frames)] > 0.5
+
+    @staticmethod
+    def bucket_length(frames: int | np.ndarray) -> int | np.ndarray:
         """Frames kept for batching: lengths of 3 s and more are cut down to a multiple of
         1 s (at most 0.99 s of a >= 3 s stretch is dropped), so most local speakers share a
         few lengths and run through CAM++ together; shorter ones keep every frame."""
-        return frames - frames % 100 if frames >= 300 else frames
+        return np.where(frames >= 300, frames - frames % 100, frames) if isinstance(frames, np.ndarray) else (
+            frames - frames % 100 if frames >= 300 else frames
+        )
 
-    def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
-        batch_size = waveforms.shape[0]
-        embeddings = np.full((batch_size, self.dimension), np.nan, dtype=np.float32)
+    def embed_frames(
+        self,
+        frames: torch.Tensor,
+        starts: np.ndarray,
+        keep: np.ndarray,
+        max_rows: Callable[[int], int],
+        progress: Callable[[int, int], None] | None = None,
+        pad_rows: bool = False,
+    ) -> np.ndarray:
+        """CAM++ embeddings (rows, 192) of masked, mean-normalised fbank frames; NaN rows for
+        rows with fewer than ``min_num_frames`` frames to embed.
+
+        frames: (total frames, 80) fbank on ``self.device``.
+        starts: (rows,) index in ``frames`` of each row's first fbank frame (10 ms).
+        keep: (rows, n) bool, the frames of each row to embed (``frame_masks``).
+        max_rows: most rows per CAM++ forward, given the bucketed length in frames.
+        progress: called with (completed, total) forwards, first with completed = 0.
+        pad_rows: run each forward on a power-of-two number of rows, repeating the batch's
+            last row (its copies' outputs are dropped; rows do not interact in CAM++). For
+            CUDA: cuDNN plans each new input shape of the 2-D convolutions that stay on it (see
+            ``_conv1d_as_matmul``), and rounding the rows keeps the shapes one file needs among
+            those earlier files already planned. Costs at most one batch of extra rows per
+            length.
+
+        Rows are grouped by bucketed length over all of ``keep`` (equal lengths need no
+        padding, which would bias CAM++'s statistics pooling) and each group runs in forwards
+        of at most ``max_rows`` rows. Frames are gathered with one index tensor per forward;
+        results stay on the device until the end, so a GPU never waits for the host.
+        """
+        num_rows = keep.shape[0]
+        counts = keep.sum(axis=1)
+        lengths = self.bucket_length(counts)
+        eligible = counts >= self.min_num_frames
+        batches: list[tuple[int, np.ndarray]] = []
+        for length in np.unique(lengths[eligible]):
+            rows = np.flatnonzero(eligible & (lengths == length))
+            step = max(1, max_rows(int(length)))
+            batches.extend((int(length), rows[i:i + step]) for i in range(0, len(rows), step))
+        if progress is not None:
+            progress(0, len(batches))
         if self.device.type == "cpu":
             # Denormal floats make CAM++'s convolutions several times slower on CPU; the flag
             # is per thread, so it is set on the thread that runs the model.
             torch.set_flush_denormal(True)
         with torch.inference_mode():
-            # Group local speakers by (bucketed) frame count and embed each group in one
-            # forward pass: equal lengths need no padding, which would bias CAM++'s
-            # statistics pooling, and one pass per group instead of per speaker keeps a GPU busy.
-            groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-            for index in range(batch_size):
-                feats = self.masked_features(waveforms[index], None if masks is None else masks[index])
-                if feats is not None:
-                    length = self.bucket_length(feats.shape[0])
-                    groups.setdefault(length, []).append((index, feats[:length]))
-            for members in groups.values():
-                stacked = torch.stack([feats for _, feats in members])
-                vectors = self.network(stacked).float().cpu().numpy()
-                for (index, _), vector in zip(members, vectors):
-                    embeddings[index] = vector
+            embeddings = torch.full((num_rows, self.dimension), math.nan, device=self.device)
+            for done, (length, rows) in enumerate(batches, 1):
+                real_rows = len(rows)
+                if pad_rows and real_rows & (real_rows - 1):
+                    rows = np.concatenate([rows, np.repeat(rows[-1:], (1 << real_rows.bit_length()) - real_rows)])
+                row_counts = counts[rows]
+                width = int(row_counts.max())
+                # Column of each row's j-th kept frame at [row, j], for j < count; the rest
+                # point at the row's first frame and get zero weight in the mean.
+                sub_keep = keep[rows]
+                rank = np.cumsum(sub_keep, axis=1) - 1
+                index = np.zeros((len(rows), width), dtype=np.int64)
+                hit_rows, hit_cols = np.nonzero(sub_keep)
+                index[hit_rows, rank[hit_rows, hit_cols]] = hit_cols
+                index += starts[rows, None]
+                gathered = frames[torch.from_numpy(index).to(self.device)]  # (rows, width, 80)
+                weight = torch.from_numpy(np.arange(width) < row_counts[:, None]).to(self.device, torch.float32)
+                # Mean over every kept frame, as in 3D-Speaker's recipe, though only the first
+                # ``length`` frames are embedded.
+                mean = (gathered * weight[:, :, None]).sum(dim=1) / weight.sum(dim=1, keepdim=True)
+                vectors = self.network(gathered[:, :length] - mean[:, None, :])[:real_rows]
+                embeddings[torch.from_numpy(rows[:real_rows]).to(self.device)] = vectors.float()
+                if progress is not None:
+                    progress(done, len(batches))
+            return embeddings.cpu().numpy()
+
+    def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
+        num_rows, _, num_samples = waveforms.shape
+        num_frames = self.num_frames(num_samples)
+        if masks is None:
+            keep = np.ones((num_rows, num_frames), dtype=bool)
+        else:
+            keep = self.frame_masks(masks.detach().cpu().numpy(), num_frames)
+        embeddings = np.full((num_rows, self.dimension), np.nan, dtype=np.float32)
+        # fbank only for the rows that will be embedded: the others get NaN whatever it holds.
+        wanted = np.flatnonzero(keep.sum(axis=1) >= self.min_num_frames)
+        if len(wanted) == 0:
+            return embeddings
+        with torch.inference_mode():
+            frames = torch.cat([self.features(waveforms[index].to(self.device, torch.float32)) for index in wanted])
+        starts = np.arange(len(wanted)) * num_frames
+        # One forward per bucketed length in this batch, as pyannote sized it.
+        embeddings[wanted] = self.embed_frames(frames, starts, keep[wanted], max_rows=lambda _: num_rows)
         return embeddings
 
 
@@ -389,6 +561,131 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         self._embedding = load_campplus_embedding(assets, hp.min_embedding_seconds)
         self.hyper_parameters = hp
         self.instantiate(hp.pyannote_params())
+
+    def get_embeddings(
+        self,
+        file,
+        binary_segmentations: SlidingWindowFeature,
+        exclude_overlap: bool = False,
+        hook: Callable | None = None,
+    ) -> np.ndarray:
+        """CAM++ embedding of each (chunk, local speaker): (chunks, local speakers, 192),
+        NaN where a local speaker has too little speech in its chunk.
+
+        Same result as pyannote's ``SpeakerDiarization.get_embeddings`` (which crops each
+        10 s chunk and calls ``CampPlusEmbedding`` once per local speaker, in batches), but:
+        the fbank is computed once over the whole file and each chunk takes its slice of it
+        (chunks start on whole 10 ms frames; chunks overlap by 90 %, so this is 30x less fbank
+        work with 3 local speakers); masks are turned into fbank frames for all rows at once
+        on the CPU; and all rows of the file are grouped by bucketed length, so CAM++ runs
+        once per distinct length (255 forwards for 16 min of speech, against 793 in batches
+        of 64 rows) with as many rows per forward as ``max_rows`` allows.
+
+        binary_segmentations: (chunks, segmentation frames, local speakers), 1 = speaking.
+        exclude_overlap: embed only the frames where the local speaker is alone, when there are
+            more than ``min_num_samples`` worth of them (pyannote's rule).
+        hook: called as ``hook("embeddings", None, total=forwards, completed=done)``.
+        """
+        # pyannote's cache for hyper-parameter sweeps (bench/diarization_quality.py --grid):
+        # embeddings do not depend on the clustering parameters being tried.
+        cache_key = "training_cache/embeddings"
+        powerset = self._segmentation.model.specifications.powerset
+        if self.training and cache_key in file:
+            cached = file[cache_key]
+            if powerset or cached.get("segmentation.threshold") == self.segmentation.threshold:
+                return cached["embeddings"]
+
+        embedding: CampPlusEmbedding = self._embedding
+        window = binary_segmentations.sliding_window
+        data = binary_segmentations.data
+        num_chunks, mask_frames, num_speakers = data.shape
+        masks = np.nan_to_num(data, nan=0.0).astype(np.float32)
+        if exclude_overlap:
+            # pyannote's rule, NaN handling included: a frame counts as overlapped unless
+            # fewer than 2 speakers are active there (a NaN frame is never clean), and the
+            # clean mask is used when it has more than ``min_num_samples`` worth of frames.
+            min_clean = math.ceil(mask_frames * embedding.min_num_samples / (window.duration * SAMPLE_RATE))
+            clean_frames = 1.0 * (np.sum(data, axis=2, keepdims=True) < 2)
+            clean = np.nan_to_num(data * clean_frames, nan=0.0).astype(np.float32)
+            use_clean = np.sum(clean, axis=1, keepdims=True) > min_clean  # (chunks, 1, speakers)
+            masks = np.where(use_clean, clean, masks)
+        # Rows in pyannote's order: chunk-major, then local speaker.
+        masks = masks.transpose(0, 2, 1).reshape(num_chunks * num_speakers, mask_frames)
+
+        # Chunk bounds in 16 kHz samples, rounded as pyannote's Audio.crop rounds them.
+        segments = [window[chunk] for chunk in range(num_chunks)]
+        bounds = np.array(
+            [(round(segment.start * SAMPLE_RATE), round(segment.end * SAMPLE_RATE)) for segment in segments], dtype=np.int64
+        ).reshape(num_chunks, 2)
+        chunk_frames = np.array([embedding.num_frames(int(stop - start)) for start, stop in bounds], dtype=np.int64)
+        width = int(chunk_frames.max(initial=0))
+        keep = np.zeros((num_chunks * num_speakers, width), dtype=bool)
+        for frame_count in np.unique(chunk_frames):
+            rows = np.flatnonzero(np.repeat(chunk_frames == frame_count, num_speakers))
+            keep[rows, :frame_count] = embedding.frame_masks(masks[rows], int(frame_count))
+
+        waveform, _ = self._audio(file)  # (channels, samples) at 16 kHz, downmixed to 1 channel
+        with torch.inference_mode():
+            frames, chunk_starts = self._chunk_features(waveform, bounds)
+
+        on_cuda = embedding.device.type == "cuda"
+        batch_size = self.embedding_batch_size
+
+        def max_rows(length: int) -> int:
+            if on_cuda:
+                # A GPU wants far more than batch_size rows per forward: cap the frames instead
+                # (activation memory grows with rows x frames), never below batch_size rows; a
+                # power of two, as pad_rows rounds the last forward of each length to one.
+                return max(batch_size, 1 << ((CUDA_EMBEDDING_FRAMES // length).bit_length() - 1))
+            # A CPU is fastest per frame at a couple of thousand frames per forward.
+            return max(1, min(batch_size, CPU_EMBEDDING_FRAMES // length))
+
+        def progress(completed: int, total: int) -> None:
+            if hook is not None:
+                hook("embeddings", None, total=max(total, 1), completed=completed if total else 1)
+
+        vectors = embedding.embed_frames(
+            frames, np.repeat(chunk_starts, num_speakers), keep, max_rows=max_rows, progress=progress, pad_rows=on_cuda
+        )
+        embeddings = vectors.reshape(num_chunks, num_speakers, embedding.dimension)
+
+        if self.training:
+            entry = {"embeddings": embeddings}
+            if not powerset:
+                entry["segmentation.threshold"] = self.segmentation.threshold
+            file[cache_key] = entry
+        return embeddings
+
+    def _chunk_features(self, waveform: torch.Tensor, bounds: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """fbank frames covering every chunk, and the index of each chunk's first frame.
+
+        waveform: (1, samples) at 16 kHz; bounds: (chunks, 2) [start, stop) in 16 kHz samples.
+        When every chunk starts on a 10 ms boundary (160 samples: any segmentation step that
+        is a multiple of 10 ms), the fbank of the whole audio, zero-padded at the end as
+        ``Audio.crop(mode="pad")`` pads the last chunks, holds every chunk's frames: a chunk
+        starting at sample s has global frames s / 160, s / 160 + 1, ... Otherwise each chunk's
+        fbank is computed from its own crop (exact, without the sharing; all chunks' frames are
+        held at once, 0.3 MB per 10 s chunk, so this fallback is meant for odd steps on short
+        audio, not for production settings).
+        """
+        embedding: CampPlusEmbedding = self._embedding
+        hop = embedding._hop_samples
+        num_samples = waveform.shape[-1]
+        if len(bounds) == 0:
+            return torch.zeros((0, 80), device=embedding.device), np.zeros(0, dtype=np.int64)
+        if bool(np.all(bounds[:, 0] >= 0)) and bool(np.all(bounds[:, 0] % hop == 0)):
+            padded = int(max(bounds[:, 1].max(), num_samples))
+            audio = F.pad(waveform, (0, padded - num_samples)) if padded > num_samples else waveform
+            return embedding.long_features(audio), bounds[:, 0] // hop
+        logger.info("segmentation chunks do not start on 10 ms boundaries: fbank computed per chunk")
+        pieces, starts, offset = [], [], 0
+        for start, stop in bounds:
+            crop = waveform[:, max(int(start), 0):min(int(stop), num_samples)]
+            crop = F.pad(crop, (max(-int(start), 0), max(int(stop) - num_samples, 0)))
+            pieces.append(embedding.features(crop.to(embedding.device, torch.float32)))
+            starts.append(offset)
+            offset += pieces[-1].shape[0]
+        return torch.cat(pieces), np.array(starts, dtype=np.int64)
 
 
 def build_offline_pipeline(

@@ -214,6 +214,202 @@ def test_meeting_clip_der(models, clip):
     assert error <= bound
 
 
+# --------------------------------------------------------------------------- embedding step
+@pytest.fixture(scope="module")
+def pipeline(models):
+    """The module's offline pipeline (CPU)."""
+    return models.offline_pipeline().pipeline
+
+
+def in_memory(audio: np.ndarray, uri: str) -> dict:
+    """pyannote AudioFile of 16 kHz mono samples."""
+    import torch
+
+    return {"waveform": torch.from_numpy(audio)[None], "sample_rate": diarization.SAMPLE_RATE, "uri": uri}
+
+
+def per_row_reference(pipeline, file: dict, segmentations, row_indices) -> np.ndarray:
+    """Embeddings of (chunk, local speaker) rows computed one at a time, as the embedding step
+    did before it shared work between rows: crop the chunk (zero-padded), fbank of the crop,
+    mask stretched to the fbank frames by ``F.interpolate`` (nearest), frames > 0.5, NaN under
+    ``min_num_frames`` frames, mean normalisation, ``bucket_length`` frames, one CAM++ forward."""
+    import torch
+    import torch.nn.functional as F
+
+    embedding = pipeline._embedding
+    num_speakers = segmentations.data.shape[2]
+    vectors = np.full((len(row_indices), embedding.dimension), np.nan, dtype=np.float32)
+    with torch.inference_mode():
+        for out, row in enumerate(row_indices):
+            chunk, speaker = divmod(row, num_speakers)
+            waveform, _ = pipeline._audio.crop(file, segmentations.sliding_window[chunk], mode="pad")
+            mask = torch.from_numpy(np.nan_to_num(segmentations.data[chunk, :, speaker], nan=0.0).astype(np.float32))
+            feats = embedding.features(waveform.float())
+            resized = F.interpolate(mask[None, None], size=feats.shape[0], mode="nearest")[0, 0]
+            feats = feats[resized > 0.5]
+            if not bool(mask.any()) or feats.shape[0] < embedding.min_num_frames:
+                continue
+            feats = feats - feats.mean(dim=0, keepdim=True)
+            vectors[out] = embedding.network(feats[: embedding.bucket_length(feats.shape[0])][None]).numpy()[0]
+    return vectors
+
+
+def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of two (rows, dimension) arrays."""
+    return np.sum(first * second, axis=-1) / np.linalg.norm(first, axis=-1) / np.linalg.norm(second, axis=-1)
+
+
+def test_fbank_of_whole_audio_sliced_equals_fbank_per_chunk(pipeline, sample):
+    """Kaldi fbank frames are per 25 ms window with a 10 ms hop, so the frames of a chunk
+    starting at sample s (a multiple of 160) are global frames s / 160, s / 160 + 1, ...;
+    also when the fbank is computed in pieces, and for a last chunk zero-padded past the end."""
+    import torch
+    import torch.nn.functional as F
+
+    embedding = pipeline._embedding
+    chunk_samples = 10 * diarization.SAMPLE_RATE
+    padded = F.pad(torch.from_numpy(sample)[None], (0, chunk_samples))
+    whole = embedding.long_features(padded)
+    assert whole.shape == (embedding.num_frames(padded.shape[1]), 80)
+    # Pieces of 7 s (an odd size, so piece boundaries fall inside chunks) give the same frames.
+    pieced_embedding = diarization.CampPlusEmbedding(embedding.network)
+    pieced_embedding._piece_frames = 700
+    pieced = pieced_embedding.long_features(padded)
+    assert torch.equal(pieced, whole)
+    worst = 0.0
+    for start in (0, 160, 160 * 37, 16_000 * 7, 16_000 * 21, len(sample) - 160 * 10):
+        start -= start % 160
+        chunk = embedding.features(padded[:, start:start + chunk_samples])
+        first = start // 160
+        assert chunk.shape[0] == embedding.num_frames(chunk_samples) == 998
+        worst = max(worst, float((whole[first:first + chunk.shape[0]] - chunk).abs().max()))
+    logging.getLogger(__name__).info("fbank slicing: largest difference %.2e", worst)
+    assert worst <= 1e-4  # same arithmetic on the same samples; measured 0
+
+
+@pytest.mark.parametrize("exclude_overlap", [False, True])
+def test_get_embeddings_matches_pyannote_loop(pipeline, sample, exclude_overlap):
+    """The file-wide embedding step gives pyannote's stock per-chunk loop's embeddings: the
+    same rows without an embedding (NaN) and the same vectors up to float rounding."""
+    from pyannote.audio.pipelines import SpeakerDiarization
+
+    file = in_memory(sample, "sample")
+    # segmentation-3.0 is a powerset model: pyannote embeds its segmentation as it is.
+    segmentations = pipeline.get_segmentations(file)
+    steps = []
+    fast = pipeline.get_embeddings(
+        file, segmentations, exclude_overlap=exclude_overlap,
+        hook=lambda name, artifact, total=None, completed=None: steps.append((name, artifact, total, completed)),
+    )
+    stock = SpeakerDiarization.get_embeddings(pipeline, file, segmentations, exclude_overlap=exclude_overlap)
+    num_chunks, _, num_speakers = segmentations.data.shape
+    assert fast.shape == stock.shape == (num_chunks, num_speakers, 192)
+    missing = np.isnan(fast).any(axis=2)
+    assert np.array_equal(missing, np.isnan(stock).any(axis=2))
+    assert np.isnan(fast[missing]).all() and 0 < missing.sum() < missing.size
+    cosines = row_cosines(fast[~missing], stock[~missing])
+    logging.getLogger(__name__).info("exclude_overlap=%s: %d rows, %d NaN, lowest cosine %.7f",
+                                     exclude_overlap, missing.size, missing.sum(), cosines.min())
+    assert cosines.min() >= 0.9999  # measured >= 0.99999
+
+    total = steps[0][2]
+    assert steps[0] == ("embeddings", None, total, 0) and steps[-1] == ("embeddings", None, total, total)
+    assert [step[3] for step in steps] == list(range(total + 1))
+
+    if not exclude_overlap:
+        # Against an independent one-row-at-a-time reference of the same recipe.
+        rows = np.arange(num_chunks * num_speakers)
+        reference = per_row_reference(pipeline, file, segmentations, rows).reshape(fast.shape)
+        assert np.array_equal(np.isnan(reference).any(axis=2), missing)
+        cosines = row_cosines(fast[~missing], reference[~missing])
+        logging.getLogger(__name__).info("per-row reference: lowest cosine %.7f", cosines.min())
+        assert cosines.min() >= 0.9999
+
+
+def test_get_embeddings_off_the_10ms_grid_matches_pyannote_loop(pipeline, sample):
+    """Chunks that do not start on a 10 ms boundary (a step of 1.0037 s) take the per-chunk
+    fbank fallback, with the same result as pyannote's loop."""
+    from pyannote.audio.pipelines import SpeakerDiarization
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    file = in_memory(sample, "sample")
+    segmentations = pipeline.get_segmentations(file)
+    odd = SlidingWindowFeature(segmentations.data, SlidingWindow(start=0.0, duration=10.0, step=1.0037))
+    assert any(round(odd.sliding_window[chunk].start * diarization.SAMPLE_RATE) % 160 for chunk in range(3))
+    fast = pipeline.get_embeddings(file, odd)
+    stock = SpeakerDiarization.get_embeddings(pipeline, file, odd)
+    missing = np.isnan(fast).any(axis=2)
+    assert np.array_equal(missing, np.isnan(stock).any(axis=2))
+    assert row_cosines(fast[~missing], stock[~missing]).min() >= 0.9999
+
+
+def test_conv1d_as_matmul_matches_convolution(pipeline):
+    """On CUDA, CAM++'s 1-D convolutions run as matrix products (no cuDNN planning per input
+    shape); checked here on the CPU, where the same code runs when routed explicitly."""
+    import torch
+
+    network = pipeline._embedding.network
+    assert not any("forward" in vars(module) for module in network.modules())  # CPU: torch's conv
+    features = torch.randn(3, 157, 80, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = network(features)
+        try:
+            diarization._route_conv1d(network, as_matmul=True)
+            routed = sum("forward" in vars(module) for module in network.modules())
+            actual = network(features)
+        finally:
+            diarization._route_conv1d(network, as_matmul=False)
+    assert routed == sum(isinstance(module, torch.nn.Conv1d) for module in network.modules()) > 200
+    assert not any("forward" in vars(module) for module in network.modules())
+    assert float(row_cosines(actual.numpy(), expected.numpy()).min()) >= 0.99999
+    assert float((actual - expected).abs().max()) <= 1e-3
+
+
+def test_get_embeddings_exclude_overlap_uses_clean_frames(pipeline, sample):
+    """With exclude_overlap, local speakers that overlap someone get a different embedding
+    (their clean frames only), the others the same one."""
+    file = in_memory(sample, "sample")
+    segmentations = pipeline.get_segmentations(file)
+    plain = pipeline.get_embeddings(file, segmentations, exclude_overlap=False)
+    clean = pipeline.get_embeddings(file, segmentations, exclude_overlap=True)
+    data = np.nan_to_num(segmentations.data)
+    overlapped = ((data.sum(axis=2, keepdims=True) >= 2) & (data > 0)).any(axis=1)  # (chunks, speakers)
+    both = ~np.isnan(plain).any(axis=2) & ~np.isnan(clean).any(axis=2)
+    assert overlapped[both].any() and (~overlapped[both]).any()
+    cosines = row_cosines(plain[both], clean[both])
+    assert cosines[~overlapped[both]].min() >= 0.9999
+    assert cosines[overlapped[both]].min() < 0.999
+
+
+@pytest.mark.slow
+def test_get_embeddings_speed_on_cpu(pipeline, sample):
+    """Prints (asserts nothing about speed) stock vs file-wide embedding step on ~3.5 minutes
+    of real speech, one torch thread; the two must still agree."""
+    import time
+
+    from pyannote.audio.pipelines import SpeakerDiarization
+
+    clips = [sample] + [load_wav(MEETINGS_DIR / f"{name}.wav") for name in
+                        ("trn01", "trn02", "trn03", "dev00", "dev01", "tst00")]
+    audio = np.concatenate(clips)
+    file = in_memory(audio, "concatenation")
+    started = time.perf_counter()
+    segmentations = pipeline.get_segmentations(file)
+    segmentation_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    stock = SpeakerDiarization.get_embeddings(pipeline, file, segmentations)
+    stock_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    fast = pipeline.get_embeddings(file, segmentations)
+    fast_seconds = time.perf_counter() - started
+    print(f"\n{len(audio) / diarization.SAMPLE_RATE:.0f} s of audio, {segmentations.data.shape[0]} chunks: "
+          f"segmentation {segmentation_seconds:.1f} s; embeddings: pyannote loop {stock_seconds:.1f} s, "
+          f"file-wide {fast_seconds:.1f} s ({stock_seconds / fast_seconds:.2f}x)")
+    missing = np.isnan(fast).any(axis=2)
+    assert np.array_equal(missing, np.isnan(stock).any(axis=2))
+    assert row_cosines(fast[~missing], stock[~missing]).min() >= 0.9999
+
+
 # --------------------------------------------------------------------------- speaker counts
 @pytest.mark.parametrize(
     ("bounds", "expected"),
