@@ -44,7 +44,7 @@ FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 # clip -> (wav file name, RTTM file, DER bound at collar 0). Measured with the default
 # hyper-parameters: trn03 0.039 (2 speakers), dev00 0.352 (2 speakers; a quarter of the speech
-# goes to the wrong one of two similar voices), tst00 0.449 (4 speakers, much overlap, 3
+# goes to the wrong one of two similar voices), tst00 0.475 (4 speakers, much overlap, 3
 # found); sample 0.056.
 MEETING_CLIPS = {
     "trn03": ("trn03.wav", "debug.train.rttm", 0.08),
