@@ -200,6 +200,7 @@ def run_worker(args, wav_path: str, duration: float) -> dict:
         results[label] = {"seconds": now() - t0, "timings": out["debug_info"]["timings"], "peak_gpu_mb": peak_mb(args.device),
                           "stage_peak_gpu_mb": STAGES.stage_peaks(_NVML.samples) if _NVML else None,
                           "torch_peak_reserved_mb": out["debug_info"]["peak_gpu_memory_mb"], "windows": out["debug_info"]["decode"]["vad_windows"],
+                          "windows_per_generate": out["debug_info"]["decode"]["windows_per_generate"],
                           "segments": len(out["segments"]), "words": sum(len(s.get("words", [])) for s in out["segments"]),
                           "speakers": len({s.get("speaker") for s in out["segments"] if s.get("speaker")}),
                           "alignment": out["debug_info"]["output"]["alignment_method"],

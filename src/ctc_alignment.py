@@ -45,7 +45,7 @@ class CtcAlignOptions:
     one-segment-per-forward path, and batching changes layer-norm emissions only by float noise."""
 
     max_rows_per_forward: int = 32  # segments per model forward
-    max_seconds_per_forward: float = 240.0  # padded audio per forward (rows x longest row): ~3.5 GB of activations for xlsr-large in fp16
+    max_seconds_per_forward: float = 120.0  # padded audio per forward (rows x longest row): 240 s took ~8 GB of torch memory for xlsr-large in fp16 on an H100
     pad_multiple_s: float = 1.0  # padded lengths are multiples of this, so shapes repeat (cuDNN autotune caches per shape)
     # Where models that pad exactly (padding_is_exact) get padded batches: "cuda" (on a GPU,
     # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and

@@ -189,8 +189,8 @@ def whisper_dimensions(model_path: str) -> WhisperDimensions | None:
                 match = re.match(r"decoder/layer_(\d+)/", name)
                 if match:
                     layers.add(int(match.group(1)))
-                elif name == "decoder/layer_norm/gamma" and shape:
-                    width = shape[0]
+                elif name == "decoder/embeddings/weight" and len(shape) == 2:
+                    width = shape[1]  # (vocabulary, d_model); present in every converter version
     except (OSError, struct.error, UnicodeDecodeError, ValueError):
         return None
     if not layers or width is None:

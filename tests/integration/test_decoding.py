@@ -193,6 +193,16 @@ def test_output_format_is_returned_next_to_segments(predictor, fmt, head):
 def test_whisper_dimensions_read_from_the_model_file(tmp_path):
     dims = whisper_dimensions(str(LOCAL_MODELS / BASE_MODEL))
     assert (dims.decoder_layers, dims.d_model) == (6, 512)  # Whisper base
+    import sys
+
+    from references import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from random_models import make_random_whisper_ct2  # a fresh conversion: the current converter's layout
+
+    converted = make_random_whisper_ct2(tmp_path / "random-base", LOCAL_MODELS / BASE_MODEL, "base")
+    dims = whisper_dimensions(str(converted))
+    assert (dims.decoder_layers, dims.d_model) == (6, 512)
     (tmp_path / "model.bin").write_bytes(b"not a model")
     assert whisper_dimensions(str(tmp_path)) is None
 
