@@ -95,7 +95,7 @@ def test_is_out_of_memory(exc, expected):
 def test_out_of_memory_retries_with_smaller_batch(monkeypatch):
     seen = []
 
-    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None):
+    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None, max_rows=None):
         seen.append(batch_size)
         if batch_size > 4:
             raise RuntimeError("CUDA failed with error out of memory")
