@@ -294,8 +294,9 @@ class Predictor:
         notify("vad", None)
         with state.timed("vad_s"):
             scores = vad.speech_scores(vad_model, prepared.waveform)
-            windows = vad.speech_windows(scores, vad_options(opts), prepared.duration_s)
-            windows = vad.fill_batch(scores, windows, vad_options(opts), prepared.duration_s, opts.batch_size,
+            vopts = vad_options(opts)
+            windows = vad.speech_windows(scores, vopts, prepared.duration_s)
+            windows = vad.fill_batch(scores, windows, vopts, prepared.duration_s, opts.batch_size,
                                      self.settings.batch_fill_chunk_s(self.device))
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
