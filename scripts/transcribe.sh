@@ -8,8 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh" >&2
 ASSETS="${WHISPERX_TEST_ASSETS:-$ROOT/.assets}"
-audio="${1:-$ASSETS/festvox-ru/wav/ru_0001.wav}"
-[ $# -gt 0 ] && shift
+# The first argument is the audio unless it is an option (then the sample is used).
+audio="$ASSETS/festvox-ru/wav/ru_0001.wav"
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then audio="$1"; shift; fi
 export MODELS_DIR="${MODELS_DIR:-$ROOT/.models}"
 export MODEL="${MODEL:-faster-whisper-base}"
 export NLTK_DATA="${NLTK_DATA:-$ASSETS/nltk_data}"
