@@ -177,6 +177,19 @@ def align_with_wav2vec2(
     return [_clean_segment(seg) for seg in aligned]
 
 
+def warm_up_aligner(aligner: Aligner, waveform: np.ndarray, device: str) -> int:
+    """Run ``aligner`` once on every input shape a job can give it (GPU padded batches; see
+    ``ctc_alignment.warm_up``) and align one segment of ``waveform`` end to end (text
+    planning, trellis, sentence splitter). Returns the number of shapes warmed."""
+    import ctc_alignment
+
+    shapes = ctc_alignment.warm_up(aligner.model, aligner.metadata, device)
+    seconds = len(waveform) / ctc_alignment.SAMPLE_RATE
+    probe = WindowTranscript(0.0, seconds, "а " * int(4 * seconds), [], 0.0, 0.0, 1.0, 0.0)
+    align_with_wav2vec2([probe], aligner, waveform, device)
+    return shapes
+
+
 def whisper_word_timings(
     model,
     waveform: np.ndarray,

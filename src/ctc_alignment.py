@@ -51,6 +51,10 @@ class CtcAlignOptions:
     # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and
     # computes the padding), "always" or "never" (one segment per forward everywhere).
     padded_batches: Literal["cuda", "always", "never"] = "cuda"
+    # Padded forwards get exactly ``rows_for_length`` rows (silent rows fill a short batch), so
+    # every forward has one of ~30 shapes, all run once at start-up by ``warm_up``: a new
+    # shape costs cuDNN a plan (~40 ms per shape, ~0.3 s on the first 16-min job without this).
+    fixed_rows: bool = True
     max_trellis_cells: int = 64_000_000  # segments x frames x tokens per trellis pass (= bytes of its decision array)
 
 
@@ -216,6 +220,12 @@ def _padded_length(samples: int, options: CtcAlignOptions) -> int:
     return int(math.ceil(samples / multiple)) * multiple
 
 
+def rows_for_length(padded_samples: int, options: CtcAlignOptions) -> int:
+    """Rows of a padded forward whose rows are ``padded_samples`` long: as many as
+    ``plan_batches`` can put in it (at least 1)."""
+    return max(1, min(options.max_rows_per_forward, int(options.max_seconds_per_forward * SAMPLE_RATE // padded_samples)))
+
+
 def output_frames(model, samples: np.ndarray) -> np.ndarray:
     """Emission frames a Hugging Face wav2vec2 model makes from inputs of ``samples`` samples."""
     return model._get_feat_extract_output_lengths(torch.as_tensor(samples, dtype=torch.long)).cpu().numpy().astype(np.int64)
@@ -224,13 +234,15 @@ def output_frames(model, samples: np.ndarray) -> np.ndarray:
 def _forward_padded(model, jobs: Sequence[_Job], device: str, options: CtcAlignOptions) -> tuple[list[torch.Tensor], np.ndarray]:
     """One forward of zero-padded rows with an attention mask; logits (rows, frames, columns)."""
     lengths = np.array([len(job.samples) for job in jobs], dtype=np.int64)
-    audio = np.zeros((len(jobs), _padded_length(int(lengths.max()), options)), dtype=np.float32)
-    mask = np.zeros(audio.shape, dtype=np.int64)
+    width = _padded_length(int(lengths.max()), options)
+    rows = max(len(jobs), rows_for_length(width, options)) if options.fixed_rows else len(jobs)
+    audio = np.zeros((rows, width), dtype=np.float32)
+    mask = np.ones(audio.shape, dtype=np.int64)  # filler rows: silence, unmasked (no empty attention)
     for row, job in enumerate(jobs):
         audio[row, : lengths[row]] = job.samples
-        mask[row, : lengths[row]] = 1
+        mask[row, lengths[row] :] = 0
     logits = model(torch.from_numpy(audio).to(device), attention_mask=torch.from_numpy(mask).to(device)).logits
-    return [logits], output_frames(model, lengths)
+    return [logits[: len(jobs)]], output_frames(model, lengths)
 
 
 def _forward_each(model, jobs: Sequence[_Job], model_type: str, device: str) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -301,10 +313,37 @@ def _launch(model, jobs: list[_Job], vocabulary: Vocabulary, device: str, padded
         return _InFlight(jobs, host, frames, copied)
 
 
+def uses_padded_batches(model, vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> bool:
+    """Whether segments go through ``model`` in padded batches on ``device``."""
+    wanted = options.padded_batches == "always" or (options.padded_batches == "cuda" and str(device).startswith("cuda"))
+    return wanted and padding_is_exact(model, vocabulary)
+
+
+def warm_up(model, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
+    """Run one silent padded forward (and the log-softmax after it) of every shape that
+    segments up to ``longest_s`` seconds can produce with ``fixed_rows``, so a job never meets
+    a shape for the first time. Returns the number of shapes run (0 where forwards are not
+    padded batches: their shapes are each segment's own length)."""
+    options = options or CtcAlignOptions()
+    vocabulary = Vocabulary.from_metadata(metadata)
+    if not (options.fixed_rows and uses_padded_batches(model, vocabulary, device, options)):
+        return 0
+    step = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))
+    widths = range(step, _padded_length(int(longest_s * SAMPLE_RATE), options) + 1, step)
+    with torch.inference_mode():
+        for width in widths:
+            rows = rows_for_length(width, options)
+            audio = torch.zeros((rows, width), dtype=torch.float32, device=device)
+            logits = model(audio, attention_mask=torch.ones((rows, width), dtype=torch.int64, device=device)).logits
+            _log_probs_with_wildcard([logits], vocabulary.blank_id)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return len(widths)
+
+
 def _emission_batches(model, jobs: list[_Job], vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> Iterator[tuple[list[_Job], EmissionBatch]]:
     """Emissions of ``jobs``, batch by batch; the next batch is queued before one is yielded."""
-    wanted = options.padded_batches == "always" or (options.padded_batches == "cuda" and str(device).startswith("cuda"))
-    padded = wanted and padding_is_exact(model, vocabulary)
+    padded = uses_padded_batches(model, vocabulary, device, options)
     batches = plan_batches([len(job.samples) for job in jobs], padded, options)
     logger.debug("%d segments in %d forwards (%s)", len(jobs), len(batches), "padded batches" if padded else "one segment per forward")
     pending: _InFlight | None = None

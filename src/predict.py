@@ -120,6 +120,7 @@ class Predictor:
         self.startup_timings: dict[str, float] = {}
         # One background thread: diarization of the current job overlaps its ASR.
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
+        self._side_stream = None  # torch.cuda.Stream of the diarization thread (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
 
@@ -203,10 +204,13 @@ class Predictor:
         rng = np.random.default_rng(0)
         # On a GPU, a full batch of 30 s windows with beam search: the shapes and kernels a
         # real job uses, so the first job does not pay for choosing and loading them.
-        seconds, beam, batch = (30.0, 5, rp_schema.defaults()["batch_size"]) if self.device == "cuda" else (2.0, 1, 1)
+        # A batch and a short tail batch, as a long file ends; the VAD over 2 minutes, which
+        # fills its own batches of chunks.
+        gpu = self.device == "cuda"
+        seconds, beam, batch, tail = (30.0, 5, rp_schema.defaults()["batch_size"], 3) if gpu else (2.0, 1, 1, 0)
         noise = (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
-        vad.speech_scores(self.asr_models.vad(), noise)
-        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
+        vad.speech_scores(self.asr_models.vad(), np.tile(noise, 4) if gpu else noise)
+        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * (batch + tail)
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
         asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
                                max_rows=self._windows_per_generate(resolved.path, compute_type))
@@ -226,12 +230,11 @@ class Predictor:
                 aligner, _ = self.aligners.get(language)
                 alignment.ensure_punkt(language)
                 if self.settings.warmup:
-                    # On a GPU, one segment of every whole-second length up to 30 s: the
-                    # aligner pads batches to whole seconds, and each new input shape costs
-                    # cuDNN a one-off plan (the first 16-min job aligned 5x slower without this).
-                    lengths = range(1, seconds + 1) if self.device == "cuda" else (seconds,)
-                    windows = [asr.WindowTranscript(0.0, float(n), "а " * (4 * n), [], 0.0, 0.0, 1.0, 0.0) for n in lengths]
-                    alignment.align_with_wav2vec2(windows, aligner, noise, self.device)
+                    # Each new input shape costs cuDNN a one-off plan: on a GPU every shape
+                    # a job can produce is run once (the first 16-min job aligned 1.7x slower
+                    # with only one segment of each length warmed).
+                    shapes = alignment.warm_up_aligner(aligner, noise[: 3 * vad.SAMPLE_RATE], self.device)
+                    logger.info("aligner for %s warmed up on %d input shapes", language, shapes)
             except Exception as exc:  # reported again, as a warning, on requests that need it
                 logger.warning("aligner for %s not preloaded: %s", language, exc)
         if self.diarizers is not None:
@@ -240,11 +243,16 @@ class Predictor:
                 if self.device == "cuda":  # more 10 s chunks than one GPU batch holds
                     noise = np.tile(noise, 3)
                 try:
-                    self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
-                                           num_speakers=None, return_embeddings=False)
+                    self._diarization_pool.submit(self._warm_up_diarization, noise).result()
                 except Exception as exc:
                     logger.warning("diarization warm-up failed: %s", exc)
         self.startup_timings["post_asr_warmup_s"] = round(time.perf_counter() - started, 3)
+
+    def _warm_up_diarization(self, noise) -> None:
+        """One diarization run in the diarization thread, on its stream, as jobs run it."""
+        with self._diarization_stream():
+            self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
+                                   num_speakers=None, return_embeddings=False)
 
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
@@ -427,19 +435,41 @@ class Predictor:
         def run():
             started = time.perf_counter()
             try:
-                return self.diarizers.diarize(
-                    waveform,
-                    model=opts.diarization_model,
-                    token=opts.huggingface_access_token,
-                    min_speakers=opts.min_speakers,
-                    max_speakers=opts.max_speakers,
-                    num_speakers=opts.num_speakers,
-                    return_embeddings=opts.return_speaker_embeddings,
-                )
+                with self._diarization_stream():
+                    return self.diarizers.diarize(
+                        waveform,
+                        model=opts.diarization_model,
+                        token=opts.huggingface_access_token,
+                        min_speakers=opts.min_speakers,
+                        max_speakers=opts.max_speakers,
+                        num_speakers=opts.num_speakers,
+                        return_embeddings=opts.return_speaker_embeddings,
+                    )
             finally:
                 state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
 
         return self._diarization_pool.submit(context.run, run)
+
+    @contextmanager
+    def _diarization_stream(self) -> Iterator[None]:
+        """On a GPU (``DIARIZATION_SIDE_STREAM``), make the calling thread's torch kernels run on
+        a non-blocking CUDA stream of their own.
+
+        CTranslate2 launches on the legacy default stream, which torch also uses by default;
+        kernels there wait for every other kernel on it, so diarization and ASR would only
+        take turns. On a side stream they run side by side. Waits for the stream before
+        returning, so results are complete when the caller reads them.
+        """
+        if self.device != "cuda" or not self.settings.diarization_side_stream:
+            yield
+            return
+        import torch
+
+        if self._side_stream is None:  # created by the diarization thread, used only there
+            self._side_stream = torch.cuda.Stream()
+        with torch.cuda.stream(self._side_stream):
+            yield
+        self._side_stream.synchronize()
 
     def _finish_diarization(self, job, segments, state: _RequestState):
         """Wait for diarization and label words and segments; a failure leaves them unlabelled."""

@@ -74,6 +74,10 @@ class WorkerSettings:
         one generate call (``ASR_DECODE_CACHE_MB``; 0 = no cap): a batch needing more is
         decoded in consecutive calls. 4096 lets large-v3 decode 16 windows at once (peak
         ~13 GB at batch 32 instead of ~18 GB, for ~15 % more ASR time).
+    diarization_side_stream: on a GPU, run diarization's kernels on a CUDA stream of their
+        own (``DIARIZATION_SIDE_STREAM``, default on). CTranslate2 and torch otherwise both
+        use the legacy default stream, where every kernel waits for the other library's, so
+        the overlapped diarization stretches the ASR stage instead of sharing the GPU.
     """
 
     models_dir: str = "/models"
@@ -89,6 +93,7 @@ class WorkerSettings:
     preload_align_languages: tuple[str, ...] = ("ru",)
     batch_fill_min_chunk_s: float | None = None
     asr_decode_cache_mb: float = 4096.0
+    diarization_side_stream: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -120,6 +125,7 @@ class WorkerSettings:
                 lang.strip().lower() for lang in env.get("PRELOAD_ALIGN_LANGUAGES", "ru").split(",") if lang.strip()
             ),
             asr_decode_cache_mb=_env_float(env, "ASR_DECODE_CACHE_MB", 4096.0),
+            diarization_side_stream=_env_bool(env, "DIARIZATION_SIDE_STREAM", True),
             batch_fill_min_chunk_s=(
                 _env_float(env, "BATCH_FILL_MIN_CHUNK_S", 0.0) if env.get("BATCH_FILL_MIN_CHUNK_S", "").strip() else None
             ),

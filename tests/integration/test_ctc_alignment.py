@@ -192,6 +192,26 @@ def test_matches_whisperx_batched_layer_norm(program, layer_norm_aligner):
     assert exact["max_time_diff_s"] <= 0.001 and exact["same_segments"]
 
 
+def test_fixed_rows_pad_batches_with_silence_without_changing_words(program, layer_norm_aligner):
+    """Padded forwards filled up to ``rows_for_length`` rows (the default) time every word as
+    batches of only the real rows do; warm_up runs one forward per whole-second width."""
+    waveform, segments = program
+    model, metadata = layer_norm_aligner
+    exact_rows = CtcAlignOptions(padded_batches="always", fixed_rows=False)
+    fixed_rows = CtcAlignOptions(padded_batches="always")
+    assert ctc_alignment.rows_for_length(10 * 16000, fixed_rows) == 12
+    assert ctc_alignment.rows_for_length(30 * 16000, fixed_rows) == 4
+    assert ctc_alignment.rows_for_length(1 * 16000, fixed_rows) == 32
+    plain = ctc_alignment.align_segments(segments, model, metadata, waveform, "cpu", exact_rows)
+    filled = ctc_alignment.align_segments(segments, model, metadata, waveform, "cpu", fixed_rows)
+    stats = compare(plain, filled)
+    assert stats["words"] >= 100 and stats["timed"] == stats["words"]
+    assert stats["within_20ms"] >= 0.99, stats
+    assert ctc_alignment.warm_up(model, metadata, "cpu", longest_s=4.5, options=fixed_rows) == 5
+    # Where forwards are one segment each (a CPU by default), there are no shapes to warm.
+    assert ctc_alignment.warm_up(model, metadata, "cpu") == 0
+
+
 def test_matches_whisperx_torchaudio_model(program, torchaudio_aligner):
     waveform, _ = program
     model, metadata = torchaudio_aligner

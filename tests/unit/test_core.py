@@ -158,6 +158,8 @@ def test_gpu_tuning_settings_from_env():
     tuned = WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "0", "ASR_DECODE_CACHE_MB": "0"})
     assert tuned.batch_fill_chunk_s("cuda") == 0.0 and tuned.asr_decode_cache_mb == 0.0
     assert WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "8"}).batch_fill_chunk_s("cpu") == 8.0
+    assert default.diarization_side_stream is True
+    assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false"}).diarization_side_stream is False
 
 
 def test_windows_in_flight_bounds_the_cross_attention_cache():
