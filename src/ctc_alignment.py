@@ -320,24 +320,26 @@ def uses_padded_batches(model, vocabulary: Vocabulary, device: str, options: Ctc
 
 
 def warm_up(model, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
-    """Run one silent padded forward (and the log-softmax after it) of every shape that
-    segments up to ``longest_s`` seconds can produce with ``fixed_rows``, so a job never meets
-    a shape for the first time. Returns the number of shapes run (0 where forwards are not
-    padded batches: their shapes are each segment's own length)."""
+    """Align silent segments that fill one padded forward of every shape segments up to
+    ``longest_s`` seconds can produce with ``fixed_rows`` (each row 0.5 s shorter than its
+    batch, so the attention mask is used as in a job), through the whole path: forward,
+    log-softmax, host copy, trellis. A job then never meets a shape for the first time.
+    Returns the number of shapes run (0 where forwards are not padded batches: their
+    shapes are each segment's own length)."""
     options = options or CtcAlignOptions()
     vocabulary = Vocabulary.from_metadata(metadata)
     if not (options.fixed_rows and uses_padded_batches(model, vocabulary, device, options)):
         return 0
+    letters = [c for c in vocabulary.dictionary if len(c) == 1 and c.isalpha()][:8] or ["a"]
     step = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))
     widths = range(step, _padded_length(int(longest_s * SAMPLE_RATE), options) + 1, step)
-    with torch.inference_mode():
-        for width in widths:
-            rows = rows_for_length(width, options)
-            audio = torch.zeros((rows, width), dtype=torch.float32, device=device)
-            logits = model(audio, attention_mask=torch.ones((rows, width), dtype=torch.int64, device=device)).logits
-            _log_probs_with_wildcard([logits], vocabulary.blank_id)
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+    segments = []
+    for width in widths:
+        seconds = max(0.1, (width - step / 2) / SAMPLE_RATE)
+        text = " ".join(letters[i % len(letters)] * 3 for i in range(max(1, int(seconds))))
+        segments.extend([SegmentText(0.0, seconds, text)] * rows_for_length(width, options))
+    noise = np.random.default_rng(0).standard_normal(widths[-1]).astype(np.float32) * 0.01
+    align_segments(segments, model, metadata, noise, device, options)
     return len(widths)
 
 
