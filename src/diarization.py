@@ -638,16 +638,7 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
             frames, chunk_starts = self._chunk_features(waveform, bounds)
 
         on_cuda = embedding.device.type == "cuda"
-        batch_size = self.embedding_batch_size
-
-        def max_rows(length: int) -> int:
-            if on_cuda:
-                # A GPU wants far more than batch_size rows per forward: cap the frames instead
-                # (activation memory grows with rows x frames), never below batch_size rows; a
-                # power of two, as pad_rows rounds the last forward of each length to one.
-                return max(batch_size, 1 << ((CUDA_EMBEDDING_FRAMES // length).bit_length() - 1))
-            # A CPU is fastest per frame at a couple of thousand frames per forward.
-            return max(1, min(batch_size, CPU_EMBEDDING_FRAMES // length))
+        max_rows = self.embedding_rows
 
         def progress(completed: int, total: int) -> None:
             if hook is not None:
@@ -664,6 +655,40 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
                 entry["segmentation.threshold"] = self.segmentation.threshold
             file[cache_key] = entry
         return embeddings
+
+    def embedding_rows(self, length: int) -> int:
+        """Most rows per CAM++ forward for rows of ``length`` fbank frames (10 ms)."""
+        if self._embedding.device.type == "cuda":
+            # A GPU wants far more than batch_size rows per forward: cap the frames instead
+            # (activation memory grows with rows x frames), never below batch_size rows; a
+            # power of two, as pad_rows rounds the last forward of each length to one.
+            return max(self.embedding_batch_size, 1 << ((CUDA_EMBEDDING_FRAMES // length).bit_length() - 1))
+        # A CPU is fastest per frame at a couple of thousand frames per forward.
+        return max(1, min(self.embedding_batch_size, CPU_EMBEDDING_FRAMES // length))
+
+    def warm_up_embeddings(self, row_cap: int = 64) -> int:
+        """On a GPU, run CAM++ once on every input shape a file can give it with up to
+        ``row_cap`` rows: every bucketed length (``CampPlusEmbedding.bucket_length``) times every
+        power-of-two row count. Each new shape costs cuDNN a plan for CAM++'s 2-D convolutions,
+        and noise gives pyannote's segmentation no speech to embed, so a plain warm-up run
+        leaves them all to the first job. Plans are kept per thread: call this from the
+        thread that runs jobs. Returns the number of shapes run (0 on a CPU)."""
+        embedding: CampPlusEmbedding = self._embedding
+        if embedding.device.type != "cuda":
+            return 0
+        longest = embedding.bucket_length(embedding.num_frames(int(self._segmentation.model.specifications.duration * SAMPLE_RATE)))
+        lengths = sorted(set(embedding._short_buckets.tolist()) | set(range(300, longest + 1, 100)))
+        shapes = 0
+        with torch.inference_mode():
+            for length in lengths:
+                if length < embedding.min_num_frames:
+                    continue
+                rows = 1
+                while rows <= min(row_cap, self.embedding_rows(length)):
+                    embedding.network(torch.zeros((rows, length, 80), device=embedding.device))
+                    rows, shapes = rows * 2, shapes + 1
+        torch.cuda.synchronize()
+        return shapes
 
     def _chunk_features(self, waveform: torch.Tensor, bounds: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """fbank frames covering every chunk, and the index of each chunk's first frame.
@@ -965,6 +990,16 @@ class DiarizationModels:
                 raise
 
         return self._entry((model, self.device), load)
+
+    def warm_up_embeddings(self) -> int:
+        """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded
+        (call from the thread that runs jobs); the number of shapes run."""
+        try:
+            entry = self.offline_pipeline()
+        except Exception:  # noqa: BLE001 - reported by warm_up and per request
+            return 0
+        with entry.lock:
+            return entry.pipeline.warm_up_embeddings()
 
     def warm_up(self) -> None:
         """Load the offline pipeline now (start-up), logging instead of raising on failure."""

@@ -253,6 +253,10 @@ class Predictor:
         with self._diarization_stream():
             self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
                                    num_speakers=None, return_embeddings=False)
+            started = time.perf_counter()
+            shapes = self.diarizers.warm_up_embeddings()
+            if shapes:
+                logger.info("CAM++ warmed up on %d input shapes in %.1f s", shapes, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
