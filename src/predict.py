@@ -148,6 +148,10 @@ class Predictor:
         self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
         self._setup_diarization()
         self._configure_torch()
+        # The diarization pipeline loads and warms up in its own thread (where its kernels'
+        # plans must live) while this one loads and warms up the ASR model: start-up takes
+        # the longer of the two instead of their sum.
+        diarization_ready = self._start_diarization_warm_up()
         name, requested_type = self._preload_choice()
         compute_type, _ = effective_compute_type(requested_type, self.device)
         try:
@@ -160,7 +164,8 @@ class Predictor:
         except ModelLoadError as exc:
             self.startup_error = str(exc)
             logger.error("default model not loaded at start-up: %s", exc)
-        self._warm_up_post_asr()
+        self._wait_for_diarization_warm_up(diarization_ready)
+        self._warm_up_aligners()
         self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
         logger.info("worker ready on %s in %.1f s", self.device, self.startup_timings["setup_s"])
 
@@ -216,15 +221,12 @@ class Predictor:
                                max_rows=self._windows_per_generate(resolved.path, compute_type))
         self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
-    def _warm_up_post_asr(self) -> None:
-        """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES`` and the
-        offline diarization pipeline, so the first job pays no load or first-call cost."""
-        import numpy as np
-
+    def _warm_up_aligners(self) -> None:
+        """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES``, so the
+        first job pays no load or first-call cost."""
         started = time.perf_counter()
-        rng = np.random.default_rng(1)
-        seconds = 30 if self.device == "cuda" else 3  # full-size shapes where kernels are chosen by shape
-        noise = (rng.standard_normal(vad.SAMPLE_RATE * seconds) * 0.01).astype(np.float32)
+        self._configure_torch()  # pyannote's warm-up run switched TF32 off: warm the job's kernels
+        noise = self._warm_up_noise(3.0)
         for language in self.settings.preload_align_languages:
             try:
                 aligner, _ = self.aligners.get(language)
@@ -233,30 +235,50 @@ class Predictor:
                     # Each new input shape costs cuDNN a one-off plan: on a GPU every shape
                     # a job can produce is run once (the first 16-min job aligned 1.7x slower
                     # with only one segment of each length warmed).
-                    shapes = alignment.warm_up_aligner(aligner, noise[: 3 * vad.SAMPLE_RATE], self.device)
+                    shapes = alignment.warm_up_aligner(aligner, noise, self.device)
                     logger.info("aligner for %s warmed up on %d input shapes", language, shapes)
             except Exception as exc:  # reported again, as a warning, on requests that need it
                 logger.warning("aligner for %s not preloaded: %s", language, exc)
-        if self.diarizers is not None:
-            self.diarizers.warm_up()
-            if self.settings.warmup:
-                if self.device == "cuda":  # more 10 s chunks than one GPU batch holds
-                    noise = np.tile(noise, 3)
-                try:
-                    self._diarization_pool.submit(self._warm_up_diarization, noise).result()
-                except Exception as exc:
-                    logger.warning("diarization warm-up failed: %s", exc)
-        self.startup_timings["post_asr_warmup_s"] = round(time.perf_counter() - started, 3)
+        self.startup_timings["aligner_warmup_s"] = round(time.perf_counter() - started, 3)
+
+    @staticmethod
+    def _warm_up_noise(seconds: float):
+        """Quiet white noise (float32, 16 kHz) for warm-up runs."""
+        import numpy as np
+
+        rng = np.random.default_rng(1)
+        return (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
+
+    def _start_diarization_warm_up(self):
+        """Submit the offline diarization pipeline's load (and with WARMUP, one run on noise
+        and CAM++ over every input shape) to the diarization thread; a Future, or None."""
+        if self.diarizers is None:
+            return None
+        # On a GPU, more 10 s chunks than one segmentation batch holds.
+        noise = self._warm_up_noise(90.0 if self.device == "cuda" else 3.0)
+        return self._diarization_pool.submit(self._warm_up_diarization, noise)
+
+    def _wait_for_diarization_warm_up(self, future) -> None:
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as exc:  # the pipeline's own failures are reported per request
+            logger.warning("diarization warm-up failed: %s", exc)
 
     def _warm_up_diarization(self, noise) -> None:
-        """One diarization run in the diarization thread, on its stream, as jobs run it."""
-        with self._diarization_stream():
-            self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
-                                   num_speakers=None, return_embeddings=False)
-            started = time.perf_counter()
-            shapes = self.diarizers.warm_up_embeddings()
-            if shapes:
-                logger.info("CAM++ warmed up on %d input shapes in %.1f s", shapes, time.perf_counter() - started)
+        """In the diarization thread, on its stream: load the offline pipeline and, with
+        WARMUP, run it once and run CAM++ on every input shape (``warm_up_embeddings``)."""
+        started = time.perf_counter()
+        self.diarizers.warm_up()
+        if self.settings.warmup:
+            with self._diarization_stream():
+                self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
+                                       num_speakers=None, return_embeddings=False)
+                shapes = self.diarizers.warm_up_embeddings()
+                if shapes:
+                    logger.info("CAM++ warmed up on %d input shapes", shapes)
+        self.startup_timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
 
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
