@@ -656,9 +656,10 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
             file[cache_key] = entry
         return embeddings
 
-    def embedding_rows(self, length: int) -> int:
-        """Most rows per CAM++ forward for rows of ``length`` fbank frames (10 ms)."""
-        if self._embedding.device.type == "cuda":
+    def embedding_rows(self, length: int, cuda: bool | None = None) -> int:
+        """Most rows per CAM++ forward for rows of ``length`` fbank frames (10 ms), on CUDA or
+        not (None: where the embedding model is)."""
+        if cuda if cuda is not None else self._embedding.device.type == "cuda":
             # A GPU wants far more than batch_size rows per forward: cap the frames instead
             # (activation memory grows with rows x frames), never below batch_size rows; a
             # power of two, as pad_rows rounds the last forward of each length to one.
@@ -666,29 +667,38 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         # A CPU is fastest per frame at a couple of thousand frames per forward.
         return max(1, min(self.embedding_batch_size, CPU_EMBEDDING_FRAMES // length))
 
+    def embedding_shapes(self, row_cap: int, cuda: bool = True) -> list[tuple[int, int]]:
+        """(rows, frames) of every CAM++ forward ``get_embeddings`` can make with at most
+        ``row_cap`` rows: each bucketed length (``CampPlusEmbedding.bucket_length``) of a chunk,
+        times each power-of-two row count up to ``embedding_rows`` (``pad_rows`` rounds the
+        last forward of a length up to one)."""
+        embedding: CampPlusEmbedding = self._embedding
+        chunk_samples = int(self._segmentation.model.specifications.duration * SAMPLE_RATE)
+        longest = embedding.bucket_length(embedding.num_frames(chunk_samples))
+        lengths = sorted(set(embedding._short_buckets.tolist()) | set(range(300, longest + 1, 100)))
+        shapes = []
+        for length in (n for n in lengths if n >= embedding.min_num_frames):
+            rows = 1
+            while rows <= min(row_cap, self.embedding_rows(length, cuda)):
+                shapes.append((rows, length))
+                rows *= 2
+        return shapes
+
     def warm_up_embeddings(self, row_cap: int = 64) -> int:
-        """On a GPU, run CAM++ once on every input shape a file can give it with up to
-        ``row_cap`` rows: every bucketed length (``CampPlusEmbedding.bucket_length``) times every
-        power-of-two row count. Each new shape costs cuDNN a plan for CAM++'s 2-D convolutions,
-        and noise gives pyannote's segmentation no speech to embed, so a plain warm-up run
-        leaves them all to the first job. Plans are kept per thread: call this from the
-        thread that runs jobs. Returns the number of shapes run (0 on a CPU)."""
+        """On a GPU, run CAM++ once on each of ``embedding_shapes(row_cap)``. Each new shape
+        costs cuDNN a plan for CAM++'s 2-D convolutions, and noise gives pyannote's
+        segmentation no speech to embed, so a plain warm-up run leaves them all to the first
+        job. Plans are kept per thread: call this from the thread that runs jobs. Returns the
+        number of shapes run (0 on a CPU)."""
         embedding: CampPlusEmbedding = self._embedding
         if embedding.device.type != "cuda":
             return 0
-        longest = embedding.bucket_length(embedding.num_frames(int(self._segmentation.model.specifications.duration * SAMPLE_RATE)))
-        lengths = sorted(set(embedding._short_buckets.tolist()) | set(range(300, longest + 1, 100)))
-        shapes = 0
+        shapes = self.embedding_shapes(row_cap)
         with torch.inference_mode():
-            for length in lengths:
-                if length < embedding.min_num_frames:
-                    continue
-                rows = 1
-                while rows <= min(row_cap, self.embedding_rows(length)):
-                    embedding.network(torch.zeros((rows, length, 80), device=embedding.device))
-                    rows, shapes = rows * 2, shapes + 1
+            for rows, length in shapes:
+                embedding.network(torch.zeros((rows, length, 80), device=embedding.device))
         torch.cuda.synchronize()
-        return shapes
+        return len(shapes)
 
     def _chunk_features(self, waveform: torch.Tensor, bounds: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """fbank frames covering every chunk, and the index of each chunk's first frame.

@@ -25,6 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 import diarization  # noqa: E402
 from diarization import (  # noqa: E402
@@ -608,3 +609,28 @@ def test_assign_overlapping_turns_pick_longest_overlap():
     # Both turns cover "yes" fully: a tie, broken deterministically (by label).
     assert result[0]["speaker"] == "B"
     assert result[1]["speaker"] == "A"
+
+
+def test_embedding_shapes_cover_every_forward_a_gpu_makes(pipeline):
+    """The CAM++ warm-up's shapes are the ones the GPU path of ``embed_frames`` runs: every
+    forward of rows with random speech lengths (bucketed lengths, power-of-two rows) of at
+    most 64 rows is one of ``embedding_shapes(64)``."""
+    embedding = pipeline._embedding
+    shapes = pipeline.embedding_shapes(64, cuda=True)
+    assert len(shapes) == len(set(shapes)) and all(rows & (rows - 1) == 0 and rows <= 64 for rows, _ in shapes)
+    assert {length for _, length in shapes} >= {300, 900} and min(length for _, length in shapes) == embedding.min_num_frames
+    rng = np.random.default_rng(3)
+    width = embedding.num_frames(10 * diarization.SAMPLE_RATE)
+    counts = np.concatenate([rng.integers(embedding.min_num_frames, width, size=60), np.full(20, width), rng.integers(0, 10, size=5)])
+    keep = np.arange(width)[None, :] < counts[:, None]
+    frames = torch.from_numpy(rng.standard_normal((len(counts) * width, 80)).astype(np.float32))
+    seen = []
+    network = embedding.network
+    try:
+        embedding.network = lambda x: (seen.append(tuple(x.shape[:2])), network(x))[1]
+        vectors = embedding.embed_frames(frames, np.arange(len(counts)) * width, keep,
+                                         max_rows=lambda n: pipeline.embedding_rows(n, cuda=True), pad_rows=True)
+    finally:
+        embedding.network = network
+    assert np.isnan(vectors).any(axis=1).sum() == 5  # rows with too little speech
+    assert seen and set(seen) <= set(shapes), sorted(set(seen) - set(shapes))
