@@ -3,8 +3,9 @@
     python3 bench/first_call_probe.py --audio long_ru_meetings.flac --offline-diarization-dir DIR [--out probe.json]
 
 For each stage (VAD, wav2vec2 alignment with a random xlsr-53-large-shaped model, offline
-diarization) the stage is warmed up the way ``Predictor.setup`` does, then run on real
-audio / new segment lengths twice. A first run much slower than the second means start-up
+diarization) the stage is warmed up the way ``Predictor.setup`` did before session 3's shape
+warm-ups (one aligner segment per length, diarization on noise, in the main thread), then run
+on real audio / new segment lengths twice: the diagnosis that led to them. A first run much slower than the second means start-up
 warm-up misses some shapes or one-off work. Prints a table; writes JSON.
 """
 

@@ -19,7 +19,8 @@ export CONTAINER_LOG_PATH="${CONTAINER_LOG_PATH:-$ROOT/container_log.txt}"
 export PYANNOTE_METRICS_ENABLED=false
 # Without a route to the Hub, huggingface_hub retries each lookup (the ru aligner) for ~90 s:
 # say offline at once, and the worker falls back to Whisper's word timings.
-if [ -z "${HF_HUB_OFFLINE:-}" ] && ! timeout 3 bash -c '</dev/tcp/huggingface.co/443' 2>/dev/null; then
+# (Behind a proxy the direct probe says nothing: then the Hub is left to try.)
+if [ -z "${HF_HUB_OFFLINE:-}${HTTPS_PROXY:-}${https_proxy:-}" ] && ! timeout 3 bash -c '</dev/tcp/huggingface.co/443' 2>/dev/null; then
   export HF_HUB_OFFLINE=1
 fi
 exec "$ROOT/.venv/bin/python" "$ROOT/src/local_run.py" "$audio" "$@"

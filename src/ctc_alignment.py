@@ -51,10 +51,11 @@ class CtcAlignOptions:
     # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and
     # computes the padding), "always" or "never" (one segment per forward everywhere).
     padded_batches: Literal["cuda", "always", "never"] = "cuda"
-    # Padded forwards get exactly ``rows_for_length`` rows (silent rows fill a short batch), so
-    # every forward has one of ~30 shapes, all run once at start-up by ``warm_up``: a new
-    # shape costs cuDNN a plan (~40 ms per shape, ~0.3 s on the first 16-min job without this).
-    fixed_rows: bool = True
+    # Where padded forwards get exactly ``rows_for_length`` rows (silent rows fill a short
+    # batch), so every forward has one of ~30 shapes, all run once at start-up by ``warm_up``:
+    # "cuda" (a new shape costs cuDNN a plan, ~40 ms each, ~0.3 s on the first 16-min job
+    # without this; on a CPU the filler rows would only cost time), "always" or "never".
+    fixed_rows: Literal["cuda", "always", "never"] = "cuda"
     max_trellis_cells: int = 64_000_000  # segments x frames x tokens per trellis pass (= bytes of its decision array)
 
 
@@ -220,6 +221,10 @@ def _padded_length(samples: int, options: CtcAlignOptions) -> int:
     return int(math.ceil(samples / multiple)) * multiple
 
 
+def _fixed_rows(device: str, options: CtcAlignOptions) -> bool:
+    return options.fixed_rows == "always" or (options.fixed_rows == "cuda" and str(device).startswith("cuda"))
+
+
 def rows_for_length(padded_samples: int, options: CtcAlignOptions) -> int:
     """Rows of a padded forward whose rows are ``padded_samples`` long: as many as
     ``plan_batches`` can put in it (at least 1)."""
@@ -235,7 +240,7 @@ def _forward_padded(model, jobs: Sequence[_Job], device: str, options: CtcAlignO
     """One forward of zero-padded rows with an attention mask; logits (rows, frames, columns)."""
     lengths = np.array([len(job.samples) for job in jobs], dtype=np.int64)
     width = _padded_length(int(lengths.max()), options)
-    rows = max(len(jobs), rows_for_length(width, options)) if options.fixed_rows else len(jobs)
+    rows = max(len(jobs), rows_for_length(width, options)) if _fixed_rows(device, options) else len(jobs)
     audio = np.zeros((rows, width), dtype=np.float32)
     mask = np.ones(audio.shape, dtype=np.int64)  # filler rows: silence, unmasked (no empty attention)
     for row, job in enumerate(jobs):
@@ -328,7 +333,7 @@ def warm_up(model, metadata: dict, device: str, longest_s: float = 32.0, options
     shapes are each segment's own length)."""
     options = options or CtcAlignOptions()
     vocabulary = Vocabulary.from_metadata(metadata)
-    if not (options.fixed_rows and uses_padded_batches(model, vocabulary, device, options)):
+    if not (_fixed_rows(device, options) and uses_padded_batches(model, vocabulary, device, options)):
         return 0
     letters = [c for c in vocabulary.dictionary if len(c) == 1 and c.isalpha()][:8] or ["a"]
     step = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))

@@ -159,11 +159,16 @@ class Predictor:
             _, seconds = self.asr_models.whisper(resolved, compute_type)
             self.startup_timings["model_load_s"] = round(seconds, 3)
             self.asr_models.vad()
-            if self.settings.warmup:
-                self._warm_up(resolved, compute_type)
         except ModelLoadError as exc:
             self.startup_error = str(exc)
             logger.error("default model not loaded at start-up: %s", exc)
+        else:
+            if self.settings.warmup:
+                try:
+                    self._warm_up(resolved, compute_type)
+                except Exception as exc:  # an OOM here must not stop the worker serving
+                    logger.warning("ASR warm-up failed (the first job pays for it): %s", exc)
+                    self._release_gpu_cache()
         self._wait_for_diarization_warm_up(diarization_ready)
         self._warm_up_aligners()
         self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
@@ -251,7 +256,8 @@ class Predictor:
 
     def _start_diarization_warm_up(self):
         """Submit the offline diarization pipeline's load (and with WARMUP, one run on noise
-        and CAM++ over every input shape) to the diarization thread; a Future, or None."""
+        and CAM++ over its input shapes of up to 64 rows) to the diarization thread; a Future,
+        or None."""
         if self.diarizers is None:
             return None
         # On a GPU, more 10 s chunks than one segmentation batch holds.
@@ -268,7 +274,8 @@ class Predictor:
 
     def _warm_up_diarization(self, noise) -> None:
         """In the diarization thread, on its stream: load the offline pipeline and, with
-        WARMUP, run it once and run CAM++ on every input shape (``warm_up_embeddings``)."""
+        WARMUP, run it once and run CAM++ on its input shapes of up to 64 rows
+        (``warm_up_embeddings``; bigger forwards happen only for lengths of <= 5 s)."""
         started = time.perf_counter()
         self.diarizers.warm_up()
         if self.settings.warmup:
@@ -277,7 +284,8 @@ class Predictor:
                                        num_speakers=None, return_embeddings=False)
                 shapes = self.diarizers.warm_up_embeddings()
                 if shapes:
-                    logger.info("CAM++ warmed up on %d input shapes", shapes)
+                    logger.info("CAM++ warmed up on %d input shapes (up to 64 rows)", shapes)
+            self._release_gpu_cache()  # the side stream's pool, before the aligner warms up
         self.startup_timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
 
     # ------------------------------------------------------------------ request

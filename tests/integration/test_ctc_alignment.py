@@ -193,12 +193,12 @@ def test_matches_whisperx_batched_layer_norm(program, layer_norm_aligner):
 
 
 def test_fixed_rows_pad_batches_with_silence_without_changing_words(program, layer_norm_aligner):
-    """Padded forwards filled up to ``rows_for_length`` rows (the default) time every word as
+    """Padded forwards filled up to ``rows_for_length`` rows (the default on CUDA) time every word as
     batches of only the real rows do; warm_up runs one forward per whole-second width."""
     waveform, segments = program
     model, metadata = layer_norm_aligner
-    exact_rows = CtcAlignOptions(padded_batches="always", fixed_rows=False)
-    fixed_rows = CtcAlignOptions(padded_batches="always")
+    exact_rows = CtcAlignOptions(padded_batches="always", fixed_rows="never")
+    fixed_rows = CtcAlignOptions(padded_batches="always", fixed_rows="always")
     assert ctc_alignment.rows_for_length(10 * 16000, fixed_rows) == 12
     assert ctc_alignment.rows_for_length(30 * 16000, fixed_rows) == 4
     assert ctc_alignment.rows_for_length(1 * 16000, fixed_rows) == 32
@@ -208,8 +208,10 @@ def test_fixed_rows_pad_batches_with_silence_without_changing_words(program, lay
     assert stats["words"] >= 100 and stats["timed"] == stats["words"]
     assert stats["within_20ms"] >= 0.99, stats
     assert ctc_alignment.warm_up(model, metadata, "cpu", longest_s=4.5, options=fixed_rows) == 5
-    # Where forwards are one segment each (a CPU by default), there are no shapes to warm.
+    # Where forwards are one segment each (a CPU by default), there are no shapes to warm;
+    # padded batches on a CPU keep their real rows unless asked.
     assert ctc_alignment.warm_up(model, metadata, "cpu") == 0
+    assert ctc_alignment.warm_up(model, metadata, "cpu", options=CtcAlignOptions(padded_batches="always")) == 0
 
 
 def test_matches_whisperx_torchaudio_model(program, torchaudio_aligner):
