@@ -237,6 +237,17 @@ def _is_silent(avg_logprob: float, no_speech_prob: float, opts: DecodeOptions, s
     return speech_prob < VAD_DOUBT
 
 
+def _judged_silent(result: WindowTranscript, opts: DecodeOptions, speech_prob: float, exhausted: bool) -> bool:
+    """Whether a decoded window is dropped as non-speech: ``_is_silent``, or its decoding
+    failed the thresholds (``exhausted``: every temperature, or the first one where the VAD
+    doubts the window, which is then not sampled) on a window the VAD itself doubts.
+    Music and noise that pass the VAD are what Whisper hallucinates on ("Субтитры ...");
+    when even sampling finds no acceptable text there, the window is not speech."""
+    if _is_silent(result.avg_logprob, result.no_speech_prob, opts, speech_prob):
+        return True
+    return exhausted and speech_prob < VAD_DOUBT
+
+
 def transcribe_windows(
     model,
     waveform: np.ndarray,
@@ -260,6 +271,7 @@ def transcribe_windows(
     for first in range(0, len(windows), batch_size):
         batch = list(range(first, min(first + batch_size, len(windows))))
         pending = batch
+        doubted: set[int] = set()  # failed at some temperature, on a window the VAD doubts
         candidates: dict[int, list[WindowTranscript]] = {i: [] for i in batch}
         for temperature in opts.temperatures:
             if not pending:
@@ -274,18 +286,23 @@ def transcribe_windows(
                 result = WindowTranscript(window.start, window.end, text, tokens, avg_logprob, no_speech, ratio, temperature,
                                           speech_prob=window.speech_prob)
                 candidates[index].append(result)
-                if _needs_fallback(avg_logprob, ratio, opts) and not _is_silent(avg_logprob, no_speech, opts, window.speech_prob):
-                    still_failing.append(index)
-                else:
+                if not _needs_fallback(avg_logprob, ratio, opts) or _is_silent(avg_logprob, no_speech, opts, window.speech_prob):
                     out[index] = result
+                elif window.speech_prob < VAD_DOUBT:
+                    # Failed, on a window the VAD doubts: sampling at a higher temperature
+                    # would only find a fluent hallucination for music or noise; judged below.
+                    out[index] = result
+                    doubted.add(index)
+                else:
+                    still_failing.append(index)
             pending = still_failing
         for index in pending:  # every temperature failed: keep the most likely readable one
             tried = candidates[index]
             readable = [c for c in tried if opts.compression_ratio_threshold is None or c.compression_ratio <= opts.compression_ratio_threshold]
             out[index] = max(readable or tried, key=lambda c: c.avg_logprob)
+        failed = doubted.union(pending)
         for index in batch:
-            result = out[index]
-            result.silent = _is_silent(result.avg_logprob, result.no_speech_prob, opts, windows[index].speech_prob)
+            out[index].silent = _judged_silent(out[index], opts, windows[index].speech_prob, exhausted=index in failed)
         if progress is not None:
             progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
     return [r for r in out if r is not None]

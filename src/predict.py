@@ -354,7 +354,8 @@ class Predictor:
                                            max_rows)
         dropped = sum(t.silent for t in transcripts)
         if dropped:
-            state.warn(f"{dropped} window(s) judged non-speech by no_speech_threshold were dropped")
+            state.warn(f"{dropped} window(s) judged non-speech were dropped (no_speech_threshold, or text below "
+                       "log_prob_threshold where the VAD doubts speech)")
         kept = [t for t in transcripts if not t.silent and t.text]
         segments = [{"start": round(t.start, 3), "end": round(t.end, 3), "text": t.text} for t in kept]
 

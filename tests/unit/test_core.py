@@ -59,6 +59,11 @@ def test_silence_and_fallback_rules():
     assert asr._is_silent(-1.5, 0.9, opts)  # unsure text + high no-speech: silence
     assert not asr._is_silent(-0.3, 0.9, opts)  # confidently decoded text is kept
     assert not asr._is_silent(-1.5, 0.1, opts)
+    # Every temperature failed: dropped only where the VAD doubts the window too (music).
+    unsure = asr.WindowTranscript(0.0, 16.0, "Субтитры", [1], -1.3, 0.48, 1.0, 1.0)
+    assert asr._judged_silent(unsure, opts, speech_prob=0.43, exhausted=True)
+    assert not asr._judged_silent(unsure, opts, speech_prob=0.9, exhausted=True)
+    assert not asr._judged_silent(unsure, opts, speech_prob=0.43, exhausted=False)
     assert asr._needs_fallback(-1.5, 1.2, opts)
     assert asr._needs_fallback(-0.2, 3.0, opts)
     assert not asr._needs_fallback(-0.2, 1.2, opts)
