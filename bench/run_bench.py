@@ -327,12 +327,10 @@ def run_ct2_ceiling(args, waveform: np.ndarray, predictor) -> dict:
             f0 = now()
             features = asr.log_mel_batch(model, waveform, batch, args.device)
             features_s += now() - f0
-            calls = 1 if not max_rows else -(-len(batch) // max_rows)
-            rows = -(-len(batch) // calls)
-            for part in range(0, len(batch), rows):
-                encoded = model.encode(features[part : part + rows])
-                longest = max(w.duration for w in batch[part : part + rows])
-                model.model.generate(encoded, [prompt] * len(batch[part : part + rows]), beam_size=args.beam_size,
+            for part in asr.equal_slices(len(batch), max_rows):
+                encoded = model.encode(features[part])
+                longest = max(w.duration for w in batch[part])
+                model.model.generate(encoded, [prompt] * len(batch[part]), beam_size=args.beam_size,
                                      max_length=min(448, len(prompt) + asr.max_new_tokens(longest)), suppress_blank=True)
         sync(args.device)
         return now() - t0, features_s

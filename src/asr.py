@@ -172,17 +172,22 @@ def windows_in_flight(decoder_layers: int, d_model: int, cache_budget_mb: float,
     return max(1, int(cache_budget_mb * 2**20 // per_window))
 
 
+def equal_slices(count: int, max_rows: int | None) -> list[slice]:
+    """``count`` windows cut into the fewest calls of at most ``max_rows`` (all in one when
+    None), of equal size: 32 windows at a cap of 17 -> 16 + 16."""
+    calls = 1 if not max_rows else max(1, -(-count // max_rows))
+    rows = max(1, -(-count // calls))
+    return [slice(first, first + rows) for first in range(0, count, rows)]
+
+
 def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress,
                  durations: Sequence[float], max_rows: int | None = None):
     """Generate over a batch of windows at one temperature, ``max_rows`` windows per call
     (all of them when None). ``durations`` (seconds, one per window) cap each call's decode
     length by its longest window. Encoding per slice gives the same result as one pass
     (windows are independent) and bounds the encoder's activations too."""
-    calls = 1 if not max_rows else -(-len(durations) // max_rows)
-    rows = -(-len(durations) // calls)  # equal slices: 32 windows at a cap of 17 -> 16 + 16
     decoded = []
-    for first in range(0, len(durations), rows):
-        part = slice(first, first + rows)
+    for part in equal_slices(len(durations), max_rows):
         decoded.extend(_generate(model, features[part], prompt, tokenizer, opts, temperature, suppress, max(durations[part])))
     return decoded
 

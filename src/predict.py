@@ -207,19 +207,16 @@ class Predictor:
 
     def _warm_up(self, resolved, compute_type: str) -> None:
         """Run one tiny transcription so kernels and VAD are initialised before the first job."""
-        import numpy as np
-
         started = time.perf_counter()
         model, _ = self.asr_models.whisper(resolved, compute_type)
-        rng = np.random.default_rng(0)
-        # On a GPU, a full batch of 30 s windows with beam search: the shapes and kernels a
-        # real job uses, so the first job does not pay for choosing and loading them.
-        # A batch and a short tail batch, as a long file ends; the VAD over 2 minutes, which
-        # fills its own batches of chunks.
+        # On a GPU, a full batch of 30 s windows with beam search (the shapes and kernels a
+        # real job uses, so the first job does not pay for choosing and loading them), then a
+        # short tail batch, as a long file ends; the VAD over 2 minutes, which fills its own
+        # batches of chunks.
         gpu = self.device == "cuda"
         seconds, beam, batch, tail = (30.0, 5, rp_schema.defaults()["batch_size"], 3) if gpu else (2.0, 1, 1, 0)
-        noise = (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
-        vad.speech_scores(self.asr_models.vad(), np.tile(noise, 4) if gpu else noise)
+        noise = self._warm_up_noise(seconds)
+        vad.speech_scores(self.asr_models.vad(), self._warm_up_noise(4 * seconds) if gpu else noise)
         windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * (batch + tail)
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
         asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
@@ -271,6 +268,10 @@ class Predictor:
             future.result()
         except Exception as exc:  # the pipeline's own failures are reported per request
             logger.warning("diarization warm-up failed: %s", exc)
+        # Here, not in the diarization thread: freeing device memory synchronises the device,
+        # which would stall the ASR warm-up running meanwhile. Returns the side stream's pool
+        # before the aligner warms up.
+        self._release_gpu_cache()
 
     def _warm_up_diarization(self, noise) -> None:
         """In the diarization thread, on its stream: load the offline pipeline and, with
@@ -285,7 +286,6 @@ class Predictor:
                 shapes = self.diarizers.warm_up_embeddings()
                 if shapes:
                     logger.info("CAM++ warmed up on %d input shapes (up to 64 rows)", shapes)
-            self._release_gpu_cache()  # the side stream's pool, before the aligner warms up
         self.startup_timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
 
     # ------------------------------------------------------------------ request

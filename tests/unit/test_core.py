@@ -167,6 +167,16 @@ def test_gpu_tuning_settings_from_env():
     assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false"}).diarization_side_stream is False
 
 
+def test_equal_slices_split_a_batch_into_the_fewest_equal_calls():
+    def sizes(count, cap):
+        return [len(range(count)[part]) for part in asr.equal_slices(count, cap)]
+
+    assert sizes(32, 17) == [16, 16]
+    assert sizes(36, 17) == [12, 12, 12]
+    assert sizes(4, 17) == [4] and sizes(32, None) == [32] and sizes(5, 1) == [1] * 5
+    assert sizes(0, 17) == []
+
+
 def test_windows_in_flight_bounds_the_cross_attention_cache():
     # large-v3: 2 x 32 layers x 1500 frames x 1280 x 2 bytes = 234 MiB per window.
     assert asr.windows_in_flight(32, 1280, 4096) == 17
