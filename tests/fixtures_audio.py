@@ -112,6 +112,9 @@ def build_media(root: Path) -> dict[str, Path]:
     name("garbage.wav").write_bytes(b"RIFF\xff\xff\xff\x7fWAVEjunk" + rng.bytes(4000))
     # A valid header followed by 2 ms of samples: the data chunk claims far more.
     name("truncated.wav").write_bytes(wav[: data_at + 64])
+    # 100 bytes in all, of a WAV whose header promises 11 s.
+    sf.write(str(name("promises11s.wav")), np.zeros(11 * SAMPLE_RATE, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+    files["promises11s.wav"].write_bytes(files["promises11s.wav"].read_bytes()[:100])
     name("garbage.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x10" + rng.bytes(3000))
     return files
 

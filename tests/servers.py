@@ -86,20 +86,23 @@ def worker_env(**extra: str) -> dict[str, str]:
 class WorkerApi:
     """The worker's RunPod local API server in a child process."""
 
-    def __init__(self, log_path: Path, startup_timeout_s: float = 300.0, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, log_path: Path, startup_timeout_s: float = 300.0, *, port: int | None = None,
+                 argv: list[str] | None = None, environ: dict[str, str] | None = None, **env: str) -> None:
+        """``argv``/``environ`` replace the default command line and ENV (then ``port`` must be
+        the one ``argv`` serves on); ``env`` adds to the default ENV."""
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
-        self.env = worker_env(CONTAINER_LOG_PATH=str(log_path.with_name("container_log.txt")), **env)
+        self.argv = argv or [sys.executable, "src/handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                             "--rp_api_port", str(self.port)]
+        self.env = environ if environ is not None else worker_env(
+            CONTAINER_LOG_PATH=str(log_path.with_name("container_log.txt")), **env)
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> WorkerApi:
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "src/handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

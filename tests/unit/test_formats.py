@@ -12,11 +12,9 @@ import html
 import io
 import json
 import math
-import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import srt
@@ -26,9 +24,9 @@ from hypothesis import strategies as st
 
 import formats
 from formats import Cue, SubtitleOptions
+from references import FESTVOX
 
-_ASSETS = Path(os.environ.get("WHISPERX_TEST_ASSETS", "/work/main/.assets"))
-_PROMPTS = _ASSETS / "festvox-ru" / "etc" / "txt.done.data"
+_PROMPTS = FESTVOX / "etc" / "txt.done.data"
 # Used when the corpus is not checked out, so the tests never skip.
 _FALLBACK_SENTENCES = (
     "Корреспондент, американской газеты, Арчибальд, Скайлс, проходя мимо, увидел стоявшую перед объявлением "
