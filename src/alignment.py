@@ -163,17 +163,33 @@ def ensure_punkt(language: str) -> str | None:
     return f"nltk punkt_tab data for {name!r} is not installed: sentences are split on punctuation only"
 
 
+# With a time budget, segments are aligned in groups of this many (~4 min of audio), the
+# budget checked between groups; segments align independently, so the result is the same.
+CHECKED_GROUP_SEGMENTS = 8
+
+
 def align_with_wav2vec2(
-    transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str
+    transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str,
+    check: Callable[[], None] | None = None,
 ) -> list[dict]:
     """wav2vec2 forced alignment of each window's text (whisperX's method and word timings,
-    batched: ``ctc_alignment``); segments split into sentences, every word timed."""
+    batched: ``ctc_alignment``); segments split into sentences, every word timed.
+
+    check: called between groups of ``CHECKED_GROUP_SEGMENTS`` segments (the job's time
+    budget: it raises to stop); None aligns all segments in one call.
+    """
     import ctc_alignment
 
     segments = [ctc_alignment.SegmentText(t.start, t.end, t.text) for t in transcripts if t.text]
     if not segments:
         return []
-    aligned = ctc_alignment.align_segments(segments, aligner.model, aligner.metadata, waveform, device)
+    group = CHECKED_GROUP_SEGMENTS if check is not None else len(segments)
+    aligned: list[dict] = []
+    for first in range(0, len(segments), group):
+        if check is not None:
+            check()
+        aligned += ctc_alignment.align_segments(segments[first : first + group], aligner.model, aligner.metadata,
+                                                waveform, device)
     return [_clean_segment(seg) for seg in aligned]
 
 
@@ -197,16 +213,20 @@ def whisper_word_timings(
     tokenizer,
     batch_size: int,
     device: str,
+    check: Callable[[], None] | None = None,
 ) -> list[dict]:
     """Word timings from Whisper's cross-attention (DTW over the alignment heads).
 
-    One segment per window; ``score`` is the mean token probability of the word.
+    One segment per window; ``score`` is the mean token probability of the word. ``check``
+    is called before each batch (the job's time budget: it raises to stop).
     """
     from faster_whisper.transcribe import merge_punctuations
 
     kept = [t for t in transcripts if t.tokens and t.text]
     segments: list[dict] = []
     for first in range(0, len(kept), batch_size):
+        if check is not None:
+            check()
         batch = kept[first : first + batch_size]
         features = log_mel_batch(model, waveform, batch, device)
         encoder_output = model.encode(features)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import hallucinations
 from vad import SAMPLE_RATE, SpeechWindow
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class WindowTranscript:
     temperature: float
     silent: bool = False  # judged non-speech by the thresholds: text dropped
     speech_prob: float = 1.0  # the window's mean VAD speech probability
+    screened: str | None = None  # what the hallucination screen did ("known phrase", "loop", ...), if anything
 
     @property
     def duration(self) -> float:
@@ -253,6 +255,42 @@ def _judged_silent(result: WindowTranscript, opts: DecodeOptions, speech_prob: f
     return exhausted and speech_prob < VAD_DOUBT
 
 
+# A known hallucination phrase is dropped where Whisper doubts speech at this share of
+# ``no_speech_threshold`` (0.3 at the default 0.6): the phrase is the evidence, so the
+# no-speech probability only has to lean towards non-speech, not cross the threshold.
+PHRASE_NO_SPEECH_SHARE = 0.5
+
+
+def _screen_text(result: WindowTranscript, opts: DecodeOptions, tokenizer) -> None:
+    """The CPU-independent second signal (``hallucinations.py``) on a kept window, in place.
+
+    Loops are collapsed (``compression_ratio_threshold`` on); on a window the VAD doubts, a
+    loop drops the window. A window that is mostly a known hallucination phrase is dropped
+    where the VAD doubts speech or Whisper leans towards non-speech (``no_speech_threshold``
+    on); on a window the VAD doubts, such phrases are also cut as whole sentences from the
+    start and end of its text. A known phrase on a window both are sure of is speech."""
+    vad_doubts = result.speech_prob < VAD_DOUBT
+    text, done = result.text, []
+    if opts.compression_ratio_threshold is not None and hallucinations.has_loop(text):
+        if vad_doubts:
+            result.silent, result.screened = True, "loop"
+            return
+        text = hallucinations.collapse_repeats(text)
+        done.append("repeats collapsed")
+    if opts.no_speech_threshold is not None:
+        whisper_doubts = result.no_speech_prob > opts.no_speech_threshold * PHRASE_NO_SPEECH_SHARE
+        if hallucinations.is_known_phrase(text) and (vad_doubts or whisper_doubts):
+            result.silent, result.screened = True, "known phrase"
+            return
+        if vad_doubts and (stripped := hallucinations.strip_edge_phrases(text)) != text:
+            text = stripped
+            done.append("edge phrase cut")
+    if done:
+        result.text, result.screened = text, ", ".join(done)
+        result.tokens = tokenizer.encode(" " + text) if text else []
+        result.silent = not text
+
+
 def transcribe_windows(
     model,
     waveform: np.ndarray,
@@ -308,9 +346,24 @@ def transcribe_windows(
         failed = doubted.union(pending)
         for index in batch:
             out[index].silent = _judged_silent(out[index], opts, windows[index].speech_prob, exhausted=index in failed)
+            if not out[index].silent:
+                _screen_text(out[index], opts, tokenizer)
         if progress is not None:
             progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
     return [r for r in out if r is not None]
+
+
+# Language detection stops early only after this much speech (seconds) agrees: a phrase of
+# a second or two can sound like another language (festvox-ru ru_0410's first 2 s read as
+# Romanian), a whole sentence rarely does.
+DETECTION_SURE_SPEECH_S = 8.0
+
+
+def language_probabilities(model, waveform: np.ndarray, window: SpeechWindow, device: str) -> dict[str, float]:
+    """Whisper's probability of every language (code -> probability) for one window."""
+    features = log_mel_batch(model, waveform, [window], device)
+    ranked = model.model.detect_language(model.encode(features))[0]
+    return {token[2:-2]: float(probability) for token, probability in ranked}
 
 
 def detect_language(
@@ -323,23 +376,32 @@ def detect_language(
 ) -> LanguageDetection:
     """Detect the language on speech, not on the first 30 s of the file.
 
-    Tries the first ``max_tries`` speech windows one at a time and stops at the first whose
-    top language reaches ``min_prob``; otherwise returns the language with the highest
-    summed probability over the tries (``met_threshold`` False).
+    ``windows`` are speech windows of up to 30 s (``vad.detection_windows``: the ASR windows
+    cut to the speech the VAD is sure of). The first ``max_tries`` are judged one at a time;
+    each window's language probabilities are added up weighted by its seconds of speech, so
+    a long sentence outweighs a short phrase. Detection stops once the leading language's
+    weighted mean reaches ``min_prob`` over at least ``DETECTION_SURE_SPEECH_S`` seconds of
+    speech (or over all the windows there are); otherwise it takes the leader after
+    ``max_tries`` windows, with ``met_threshold`` telling whether it reached ``min_prob``.
     """
     duration = len(waveform) / SAMPLE_RATE
     candidates = list(windows[:max_tries]) or [SpeechWindow(0.0, min(30.0, duration), ())]
+    available_s = sum(window.speech_s for window in candidates)
     tries: list[dict] = []
     totals: dict[str, float] = {}
+    weight = 0.0
+    leader, mean = "en", 0.0
     for window in candidates:
-        features = log_mel_batch(model, waveform, [window], device)
-        ranked = model.model.detect_language(model.encode(features))[0]
-        token, probability = ranked[0]
-        language = token[2:-2]
-        tries.append({"start": round(window.start, 3), "end": round(window.end, 3), "language": language, "probability": round(float(probability), 4)})
-        for tok, prob in ranked[:5]:
-            totals[tok[2:-2]] = totals.get(tok[2:-2], 0.0) + float(prob)
-        if probability >= min_prob:
-            return LanguageDetection(language, float(probability), True, tries)
-    best = max(totals, key=totals.get)
-    return LanguageDetection(best, totals[best] / len(tries), False, tries)
+        probabilities = language_probabilities(model, waveform, window, device)
+        top = max(probabilities, key=probabilities.__getitem__)
+        tries.append({"start": round(window.start, 3), "end": round(window.end, 3), "speech_s": round(window.speech_s, 3),
+                      "language": top, "probability": round(probabilities[top], 4)})
+        seconds = max(window.speech_s, 1e-3)
+        for language, probability in probabilities.items():
+            totals[language] = totals.get(language, 0.0) + seconds * probability
+        weight += seconds
+        leader = max(totals, key=totals.__getitem__)
+        mean = totals[leader] / weight
+        if mean >= min_prob and weight >= min(DETECTION_SURE_SPEECH_S, available_s):
+            break
+    return LanguageDetection(leader, mean, mean >= min_prob, tries)

@@ -30,7 +30,10 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import requests
+import requests.adapters
 import soundfile as sf
+import urllib3
+import urllib3.connection
 from urllib3.exceptions import ReadTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -411,10 +414,65 @@ def _check_url(url: str, policy: FetchPolicy) -> None:
     blocked = [str(ip) for ip in addresses if _is_blocked_address(ip)]
     if not addresses or blocked:
         logger.warning("refused URL %s: host %s resolves to %s", _redact_url(url), host, blocked)
-        raise AudioError(
-            f"audio_file: refused URL host '{host}': it resolves to a private, loopback, "
-            "link-local or otherwise non-public address (set ALLOW_PRIVATE_URLS=true to allow)"
-        )
+        raise _refused_host_error(host)
+
+
+def _refused_host_error(host: str) -> AudioError:
+    return AudioError(
+        f"audio_file: refused URL host '{host}': it resolves to a private, loopback, "
+        "link-local or otherwise non-public address (set ALLOW_PRIVATE_URLS=true to allow)"
+    )
+
+
+def _check_peer(sock: socket.socket, host: str) -> None:
+    """Refuse a connected socket whose peer is not a public address (closing it).
+
+    The URL check resolves the host once; the connection resolves it again, and a DNS
+    server may answer differently the second time (DNS rebinding: public, then 127.0.0.1).
+    Checking the address actually connected to closes that gap, before a byte is sent and
+    before TLS, which still verifies the certificate for the host name (SNI unchanged).
+    """
+    peer = sock.getpeername()[0]
+    ip = ipaddress.ip_address(str(peer).split("%", 1)[0])
+    if _is_blocked_address(ip):
+        sock.close()
+        logger.warning("refused connection to %s: it connected to %s", host, ip)
+        raise _refused_host_error(host)
+
+
+class _PeerCheckedHTTPConnection(urllib3.connection.HTTPConnection):
+    """urllib3 connection that checks the peer address of each new socket (``_check_peer``)."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock, self.host)
+        return sock
+
+
+class _PeerCheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """HTTPS twin of ``_PeerCheckedHTTPConnection``: the peer is checked before the TLS handshake."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock, self.host)
+        return sock
+
+
+class _PeerCheckedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPConnection
+
+
+class _PeerCheckedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPSConnection
+
+
+class _PeerCheckedAdapter(requests.adapters.HTTPAdapter):
+    """requests adapter whose every connection (each redirect hop, each retry) is checked
+    against the address it actually reached."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PeerCheckedHTTPPool, "https": _PeerCheckedHTTPSPool}
 
 
 def _download(url: str, dest: Path, policy: FetchPolicy) -> None:
@@ -437,6 +495,9 @@ def _download_with_retries(url: str, dest: Path, policy: FetchPolicy) -> None:
         # No proxies/.netrc from the environment: the host checks above assume a
         # direct connection, and ambient credentials must not be sent anywhere.
         session.trust_env = False
+        if not policy.allow_private_urls:
+            for prefix in ("http://", "https://"):
+                session.mount(prefix, _PeerCheckedAdapter())
         for attempt in range(1, policy.retries + 1):
             started = time.monotonic()
             try:

@@ -61,6 +61,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,10 @@ CAMPPLUS_CODE = "camplusplus.py"
 
 ProgressCallback = Callable[[float], None]
 """Called with a percentage in [0, 100] while a pipeline runs."""
+
+
+class Stopped(RuntimeError):
+    """Raised by a progress callback to end a run early (its job failed or ran out of time)."""
 
 
 class DiarizationUnavailable(RuntimeError):
@@ -944,6 +949,10 @@ class DiarizationModels:
     offline_dir: folder of the offline weights (see the module docstring); None reads ENV
         ``OFFLINE_DIARIZATION_DIR`` (default ``/models/offline-diarization``).
     offline_hyper_parameters: clustering and segmentation settings of the offline pipeline.
+    max_cached: requested pipelines (other than ``kept_models``) kept resident at once; the
+        least recently used one is dropped first (``MAX_CACHED_MODELS``).
+    kept_models: pipelines never dropped (the default ``diarization_model``); the offline
+        pipeline is never dropped either.
     """
 
     def __init__(
@@ -952,13 +961,17 @@ class DiarizationModels:
         offline_dir: str | None,
         *,
         offline_hyper_parameters: OfflineHyperParameters = OFFLINE_HYPER_PARAMETERS,
+        max_cached: int = 2,
+        kept_models: frozenset[str] = frozenset({DEFAULT_MODEL}),
     ):
         self.device = device
+        self.max_cached = max_cached
+        self.kept_models = kept_models
         if offline_dir is None:
             offline_dir = os.environ.get(OFFLINE_DIR_ENV, "").strip() or DEFAULT_OFFLINE_DIR
         self.offline_dir = offline_dir
         self.offline_hyper_parameters = offline_hyper_parameters
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()  # least recently used first
         self._registry_lock = threading.Lock()
         disable_pyannote_telemetry()
 
@@ -968,12 +981,32 @@ class DiarizationModels:
         with self._registry_lock:
             entry = self._entries.get(key)
             if entry is None:
+                self._evict(key)  # first, so the dropped pipeline's memory can serve the new one
                 started = time.perf_counter()
                 entry = _Entry(load())
                 self._entries[key] = entry
                 logger.info("diarization pipeline %s loaded on %s in %.1f s", key[0], key[1],
                             time.perf_counter() - started)
+            self._entries.move_to_end(key)
             return entry
+
+    def _kept(self, key: tuple[str, str]) -> bool:
+        return key[0] in self.kept_models or key[0].startswith(f"{OFFLINE_BACKEND}@")
+
+    def _evict(self, newest: tuple[str, str]) -> None:
+        """Drop least recently used pipelines that are not kept, so that with ``newest`` at
+        most ``max_cached`` of them stay (a run in progress keeps its own reference)."""
+        evictable = [key for key in self._entries if not self._kept(key) and key != newest]
+        while evictable and len(evictable) + (not self._kept(newest)) > self.max_cached:
+            key = evictable.pop(0)
+            del self._entries[key]
+            logger.info("diarization pipeline %s dropped from the cache (MAX_CACHED_MODELS=%d)", key[0], self.max_cached)
+            _release_cuda_memory()
+
+    def resident(self) -> list[str]:
+        """Names of the resident pipelines, least recently used first."""
+        with self._registry_lock:
+            return [key[0] for key in self._entries]
 
     def offline_pipeline(self) -> _Entry:
         """The offline pipeline (loaded on first use); raises when its weights are missing."""
@@ -1035,7 +1068,8 @@ class DiarizationModels:
 
         Tries ``model`` when a token is given or ``model`` is a local directory; otherwise, or
         when that fails, runs the offline pipeline and adds a warning naming why. Raises
-        ``DiarizationUnavailable`` (and nothing else) when both fail.
+        ``DiarizationUnavailable`` when both fail, and ``Stopped`` when ``progress_callback``
+        raised it (called with a percentage after each batch: the place to end a run early).
         """
         model = (model or DEFAULT_MODEL).strip()
         token = token or None
@@ -1060,6 +1094,8 @@ class DiarizationModels:
                         entry.pipeline, audio, bounds, return_embeddings, progress_callback
                     )
                 return self._finish(clip_turns(turns, duration), embeddings, model, bounds, notes)
+            except Stopped:
+                raise  # the job is over: no fallback run
             except Exception as exc:  # noqa: BLE001 - any failure falls back to the offline pipeline
                 reason = f"diarization model {model} failed ({_describe_error(exc, token)})"
                 logger.warning("%s; trying the offline pipeline", reason)
@@ -1073,6 +1109,8 @@ class DiarizationModels:
                 turns, embeddings = run_offline_pipeline(
                     entry.pipeline, audio, bounds, return_embeddings, progress_callback
                 )
+        except Stopped:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported as DiarizationUnavailable
             _release_cuda_memory()
             detail = _describe_error(exc, token)
@@ -1221,13 +1259,44 @@ def _runs(speakers: list[str | None]) -> list[tuple[int, int]]:
     return runs
 
 
-def _split_part(segment: dict, words: list[dict], speaker: str | None) -> dict:
-    """A sub-segment made of ``words``: the segment's other fields, re-joined text, word times."""
+def _word_spans(text: str, words: list[dict]) -> list[tuple[int, int] | None]:
+    """Character span of each word in the segment ``text`` (searched in order), None where a
+    word is not found verbatim (an aligner that normalised it)."""
+    spans: list[tuple[int, int] | None] = []
+    position = 0
+    for word in words:
+        token = str(word.get("word", "")).strip()
+        found = text.find(token, position) if token else -1
+        if found < 0:
+            spans.append(None)
+            continue
+        spans.append((found, found + len(token)))
+        position = found + len(token)
+    return spans
+
+
+def _rejoin(text: str, words: list[dict], spans: list[tuple[int, int] | None]) -> str:
+    """The text of a run of ``words`` of a segment whose text is ``text``.
+
+    The original characters from the first word to the last when every word was found, so
+    punctuation and spacing stay as Whisper wrote them: no spaces appear between the
+    characters of Chinese, Japanese or Thai, which whisperX aligns one "word" per character.
+    Otherwise the words joined by a space, or by nothing when the segment has no spaces.
+    """
+    if spans and all(span is not None for span in spans):
+        return text[spans[0][0] : spans[-1][1]].strip()
+    separator = " " if any(ch.isspace() for ch in text.strip()) else ""
+    return separator.join(str(word.get("word", "")).strip() for word in words if str(word.get("word", "")).strip())
+
+
+def _split_part(segment: dict, words: list[dict], speaker: str | None, spans: list[tuple[int, int] | None]) -> dict:
+    """A sub-segment made of ``words`` (``spans``: their places in the segment's text): the
+    segment's other fields, re-joined text, word times (seconds)."""
     timed = [word for word in words if _timed(word)]
     part = {key: value for key, value in segment.items() if key not in {"words", "text", "start", "end"}}
     part["start"] = float(timed[0]["start"]) if timed else segment.get("start")
     part["end"] = float(timed[-1]["end"]) if timed else segment.get("end")
-    part["text"] = " ".join(str(word.get("word", "")).strip() for word in words if str(word.get("word", "")).strip())
+    part["text"] = _rejoin(str(segment.get("text") or ""), words, spans)
     part["words"] = words
     if speaker is not None:
         part["speaker"] = speaker
@@ -1257,7 +1326,8 @@ def _assign_segment(segment: dict, index: _TurnIndex) -> list[dict]:
         if speaker is not None:
             segment["speaker"] = speaker
         return [segment]
-    return [_split_part(segment, words[begin:stop], speakers[begin]) for begin, stop in runs]
+    spans = _word_spans(str(segment.get("text") or ""), words)
+    return [_split_part(segment, words[begin:stop], speakers[begin], spans[begin:stop]) for begin, stop in runs]
 
 
 def assign_speakers(segments: list[dict], turns: list[SpeakerTurn]) -> list[dict]:

@@ -14,18 +14,25 @@ Run it:
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import time
+if __name__ == "__main__":
+    # The worker process gets a temp folder of its own before any library is imported:
+    # torch, pyannote and whisperX leave files in the temp folder at import and load time.
+    from settings import use_own_temp_dir
 
-import audio
-import result_store
-import rp_schema
-from logs import capture_request_logs, redact, setup_logging
-from models import ModelLoadError
-from predict import Predictor, UserError
-from settings import WorkerSettings
+    use_own_temp_dir()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import audio  # noqa: E402
+import result_store  # noqa: E402
+import rp_schema  # noqa: E402
+from logs import capture_request_logs, redact, setup_logging  # noqa: E402
+from models import ModelLoadError  # noqa: E402
+from predict import Predictor, UserError  # noqa: E402
+from settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("handler")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import struct
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,25 @@ class ResolvedModel:
     name: str
     path: str
     origin: str  # "local path" | "models dir" | "hub"
+
+
+# What a Hugging Face Hub repository id looks like: "name" or "owner/name", no path tricks.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether a model reference points at the worker's disk rather than at a Hub id.
+
+    True for anything that exists as a file or folder (relative to the working directory
+    too: a Hub-shaped "src/models" would otherwise load a local folder), and for strings
+    that are not Hub-id shaped (absolute, ``~``, ``./``, ``..``, backslashes, ``.yaml``).
+    """
+    text = name.strip()
+    if not text:
+        return False
+    if os.path.exists(os.path.expanduser(text)):
+        return True
+    return not _HUB_ID.match(text) or ".." in text or text.endswith((".yaml", ".yml"))
 
 
 def _is_ct2_dir(path: Path) -> bool:
@@ -68,6 +89,27 @@ def resolve_asr_model(name: str, models_dir: str, token: str | None) -> Resolved
     return ResolvedModel(name, str(path), "hub")
 
 
+def in_models_dir(name: str, models_dir: str) -> bool:
+    """Whether ``name`` (or the last part of a Hub id) is a CTranslate2 folder of ``models_dir``
+    (path tricks such as ``..`` never count)."""
+    if looks_like_local_path(name):
+        return False
+    base = Path(models_dir)
+    return any(_is_ct2_dir(base / part) for part in {name, name.rstrip("/").split("/")[-1]})
+
+
+def is_allowed(name: str, compute_type: str | None, allowed: tuple[str, ...], always: set[str]) -> bool:
+    """Whether a request may name model ``name`` (with ``compute_type``, None for models
+    without one) under the allow-list ``allowed`` (``ALLOWED_MODELS``).
+
+    ``always``: names allowed whatever the list says (defaults, preloaded models).
+    An entry is ``*`` (anything), a name (any compute type) or ``name:compute_type``.
+    """
+    if name in always or "*" in allowed or name in allowed:
+        return True
+    return compute_type is not None and f"{name}:{compute_type}" in allowed
+
+
 def pick_device(preference: str) -> str:
     """"cuda" when asked for (or "auto" and a CUDA device is visible), else "cpu"."""
     if preference == "cpu":
@@ -95,25 +137,50 @@ def effective_compute_type(requested: str, device: str) -> tuple[str, str | None
 
 
 class AsrModels:
-    """Thread-safe registry of Whisper models and the VAD model (one per device)."""
+    """Thread-safe registry of Whisper models and the VAD model (one per device).
 
-    def __init__(self, device: str, models_dir: str, cpu_threads: int = 0) -> None:
+    Models loaded with ``keep=True`` (the preloaded default) stay for the life of the worker;
+    of the others at most ``max_cached`` stay resident, the least recently used one being
+    dropped first, so requests naming many models cannot fill the GPU for the ones after.
+    """
+
+    def __init__(self, device: str, models_dir: str, cpu_threads: int = 0, max_cached: int = 2) -> None:
         self.device = device
         self.models_dir = models_dir
         self.cpu_threads = cpu_threads
-        self._whisper: dict[tuple[str, str, str], object] = {}
+        self.max_cached = max_cached
+        self._whisper: OrderedDict[tuple[str, str, str], object] = OrderedDict()  # least recently used first
+        self._kept: set[tuple[str, str, str]] = set()
         self._vad = None
         self._lock = threading.Lock()
 
-    def whisper(self, model: ResolvedModel, compute_type: str):
+    def resident(self) -> list[tuple[str, str, str]]:
+        """Keys (path, compute type, device) of the resident models, least recently used first."""
+        with self._lock:
+            return list(self._whisper)
+
+    def _evict(self, newest: tuple[str, str, str]) -> None:
+        """Drop least recently used non-kept models beyond ``max_cached`` (never ``newest``)."""
+        evictable = [key for key in self._whisper if key not in self._kept and key != newest]
+        while evictable and len(evictable) + (newest not in self._kept) > self.max_cached:
+            key = evictable.pop(0)
+            del self._whisper[key]  # CTranslate2 frees its memory when the last reference goes
+            logger.info("ASR model %s (%s) dropped from the cache (MAX_CACHED_MODELS=%d)", key[0], key[1], self.max_cached)
+
+    def whisper(self, model: ResolvedModel, compute_type: str, keep: bool = False):
         """The resident ``WhisperModel`` for (path, compute_type, device); loads on first use.
 
+        keep: never drop this one from the cache (the preloaded default).
         Returns (model, load_seconds) where load_seconds is 0.0 when it was resident.
         """
         key = (model.path, compute_type, self.device)
         with self._lock:
+            if keep:
+                self._kept.add(key)
             if key in self._whisper:
+                self._whisper.move_to_end(key)
                 return self._whisper[key], 0.0
+            self._evict(key)  # before loading, so the old model's memory is free for the new one
             from whisperx.asr import WhisperModel
 
             started = time.perf_counter()
@@ -131,6 +198,7 @@ class AsrModels:
                     f"{str(exc)[:300]}"
                 ) from None
             self._whisper[key] = instance
+            self._evict(key)
             seconds = time.perf_counter() - started
             logger.info("ASR model loaded in %.2f s", seconds)
             return instance, seconds

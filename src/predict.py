@@ -10,13 +10,16 @@ are turned into per-call option objects, so nothing a request sets outlives it.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +29,27 @@ import asr
 import audio
 import rp_schema
 import vad
-from models import AsrModels, ModelLoadError, effective_compute_type, pick_device, resolve_asr_model, whisper_dimensions
+from models import (
+    AsrModels,
+    ModelLoadError,
+    effective_compute_type,
+    in_models_dir,
+    is_allowed,
+    looks_like_local_path,
+    pick_device,
+    resolve_asr_model,
+    whisper_dimensions,
+)
 from settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float | None], None]
+
+
+# How long a job's cleanup waits for its stopped diarization to end (seconds): a stop takes
+# effect after the batch in progress, well under this on CPU and GPU.
+DIARIZATION_STOP_WAIT_S = 10.0
 
 
 class UserError(ValueError):
@@ -49,9 +67,19 @@ class Deadline:
         self.budget_s = budget_s
         self._ends = time.monotonic() + budget_s if budget_s > 0 else None
 
+    def remaining(self) -> float | None:
+        """Seconds left (>= 0), None when there is no budget."""
+        return None if self._ends is None else max(0.0, self._ends - time.monotonic())
+
+    def expired(self) -> bool:
+        return self._ends is not None and time.monotonic() > self._ends
+
+    def error(self, stage: str) -> JobTimeout:
+        return JobTimeout(f"job exceeded its time budget of {self.budget_s:g} s (JOB_TIMEOUT_S) during {stage}")
+
     def check(self, stage: str) -> None:
-        if self._ends is not None and time.monotonic() > self._ends:
-            raise JobTimeout(f"job exceeded its time budget of {self.budget_s:g} s (JOB_TIMEOUT_S) during {stage}")
+        if self.expired():
+            raise self.error(stage)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -66,6 +94,10 @@ class _RequestState:
 
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    deadline: Deadline = field(default_factory=lambda: Deadline(0.0))
+    # Set when the job is over (failed, timed out): its diarization stops at the next batch.
+    stop: threading.Event = field(default_factory=threading.Event)
+    diarization_job: Future | None = None
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -108,6 +140,20 @@ def decode_options(opts: rp_schema.RequestOptions) -> asr.DecodeOptions:
     )
 
 
+def output_language(language: str | None, task: str) -> str | None:
+    """The language of the transcript's text: English for ``task: "translate"`` (Whisper
+    translates into English only), else the spoken ``language``. Alignment needs the
+    text's language, not the audio's."""
+    return "en" if task == "translate" else language
+
+
+def _from_request(opts: rp_schema.RequestOptions, name: str) -> bool:
+    """Whether field ``name`` came from the request (not ENV or default; options built
+    directly, without sources, count as the request's)."""
+    source = opts.sources.get(name, "request")
+    return source == "request"
+
+
 class Predictor:
     """Keeps models resident and runs one request at a time through the stages."""
 
@@ -144,7 +190,8 @@ class Predictor:
         # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = pick_device(self.settings.device)
-        self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads)
+        self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
+                                    max_cached=self.settings.max_cached_models)
         self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
         self._setup_diarization()
         self._configure_torch()
@@ -156,7 +203,7 @@ class Predictor:
         compute_type, _ = effective_compute_type(requested_type, self.device)
         try:
             resolved = resolve_asr_model(name, self.settings.models_dir, None)
-            _, seconds = self.asr_models.whisper(resolved, compute_type)
+            _, seconds = self.asr_models.whisper(resolved, compute_type, keep=True)
             self.startup_timings["model_load_s"] = round(seconds, 3)
             self.asr_models.vad()
         except ModelLoadError as exc:
@@ -187,12 +234,28 @@ class Predictor:
         compute = self.settings.preload_compute_type or from_env("compute_type") or defaults["compute_type"]
         return name, compute
 
+    def _default_asr_models(self) -> set[str]:
+        """The preloaded ``model`` and the one a request gets without naming one (ENV)."""
+        names = {self._preload_choice()[0]}
+        names.update(os.environ[n].strip() for n in rp_schema.env_aliases()["model"] if os.environ.get(n, "").strip())
+        return names
+
+    @staticmethod
+    def _default_diarization_models() -> set[str]:
+        """The ``diarization_model`` a request gets without naming one (schema default, ENV)."""
+        names = {rp_schema.defaults()["diarization_model"]}
+        names.update(os.environ[n].strip() for n in rp_schema.env_aliases()["diarization_model"] if os.environ.get(n, "").strip())
+        return names
+
     def _setup_diarization(self) -> None:
         try:
             import diarization
         except ImportError:  # pragma: no cover - module always ships with the worker
             return
-        self.diarizers = diarization.DiarizationModels(self.device, self.settings.offline_diarization_dir)
+        self.diarizers = diarization.DiarizationModels(
+            self.device, self.settings.offline_diarization_dir, max_cached=self.settings.max_cached_models,
+            kept_models=frozenset(self._default_diarization_models()),
+        )
 
     def _configure_torch(self) -> None:
         import torch
@@ -297,8 +360,8 @@ class Predictor:
         """
         if self.asr_models is None:
             self.setup()
-        state = _RequestState()
         deadline = Deadline(self.settings.job_timeout_s)
+        state = _RequestState(deadline=deadline)
 
         def notify(stage: str, percent: float | None) -> None:
             deadline.check(stage)
@@ -310,6 +373,7 @@ class Predictor:
         try:
             return self._run(opts, state, notify, workdir)
         finally:
+            self._settle_diarization(state)
             shutil.rmtree(workdir, ignore_errors=True)
             self._release_gpu_cache()
 
@@ -317,6 +381,7 @@ class Predictor:
         compute_type, note = effective_compute_type(opts.compute_type, self.device)
         if note:
             state.warn(note)
+        self._check_model_fields(opts, compute_type)
         with state.timed("model_load_s"):
             resolved = resolve_asr_model(opts.model, self.settings.models_dir, opts.huggingface_access_token)
             model, _ = self.asr_models.whisper(resolved, compute_type)
@@ -335,7 +400,7 @@ class Predictor:
 
         notify("vad", None)
         with state.timed("vad_s"):
-            scores = vad.speech_scores(vad_model, prepared.waveform)
+            scores = self._speech_scores(vad_model, prepared.waveform, state.deadline)
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
             windows = vad.fill_batch(scores, windows, vopts, prepared.duration_s, opts.batch_size,
@@ -343,6 +408,7 @@ class Predictor:
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
 
+        notify("language", None)
         language, detection = self._language(opts, model, prepared.waveform, vad.detection_windows(scores, windows), state)
         dopts = decode_options(opts)
         # With no speech there is nothing to decode; the tokenizer still needs a language.
@@ -354,8 +420,8 @@ class Predictor:
                                            max_rows)
         dropped = sum(t.silent for t in transcripts)
         if dropped:
-            state.warn(f"{dropped} window(s) judged non-speech were dropped (no_speech_threshold, or text below "
-                       "log_prob_threshold where the VAD doubts speech)")
+            state.warn(f"{dropped} window(s) judged non-speech were dropped (no_speech_threshold, text below "
+                       "log_prob_threshold where the VAD doubts speech, or a known hallucination phrase or loop)")
         kept = [t for t in transcripts if not t.silent and t.text]
         segments = [{"start": round(t.start, 3), "end": round(t.end, 3), "text": t.text} for t in kept]
 
@@ -388,6 +454,59 @@ class Predictor:
         return response
 
     # ------------------------------------------------------------------ stages
+    def _check_model_fields(self, opts, compute_type: str) -> None:
+        """Refuse, before anything is loaded, models a request may not name.
+
+        A ``model`` or ``diarization_model`` on the worker's disk (folder or YAML) is a local
+        path like ``audio_file`` and needs ``ALLOW_LOCAL_FILES``. Other names must be allowed
+        (``ALLOWED_MODELS``; always: the defaults and, for ``model``, the folders of
+        ``MODELS_DIR``), since each one loaded takes memory. Values set by the operator (ENV
+        or default) are trusted.
+        """
+        allow_local = audio.FetchPolicy.from_env().allow_local_files
+        allowed = self.settings.allowed_models
+        if _from_request(opts, "model"):
+            name = opts.model
+            if looks_like_local_path(name):
+                if not allow_local:
+                    raise UserError("model: local paths are disabled; give a model name "
+                                    "(set ALLOW_LOCAL_FILES=true to allow models on the worker's disk)")
+            elif not (in_models_dir(name, self.settings.models_dir)
+                      or is_allowed(name, compute_type, allowed, self._default_asr_models())):
+                raise UserError(f"model {name!r} with compute_type {compute_type} is not allowed on this worker "
+                                f"(ALLOWED_MODELS; allowed: the preloaded model, the models in MODELS_DIR"
+                                f"{', ' + ', '.join(allowed) if allowed else ''})")
+        if _from_request(opts, "diarization_model"):
+            name = opts.diarization_model
+            if looks_like_local_path(name):
+                if not allow_local:
+                    raise UserError("diarization_model: local paths are disabled; give a Hub id "
+                                    "(set ALLOW_LOCAL_FILES=true to allow pipelines on the worker's disk)")
+            elif not is_allowed(name, None, allowed, self._default_diarization_models()):
+                raise UserError(f"diarization_model {name!r} is not allowed on this worker (ALLOWED_MODELS; "
+                                f"allowed: {', '.join(sorted(self._default_diarization_models() | set(allowed)))})")
+
+    @staticmethod
+    def _speech_scores(vad_model, waveform, deadline: Deadline):
+        """``vad.speech_scores``, checking the job's time budget after each batch of chunks.
+
+        whisperX's VAD pipeline passes no hook to its segmentation inference, which is where
+        the time goes (one batch of 32 chunks at a time); for this call the inference gets
+        one that checks the budget. Without a budget the pipeline is called as it is.
+        """
+        if deadline.remaining() is None:
+            return vad.speech_scores(vad_model, waveform)
+        inference = vad_model._segmentation
+
+        def hook(*args, **kwargs) -> None:
+            deadline.check("vad")
+
+        vad_model._segmentation = functools.partial(inference, hook=hook)
+        try:
+            return vad.speech_scores(vad_model, waveform)
+        finally:
+            vad_model._segmentation = inference
+
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
         """Cap on windows per generate call on a GPU (``ASR_DECODE_CACHE_MB``), None for none."""
         budget = self.settings.asr_decode_cache_mb
@@ -435,21 +554,30 @@ class Predictor:
         return detection.language, detection
 
     def _align(self, model, tokenizer, waveform, kept, language, opts, segments, state):
-        """wav2vec2 alignment, else Whisper's own word timings; never raises."""
+        """wav2vec2 alignment in the language of the text (English when translating), else
+        Whisper's own word timings; never raises."""
         self._configure_torch()  # pyannote switches TF32 off whenever a pipeline runs
+        language = output_language(language, opts.task)
+        check = None if state.deadline.remaining() is None else (lambda: state.deadline.check("alignment"))
         try:
             aligner, load_s = self.aligners.get(language)
             state.timings["alignment_model_load_s"] = round(load_s, 4)
             punkt_note = alignment.ensure_punkt(language)
             if punkt_note:
                 state.warn(punkt_note)
-            return alignment.align_with_wav2vec2(kept, aligner, waveform, self.device), f"wav2vec2 ({aligner.source})"
+            return (alignment.align_with_wav2vec2(kept, aligner, waveform, self.device, check=check),
+                    f"wav2vec2 ({aligner.source})")
         except alignment.AlignerUnavailable as exc:
             reason = str(exc)
+        except JobTimeout:
+            raise
         except Exception as exc:  # OOM or a bug in the aligner must not lose the transcript
             reason = f"wav2vec2 alignment failed: {type(exc).__name__}: {str(exc)[:200]}"
         try:
-            aligned = alignment.whisper_word_timings(model, waveform, kept, tokenizer, opts.batch_size, self.device)
+            aligned = alignment.whisper_word_timings(model, waveform, kept, tokenizer, opts.batch_size, self.device,
+                                                     check=check)
+        except JobTimeout:
+            raise
         except Exception as exc:
             state.warn(f"word alignment failed ({reason}; whisper timings: {type(exc).__name__}); segments have no word timestamps")
             return segments, None
@@ -465,11 +593,23 @@ class Predictor:
         if self.diarizers is None:
             state.warn("diarization is not available in this worker; speakers are not labelled")
             return None
+        import diarization
+
         context = contextvars.copy_context()
+        submitted = time.perf_counter()
+
+        def check(percent: float) -> None:
+            # Called after each segmentation/embedding batch: a job that is over (failed,
+            # or out of its time budget) must not keep the one diarization thread busy.
+            if state.stop.is_set() or state.deadline.expired():
+                raise diarization.Stopped("the job ended before its diarization did")
 
         def run():
             started = time.perf_counter()
+            # How long this job's diarization waited for the thread (another job's run).
+            state.timings["diarization_queue_s"] = round(started - submitted, 4)
             try:
+                check(0.0)
                 with self._diarization_stream():
                     return self.diarizers.diarize(
                         waveform,
@@ -479,11 +619,29 @@ class Predictor:
                         max_speakers=opts.max_speakers,
                         num_speakers=opts.num_speakers,
                         return_embeddings=opts.return_speaker_embeddings,
+                        progress_callback=check,
                     )
             finally:
                 state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
 
-        return self._diarization_pool.submit(context.run, run)
+        state.diarization_job = self._diarization_pool.submit(context.run, run)
+        return state.diarization_job
+
+    def _settle_diarization(self, state: _RequestState) -> None:
+        """End the job's diarization with the job, so the next job's starts at once: cancel
+        it when it has not started, else stop it at its next batch and wait for that (at
+        most ``DIARIZATION_STOP_WAIT_S``)."""
+        job = state.diarization_job
+        state.stop.set()
+        if job is None or job.done() or job.cancel():
+            return
+        try:
+            job.result(timeout=DIARIZATION_STOP_WAIT_S)
+        except FutureTimeout:
+            logger.warning("diarization of the ended job still runs after %.0f s; the next job's waits for it",
+                           DIARIZATION_STOP_WAIT_S)
+        except Exception:  # noqa: BLE001 - Stopped or a failure: the job is over either way
+            pass
 
     @contextmanager
     def _diarization_stream(self) -> Iterator[None]:
@@ -511,7 +669,12 @@ class Predictor:
         import diarization
 
         try:
-            out = job.result()
+            # Bounded by the job's time budget: a long diarization cannot hold the answer.
+            out = job.result(timeout=state.deadline.remaining())
+        except FutureTimeout:
+            raise state.deadline.error("diarization") from None
+        except diarization.Stopped:
+            raise state.deadline.error("diarization") from None
         except Exception as exc:  # DiarizationUnavailable, OOM, anything: keep the transcript
             state.warn(f"diarization failed ({type(exc).__name__}: {str(exc)[:200]}); speakers are not labelled")
             return segments, None, None
@@ -599,6 +762,7 @@ class Predictor:
                         "temperature": t.temperature,
                         "vad_speech_prob": round(t.speech_prob, 3),
                         "silent": t.silent,
+                        "screened": t.screened,
                     }
                     for t in transcripts
                 ],

@@ -6,7 +6,12 @@ configures the worker process itself: where models live, which device to use, lo
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +35,14 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"ENV {name}={raw!r} is not an integer") from None
+
+
+def _env_min_int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    """An integer ENV value of at least ``minimum``."""
+    value = _env_int(environ, name, default)
+    if value < minimum:
+        raise ValueError(f"ENV {name}={value} must be >= {minimum}")
+    return value
 
 
 def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -82,6 +95,12 @@ class WorkerSettings:
         own (``DIARIZATION_SIDE_STREAM``, default on). CTranslate2 and torch otherwise both
         use the legacy default stream, where every kernel waits for the other library's, so
         the overlapped diarization stretches the ASR stage instead of sharing the GPU.
+    allowed_models: what a request may name as ``model`` / ``diarization_model`` besides
+        the defaults (``ALLOWED_MODELS``, comma-separated): a name, ``name:compute_type``
+        to allow one compute type only, or ``*`` for any Hub id. Always allowed: the
+        preloaded and default models (any compute type) and the folders in ``models_dir``.
+    max_cached_models: non-default models each registry (ASR, diarization) keeps resident
+        at once (``MAX_CACHED_MODELS``, >= 1); the least recently used one is dropped first.
     """
 
     models_dir: str = "/models"
@@ -98,6 +117,8 @@ class WorkerSettings:
     batch_fill_min_chunk_s: float | None = None
     asr_decode_cache_mb: float = 4096.0
     diarization_side_stream: bool = True
+    allowed_models: tuple[str, ...] = ()
+    max_cached_models: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -132,6 +153,8 @@ class WorkerSettings:
             ),
             asr_decode_cache_mb=_env_float(env, "ASR_DECODE_CACHE_MB", 4096.0),
             diarization_side_stream=_env_bool(env, "DIARIZATION_SIDE_STREAM", True),
+            allowed_models=tuple(entry.strip() for entry in env.get("ALLOWED_MODELS", "").split(",") if entry.strip()),
+            max_cached_models=_env_min_int(env, "MAX_CACHED_MODELS", 2, 1),
             batch_fill_min_chunk_s=(
                 _env_float(env, "BATCH_FILL_MIN_CHUNK_S", 0.0) if env.get("BATCH_FILL_MIN_CHUNK_S", "").strip() else None
             ),
@@ -146,3 +169,27 @@ class WorkerSettings:
     def align_model_for(self, language: str) -> str | None:
         """The configured aligner for ``language``, or None to use whisperX's default."""
         return dict(self.align_model_overrides).get(language)
+
+
+PROCESS_TEMP_PREFIX = "whisperx-worker-"
+
+
+def use_own_temp_dir() -> str:
+    """Give this process a temp folder of its own, removed when it exits; returns its path.
+
+    Created inside the current temp folder (``TMPDIR`` as given), then set as ``TMPDIR``,
+    ``TEMP``, ``TMP`` (child processes such as ffmpeg) and ``tempfile.tempdir`` (this
+    process). Call it before importing torch, pyannote or whisperX: they write files there
+    at import and load time (``.ses``, ``_remote_module_non_scriptable.py``) that nothing
+    else deletes, and per-job folders land in it too. Removed at exit (``atexit``), also on
+    SIGTERM, which is how a container is stopped and which otherwise skips ``atexit``.
+    """
+    path = tempfile.mkdtemp(prefix=PROCESS_TEMP_PREFIX, dir=tempfile.gettempdir())
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        os.environ[name] = path
+    tempfile.tempdir = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # sys.exit runs the atexit handlers; 128 + 15 is the status a SIGTERM death reports.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return path

@@ -41,6 +41,11 @@ class SpeechWindow:
     def duration(self) -> float:
         return self.end - self.start
 
+    @property
+    def speech_s(self) -> float:
+        """Seconds of speech: the regions' total length (the whole span when none are given)."""
+        return sum(end - start for start, end in self.regions) if self.regions else self.duration
+
 
 def speech_scores(vad_pipeline, waveform: np.ndarray):
     """Frame-level speech probabilities for 16 kHz mono float32 ``waveform``
@@ -120,20 +125,32 @@ def mean_speech_prob(scores, regions: tuple[tuple[float, float], ...]) -> float:
     return float(data[inside].mean()) if inside.any() else 0.0
 
 
-def detection_windows(scores, windows: list[SpeechWindow], min_prob: float = 0.5, min_duration_s: float = 1.0) -> list[SpeechWindow]:
-    """Speech regions the VAD is sure of (mean probability >= ``min_prob``, at least
-    ``min_duration_s`` long, at most 30 s), in time order, for language detection: music or
-    noise that a low onset let into a window is not what the language is judged on.
-    Falls back to ``windows`` when no region qualifies."""
+# Speech the VAD is sure of: mean probability at least this; a window is judged on for the
+# language only when one such region lasts at least SURE_SPEECH_MIN_S seconds.
+SURE_SPEECH_PROB = 0.5
+SURE_SPEECH_MIN_S = 1.0
+
+
+def detection_windows(scores, windows: list[SpeechWindow], min_prob: float = SURE_SPEECH_PROB,
+                      min_duration_s: float = SURE_SPEECH_MIN_S) -> list[SpeechWindow]:
+    """The ASR windows, trimmed to the speech the VAD is sure of, for language detection.
+
+    A window counts when one of its regions has a mean speech probability of ``min_prob``
+    or more over ``min_duration_s`` seconds or more; it keeps the span from its first to its
+    last region reaching ``min_prob`` (any length), with the regions in between. Leading or
+    trailing music and noise that a low onset let into a window is cut off, but the
+    utterance itself is judged whole: a 2 s phrase alone can sound like another language, a
+    whole sentence rarely does. ``speech_prob`` is the mean over the kept regions. When no
+    window counts, ``windows`` is returned as it is.
+    """
     picked = []
     for window in windows:
-        for start, end in window.regions:
-            if end - start < min_duration_s:
-                continue
-            end = min(end, start + 30.0)
-            prob = mean_speech_prob(scores, ((start, end),))
-            if prob >= min_prob:
-                picked.append(SpeechWindow(start, end, ((start, end),), prob))
+        probs = [mean_speech_prob(scores, (region,)) for region in window.regions]
+        if not any(p >= min_prob and end - start >= min_duration_s for p, (start, end) in zip(probs, window.regions)):
+            continue
+        sure = [i for i, p in enumerate(probs) if p >= min_prob]
+        regions = window.regions[sure[0]: sure[-1] + 1]
+        picked.append(SpeechWindow(regions[0][0], regions[-1][1], regions, mean_speech_prob(scores, regions)))
     return picked or list(windows)
 
 

@@ -253,8 +253,9 @@ def transcript(output: dict) -> str:
 
 
 def job_dirs(folder: Path) -> list[str]:
-    """Names of leftover per-request working directories under ``folder``."""
-    return sorted(p.name for p in Path(folder).glob("whisperx-job-*"))
+    """Names of leftover per-request working directories under ``folder``, at any depth: a
+    worker started as ``src/handler.py`` keeps them in its own temp folder inside it."""
+    return sorted(p.name for p in Path(folder).rglob("whisperx-job-*"))
 
 
 def rss_mb(pid: int) -> float:

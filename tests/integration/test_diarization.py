@@ -566,6 +566,33 @@ def test_assign_splits_segment_at_speaker_change():
     assert segments == original  # input untouched
 
 
+@pytest.mark.parametrize(("text", "chars", "first", "second"), [
+    ("你好世界。", ["你", "好", "世", "界。"], "你好", "世界。"),
+    ("こんにちは、元気？", ["こ", "ん", "に", "ち", "は、", "元", "気？"], "こんにちは、", "元気？"),
+    ("สวัสดีครับ", ["สวัสดี", "ครับ"], "สวัสดี", "ครับ"),
+])
+def test_assign_split_rejoins_unspaced_scripts_without_spaces(text, chars, first, second):
+    """zh/ja/th have no spaces between words (whisperX aligns them per character): the split
+    parts keep the original characters, not words joined by spaces (issue 13 #7)."""
+    count = next(i for i in range(len(chars) + 1) if "".join(chars[:i]) == first)
+    words = [word(c, 1.0 + 0.1 * i, 1.05 + 0.1 * i) if i < count else word(c, 2.5 + 0.1 * i, 2.55 + 0.1 * i)
+             for i, c in enumerate(chars)]
+    result = assign_speakers([{"start": 1.0, "end": 3.5, "text": text, "words": words}], TURNS)
+    assert [(s["speaker"], s["text"]) for s in result] == [("A", first), ("B", second)]
+
+
+def test_assign_split_keeps_punctuation_and_spacing_of_the_text():
+    segments = [{"start": 0.5, "end": 3.5, "text": " Yes, right.  And then?", "words": [
+        word("Yes,", 0.5, 1.0), word("right.", 1.2, 1.9), word("And", 2.1, 2.8), word("then?", 3.0, 3.5)]}]
+    assert [s["text"] for s in assign_speakers(segments, TURNS)] == ["Yes, right.", "And then?"]
+
+
+def test_assign_split_word_not_in_text_falls_back_to_joining():
+    segments = [{"start": 0.5, "end": 3.5, "text": "你好世界", "words": [
+        word("你", 0.5, 1.0), word("好", 1.2, 1.9), word("X", 2.1, 2.8), word("界", 3.0, 3.5)]}]
+    assert [s["text"] for s in assign_speakers(segments, TURNS)] == ["你好", "X界"]
+
+
 def test_assign_unsplit_segment_keeps_text_and_majority_speaker():
     segments = [{"start": 1.5, "end": 2.6, "text": " Hello there.", "words": [
         word("Hello", 1.5, 1.95), word("there.", 1.9, 2.6)]}]

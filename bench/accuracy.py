@@ -1,0 +1,250 @@
+"""Accuracy on speech the suite was not tuned on: the worker against plain faster-whisper.
+
+Same model (the offline Whisper base, int8 on CPU), same audio. Three measurements:
+
+- ``language``: language detection on festvox-ru clips (all 620 by default), the English
+  pyannote sample, and speech after 12 s of noise or music. For each clip: the worker's
+  detection (its VAD, then ``asr.detect_language``) and faster-whisper's own
+  ``WhisperModel.detect_language`` on the same 16 kHz samples. Prints the confusion table of
+  both side by side and the clips where one is right and the other wrong.
+- ``wer``: the worker's WER with ``language: null`` against ``language: "ru"`` and plain
+  sequential faster-whisper (``WhisperModel.transcribe``, its defaults) on a split.
+- ``telephone``: the same three on the split's clips through a 300-3400 Hz band at 8 kHz
+  (PCM16 WAV files, which each contender decodes itself).
+
+Splits of festvox-ru (clip number modulo 4): ``dev`` = 1, ``test`` = 3 (never tuned on),
+``rest`` = 0 and 2, ``all``. ``--limit N`` takes every k-th clip of the split so N remain.
+
+    .venv/bin/python bench/accuracy.py language --split all --out bench/results/language.json
+    .venv/bin/python bench/accuracy.py wer --split dev --limit 60
+    .venv/bin/python bench/accuracy.py telephone --split test --out bench/results/tel_test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, require_assets, wer  # noqa: E402
+
+SR = 16_000
+
+
+def split_clips(split: str, limit: int | None) -> list[str]:
+    """Festvox clip ids of ``split`` (by clip number modulo 4), thinned to ``limit``."""
+    ids = sorted(festvox_transcripts())
+    residues = {"dev": {1}, "test": {3}, "rest": {0, 2}, "all": {0, 1, 2, 3}}[split]
+    picked = [c for c in ids if int(c.split("_")[1]) % 4 in residues]
+    if limit and len(picked) > limit:
+        step = len(picked) / limit
+        picked = [picked[int(i * step)] for i in range(limit)]
+    return picked
+
+
+def load(path: Path) -> np.ndarray:
+    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    samples = samples.mean(axis=1)
+    if rate != SR:
+        import librosa
+
+        samples = librosa.resample(samples, orig_sr=rate, target_sr=SR)
+    return samples.astype(np.float32)
+
+
+def telephone_band(samples: np.ndarray, dest: Path) -> Path:
+    """``samples`` (16 kHz) through a 300-3400 Hz band-pass, resampled to 8 kHz, as PCM16 WAV."""
+    src = dest.with_suffix(".src.wav")
+    sf.write(str(src), samples, SR, subtype="PCM_16")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+                    "-af", "highpass=f=300:poles=2,highpass=f=300:poles=2,lowpass=f=3400:poles=2,lowpass=f=3400:poles=2",
+                    "-ar", "8000", "-ac", "1", "-c:a", "pcm_s16le", str(dest)], check=True)
+    src.unlink()
+    return dest
+
+
+def non_speech(kind: str, seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    if kind == "noise":
+        return (rng.standard_normal(n) * 0.05).astype(np.float32)
+    notes = np.array([220, 277, 330, 440, 554, 659])
+    freq = notes[(t // 0.4).astype(int) % len(notes)]
+    return (0.15 * np.sin(2 * np.pi * freq * t) + 0.05 * np.sin(2 * np.pi * 2 * freq * t)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ contenders
+class Worker:
+    """The worker in-process (offline base model, CPU), through ``Predictor.predict``."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from predict import Predictor
+        from settings import WorkerSettings
+
+        self.predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL,
+                                                  warmup=False, preload_align_languages=()))
+        self.predictor.setup()
+
+    def transcribe(self, path: Path, language: str | None) -> tuple[str, str | None]:
+        import rp_schema
+
+        fields = {"audio_file": str(path), "language": language, "diarization": False, "align_output": False}
+        out = self.predictor.predict(rp_schema.resolve_options(fields, {"MODEL": BASE_MODEL}))
+        return " ".join(s["text"] for s in out["segments"]), out["detected_language"]
+
+    def detect(self, samples: np.ndarray) -> tuple[str | None, float]:
+        import asr
+        import vad
+
+        from models import resolve_asr_model
+
+        model, _ = self.predictor.asr_models.whisper(resolve_asr_model(BASE_MODEL, str(LOCAL_MODELS), None), "int8")
+        scores = vad.speech_scores(self.predictor.asr_models.vad(), samples)
+        windows = vad.speech_windows(scores, vad.VadOptions(), len(samples) / SR)
+        if not windows:
+            return None, 0.0
+        found = asr.detect_language(model, samples, vad.detection_windows(scores, windows), 0.5, 3, "cpu")
+        return found.language, found.probability
+
+
+class FasterWhisper:
+    """Plain faster-whisper on the same CTranslate2 model: its own decoding and detection."""
+
+    def __init__(self) -> None:
+        from faster_whisper import WhisperModel
+
+        self.model = WhisperModel(str(LOCAL_MODELS / BASE_MODEL), device="cpu", compute_type="int8")
+
+    def transcribe(self, path: Path, language: str | None) -> tuple[str, str | None]:
+        segments, info = self.model.transcribe(str(path), language=language)
+        return " ".join(s.text.strip() for s in segments), info.language
+
+    def detect(self, samples: np.ndarray) -> tuple[str | None, float]:
+        language, probability, _ = self.model.detect_language(samples)
+        return language, float(probability)
+
+
+# ------------------------------------------------------------------ measurements
+def language_cases(split: str, limit: int | None) -> list[tuple[str, str, np.ndarray]]:
+    """(name, true language, 16 kHz samples) for the detection table."""
+    cases = [(c, "ru", load(FESTVOX / "wav" / f"{c}.wav")) for c in split_clips(split, limit)]
+    sample = load(PYANNOTE_SAMPLE / "sample.wav")
+    cases.append(("pyannote_sample", "en", sample))
+    for i, clip in enumerate(("ru_0101", "ru_0202", "ru_0303")):
+        speech = load(FESTVOX / "wav" / f"{clip}.wav")
+        for kind in ("noise", "music"):
+            cases.append((f"{kind}12s+{clip}", "ru", np.concatenate([non_speech(kind, 12.0, i), speech])))
+    for kind in ("noise", "music"):
+        cases.append((f"{kind}12s+pyannote_sample", "en", np.concatenate([non_speech(kind, 12.0, 9), sample])))
+    return cases
+
+
+def confusion(rows: list[dict], key: str) -> dict[str, dict[str, int]]:
+    table: dict[str, Counter] = {}
+    for row in rows:
+        table.setdefault(row["truth"], Counter())[str(row[key])] += 1
+    return {truth: dict(counts.most_common()) for truth, counts in table.items()}
+
+
+def measure_language(args) -> dict:
+    cases = language_cases(args.split, args.limit)
+    worker, fw = Worker(), FasterWhisper()
+    rows = []
+    started = time.perf_counter()
+    for name, truth, samples in cases:
+        w_lang, w_p = worker.detect(samples)
+        f_lang, f_p = fw.detect(samples)
+        rows.append({"clip": name, "truth": truth, "worker": w_lang, "worker_p": round(w_p, 3),
+                     "faster_whisper": f_lang, "faster_whisper_p": round(f_p, 3)})
+    worse = [r for r in rows if r["worker"] != r["truth"] and r["faster_whisper"] == r["truth"]]
+    better = [r for r in rows if r["worker"] == r["truth"] and r["faster_whisper"] != r["truth"]]
+    return {
+        "clips": len(rows),
+        "worker_correct": sum(r["worker"] == r["truth"] for r in rows),
+        "faster_whisper_correct": sum(r["faster_whisper"] == r["truth"] for r in rows),
+        "worker_confusion": confusion(rows, "worker"),
+        "faster_whisper_confusion": confusion(rows, "faster_whisper"),
+        "worker_wrong_faster_whisper_right": worse,
+        "worker_right_faster_whisper_wrong": better,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+
+
+def measure_wer(args, telephone: bool) -> dict:
+    clips = split_clips(args.split, args.limit)
+    refs = festvox_transcripts()
+    worker, fw = Worker(), FasterWhisper()
+    hyps: dict[str, list[str]] = {"worker_auto": [], "worker_ru": [], "faster_whisper_auto": []}
+    languages: dict[str, Counter] = {"worker_auto": Counter(), "faster_whisper_auto": Counter()}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in clips:
+            path = FESTVOX / "wav" / f"{clip}.wav"
+            if telephone:
+                path = telephone_band(load(path), Path(tmp) / f"{clip}_8k.wav")
+            w_auto, w_lang = worker.transcribe(path, None)
+            w_ru, _ = worker.transcribe(path, "ru")
+            f_auto, f_lang = fw.transcribe(path, None)
+            for key, text in (("worker_auto", w_auto), ("worker_ru", w_ru), ("faster_whisper_auto", f_auto)):
+                hyps[key].append(text)
+            languages["worker_auto"][str(w_lang)] += 1
+            languages["faster_whisper_auto"][str(f_lang)] += 1
+            rows.append({"clip": clip, "ref": refs[clip], "worker_auto": w_auto, "worker_lang": w_lang, "worker_ru": w_ru,
+                         "faster_whisper": f_auto, "faster_whisper_lang": f_lang,
+                         "wer_worker": round(wer(refs[clip], w_auto), 3), "wer_fw": round(wer(refs[clip], f_auto), 3)})
+    references = [refs[c] for c in clips]
+    return {
+        "split": args.split, "clips": len(clips), "telephone": telephone,
+        "wer": {key: round(wer(references, texts), 4) for key, texts in hyps.items()},
+        "languages": {key: dict(c) for key, c in languages.items()},
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("language", "wer", "telephone"))
+    parser.add_argument("--split", default="dev", choices=("dev", "test", "rest", "all"))
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    require_assets()
+    result = measure_language(args) if args.what == "language" else measure_wer(args, args.what == "telephone")
+    result["ct2_force_cpu_isa"] = os.environ.get("CT2_FORCE_CPU_ISA", "native")
+    if args.what == "language":
+        print(f"{'':24}{'worker':>10}{'faster-whisper':>16}")
+        print(f"{'correct':24}{result['worker_correct']:>10}{result['faster_whisper_correct']:>16}  of {result['clips']}")
+        for truth in result["worker_confusion"]:
+            print(f"truth {truth}: worker {result['worker_confusion'][truth]}  faster-whisper {result['faster_whisper_confusion'][truth]}")
+        print("worker wrong, faster-whisper right:", [r["clip"] for r in result["worker_wrong_faster_whisper_right"]])
+        print("worker right, faster-whisper wrong:", [r["clip"] for r in result["worker_right_faster_whisper_wrong"]])
+    else:
+        print(f"{result['split']} split, {result['clips']} clips, telephone={result['telephone']}")
+        for key, value in result["wer"].items():
+            print(f"  WER {key:22} {value:.4f}")
+        print("  languages:", result["languages"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
