@@ -8,7 +8,9 @@ its own tokenizer and options per call, which is why it is not used).
 
 Unlike whisperX's batched path, the quality thresholds act: each window's compression ratio,
 average log-probability and no-speech probability are computed; windows that fail are
-decoded again at the next temperature, and windows judged silent are dropped.
+decoded again at the next temperature, and windows judged silent are dropped. The text of
+the others is screened for known hallucination phrases and loops (``hallucinations.py``), a
+signal that, unlike the scores, does not move with the CPU's int8 kernels.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], 
         audio = torch.from_numpy(batch).to(device)
         stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT, device=audio.device), return_complex=True)
         power = stft[..., :-1].abs() ** 2
-        mel = mel_filters(audio.device, n_mels) @ power
+        # In float64: the TF32 policy (precision.py) must not change what the ASR hears, and
+        # this product is too small for TF32 to save time (GPU float32 matmuls may use TF32).
+        mel = (mel_filters(audio.device, n_mels).double() @ power.double()).float()
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)

@@ -25,6 +25,8 @@ from functools import lru_cache
 # none of which starts the next credit ("Редактор субтитров А.Синецкая Корректор А.Егорова").
 _NAME = r"(?: (?!(?:редактор|корректор|субтитр)\w*)\w+){0,3}"
 _THANKS = r"(?:thank you|thanks)(?: so much| very much)?"
+# Up to two adjectives before the noun of a sound caption ("ТРЕВОЖНАЯ МУЗЫКА", "ТЕЛЕФОННЫЙ ЗВОНОК").
+_ADJECTIVES = r"(?:\w+(?:ая|ое|ый|ий|ой|ые|ие|ей) ){0,2}"
 
 # Patterns over normalised text (``normalise``): they may cover part of a text.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -69,7 +71,7 @@ WHOLE: dict[str, tuple[str, ...]] = {
     "ru": (
         r"(?:большое )?спасибо(?: большое| вам| всем)?",
         r"всем пока",
-        r"(?:\w+ ){0,2}(?:музыка|музыкальная заставка|звук|звуки|шум|звонок|гудок|гудки|аплодисменты|смех|тишина|"
+        _ADJECTIVES + r"(?:музыка|музыкальная заставка|звук|звуки|шум|звонок|гудок|гудки|аплодисменты|смех|тишина|"
         r"стук|свист|выстрел|выстрелы|взрыв|вздох|кашель)(?: играет| телефона| в дверь)?",
         r"звонит телефон",
     ),

@@ -27,6 +27,7 @@ from pathlib import Path
 import alignment
 import asr
 import audio
+import precision
 import rp_schema
 import vad
 from models import (
@@ -169,6 +170,7 @@ class Predictor:
         self._side_stream = None  # torch.cuda.Stream of the diarization thread (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
+        self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
 
     # ------------------------------------------------------------------ start-up
     def setup(self) -> None:
@@ -194,7 +196,8 @@ class Predictor:
                                     max_cached=self.settings.max_cached_models)
         self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
         self._setup_diarization()
-        self._configure_torch()
+        # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
+        self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32)
         # The diarization pipeline loads and warms up in its own thread (where its kernels'
         # plans must live) while this one loads and warms up the ASR model: start-up takes
         # the longer of the two instead of their sum.
@@ -257,17 +260,6 @@ class Predictor:
             kept_models=frozenset(self._default_diarization_models()),
         )
 
-    def _configure_torch(self) -> None:
-        import torch
-
-        if self.device == "cuda":
-            # TF32 matmuls: alignment/diarization run ~2x faster on Ampere+ at no WER cost.
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        else:
-            # Denormal floats make CPU convolutions (VAD, CAM++) up to 10x slower.
-            torch.set_flush_denormal(True)
-
     def _warm_up(self, resolved, compute_type: str) -> None:
         """Run one tiny transcription so kernels and VAD are initialised before the first job."""
         started = time.perf_counter()
@@ -290,7 +282,6 @@ class Predictor:
         """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES``, so the
         first job pays no load or first-call cost."""
         started = time.perf_counter()
-        self._configure_torch()  # pyannote's warm-up run switched TF32 off: warm the job's kernels
         noise = self._warm_up_noise(3.0)
         for language in self.settings.preload_align_languages:
             try:
@@ -556,7 +547,6 @@ class Predictor:
     def _align(self, model, tokenizer, waveform, kept, language, opts, segments, state):
         """wav2vec2 alignment in the language of the text (English when translating), else
         Whisper's own word timings; never raises."""
-        self._configure_torch()  # pyannote switches TF32 off whenever a pipeline runs
         language = output_language(language, opts.task)
         check = None if state.deadline.remaining() is None else (lambda: state.deadline.check("alignment"))
         try:
@@ -708,7 +698,7 @@ class Predictor:
             "audio": prepared.debug_dict(),
             "runtime": {
                 "device": self.device,
-                "torch_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.device == "cuda" else False,
+                "torch_tf32": self.tf32,  # the start-up policy (TORCH_ALLOW_TF32), the same all job long
                 "gpu_stack_warnings": list(self.startup_warnings),
             },
             "model": {

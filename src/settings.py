@@ -101,6 +101,10 @@ class WorkerSettings:
         preloaded and default models (any compute type) and the folders in ``models_dir``.
     max_cached_models: non-default models each registry (ASR, diarization) keeps resident
         at once (``MAX_CACHED_MODELS``, >= 1); the least recently used one is dropped first.
+    torch_allow_tf32: on a GPU, let torch's float32 matmuls and cuDNN convolutions (VAD,
+        diarization, log-mel features; the aligner runs in float16) use TF32
+        (``TORCH_ALLOW_TF32``, default on). Set once at start-up for the whole process
+        (``precision.apply``); pyannote may no longer change it.
     """
 
     models_dir: str = "/models"
@@ -119,6 +123,7 @@ class WorkerSettings:
     diarization_side_stream: bool = True
     allowed_models: tuple[str, ...] = ()
     max_cached_models: int = 2
+    torch_allow_tf32: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -155,6 +160,7 @@ class WorkerSettings:
             diarization_side_stream=_env_bool(env, "DIARIZATION_SIDE_STREAM", True),
             allowed_models=tuple(entry.strip() for entry in env.get("ALLOWED_MODELS", "").split(",") if entry.strip()),
             max_cached_models=_env_min_int(env, "MAX_CACHED_MODELS", 2, 1),
+            torch_allow_tf32=_env_bool(env, "TORCH_ALLOW_TF32", True),
             batch_fill_min_chunk_s=(
                 _env_float(env, "BATCH_FILL_MIN_CHUNK_S", 0.0) if env.get("BATCH_FILL_MIN_CHUNK_S", "").strip() else None
             ),

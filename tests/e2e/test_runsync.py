@@ -93,6 +93,7 @@ def test_debug_info_sections_and_logs(api, media):
     assert {"audio", "runtime", "model", "decode", "output", "timings"} <= set(info)
     assert set(info["audio"]) == {"is_compatible", "expected", "actual", "used_fallback", "source", "reason"}
     assert set(info["runtime"]) >= {"device", "torch_tf32"} and info["runtime"]["device"] == "cpu"
+    assert info["runtime"]["torch_tf32"] is False  # the start-up policy: TF32 applies on CUDA only
     assert set(info["model"]) >= {"path", "compute_type", "asr_options", "vad_options"}
     assert {"batch_size", "beam_size", "temperature", "temperature_increment_on_fallback", "length_penalty"} <= set(info["decode"])
     assert {"align_output", "diarization", "min_speakers", "max_speakers"} <= set(info["output"])
