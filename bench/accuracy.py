@@ -18,6 +18,10 @@ Splits of festvox-ru (clip number modulo 4): ``dev`` = 1, ``test`` = 3 (never tu
     .venv/bin/python bench/accuracy.py language --split all --out bench/results/language.json
     .venv/bin/python bench/accuracy.py wer --split dev --limit 60
     .venv/bin/python bench/accuracy.py telephone --split test --out bench/results/tel_test.json
+
+``--device cuda`` runs both contenders on the GPU (``--compute-type`` defaults to int8 on CPU,
+float16 on CUDA). A festvox clip is read from ``wav/<clip>.wav``, else ``wav/<clip>.flac``
+(soundfile reads both), so FLAC copies can stand in for the WAVs.
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ def split_clips(split: str, limit: int | None) -> list[str]:
     return picked
 
 
+def festvox_clip(clip: str) -> Path:
+    """The clip's audio file: the WAV, else a FLAC copy of it (e.g. staged on another machine)."""
+    path = FESTVOX / "wav" / f"{clip}.wav"
+    flac = path.with_suffix(".flac")
+    return flac if not path.exists() and flac.exists() else path
+
+
 def load(path: Path) -> np.ndarray:
     samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     samples = samples.mean(axis=1)
@@ -89,22 +100,27 @@ def non_speech(kind: str, seconds: float, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ contenders
 class Worker:
-    """The worker in-process (offline base model, CPU), through ``Predictor.predict``."""
+    """The worker in-process (offline base model, CPU by default), through ``Predictor.predict``."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu", compute_type: str = "int8") -> None:
         os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from predict import Predictor
         from settings import WorkerSettings
 
-        self.predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL,
-                                                  warmup=False, preload_align_languages=()))
+        self.device, self.compute_type = device, compute_type
+        # On CPU the settings are exactly the historical ones (the preloaded model is int8).
+        extra = {} if device == "cpu" else {"preload_compute_type": compute_type}
+        self.predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device=device, preload_model=BASE_MODEL,
+                                                  warmup=False, preload_align_languages=(), **extra))
         self.predictor.setup()
 
     def transcribe(self, path: Path, language: str | None) -> tuple[str, str | None]:
         import rp_schema
 
         fields = {"audio_file": str(path), "language": language, "diarization": False, "align_output": False}
+        if self.device != "cpu":
+            fields["compute_type"] = self.compute_type
         out = self.predictor.predict(rp_schema.resolve_options(fields, {"MODEL": BASE_MODEL}))
         return " ".join(s["text"] for s in out["segments"]), out["detected_language"]
 
@@ -114,22 +130,22 @@ class Worker:
 
         from models import resolve_asr_model
 
-        model, _ = self.predictor.asr_models.whisper(resolve_asr_model(BASE_MODEL, str(LOCAL_MODELS), None), "int8")
+        model, _ = self.predictor.asr_models.whisper(resolve_asr_model(BASE_MODEL, str(LOCAL_MODELS), None), self.compute_type)
         scores = vad.speech_scores(self.predictor.asr_models.vad(), samples)
         windows = vad.speech_windows(scores, vad.VadOptions(), len(samples) / SR)
         if not windows:
             return None, 0.0
-        found = asr.detect_language(model, samples, vad.detection_windows(scores, windows), 0.5, 3, "cpu")
+        found = asr.detect_language(model, samples, vad.detection_windows(scores, windows), 0.5, 3, self.device)
         return found.language, found.probability
 
 
 class FasterWhisper:
     """Plain faster-whisper on the same CTranslate2 model: its own decoding and detection."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu", compute_type: str = "int8") -> None:
         from faster_whisper import WhisperModel
 
-        self.model = WhisperModel(str(LOCAL_MODELS / BASE_MODEL), device="cpu", compute_type="int8")
+        self.model = WhisperModel(str(LOCAL_MODELS / BASE_MODEL), device=device, compute_type=compute_type)
 
     def transcribe(self, path: Path, language: str | None) -> tuple[str, str | None]:
         segments, info = self.model.transcribe(str(path), language=language)
@@ -143,11 +159,11 @@ class FasterWhisper:
 # ------------------------------------------------------------------ measurements
 def language_cases(split: str, limit: int | None) -> list[tuple[str, str, np.ndarray]]:
     """(name, true language, 16 kHz samples) for the detection table."""
-    cases = [(c, "ru", load(FESTVOX / "wav" / f"{c}.wav")) for c in split_clips(split, limit)]
+    cases = [(c, "ru", load(festvox_clip(c))) for c in split_clips(split, limit)]
     sample = load(PYANNOTE_SAMPLE / "sample.wav")
     cases.append(("pyannote_sample", "en", sample))
     for i, clip in enumerate(("ru_0101", "ru_0202", "ru_0303")):
-        speech = load(FESTVOX / "wav" / f"{clip}.wav")
+        speech = load(festvox_clip(clip))
         for kind in ("noise", "music"):
             cases.append((f"{kind}12s+{clip}", "ru", np.concatenate([non_speech(kind, 12.0, i), speech])))
     for kind in ("noise", "music"):
@@ -164,7 +180,7 @@ def confusion(rows: list[dict], key: str) -> dict[str, dict[str, int]]:
 
 def measure_language(args) -> dict:
     cases = language_cases(args.split, args.limit)
-    worker, fw = Worker(), FasterWhisper()
+    worker, fw = Worker(args.device, args.compute_type), FasterWhisper(args.device, args.compute_type)
     rows = []
     started = time.perf_counter()
     for name, truth, samples in cases:
@@ -172,6 +188,8 @@ def measure_language(args) -> dict:
         f_lang, f_p = fw.detect(samples)
         rows.append({"clip": name, "truth": truth, "worker": w_lang, "worker_p": round(w_p, 3),
                      "faster_whisper": f_lang, "faster_whisper_p": round(f_p, 3)})
+        if len(rows) % 50 == 0:
+            print(f"{len(rows)}/{len(cases)} clips, {time.perf_counter() - started:.0f} s", flush=True)
     worse = [r for r in rows if r["worker"] != r["truth"] and r["faster_whisper"] == r["truth"]]
     better = [r for r in rows if r["worker"] == r["truth"] and r["faster_whisper"] != r["truth"]]
     return {
@@ -190,13 +208,13 @@ def measure_language(args) -> dict:
 def measure_wer(args, telephone: bool) -> dict:
     clips = split_clips(args.split, args.limit)
     refs = festvox_transcripts()
-    worker, fw = Worker(), FasterWhisper()
+    worker, fw = Worker(args.device, args.compute_type), FasterWhisper(args.device, args.compute_type)
     hyps: dict[str, list[str]] = {"worker_auto": [], "worker_ru": [], "faster_whisper_auto": []}
     languages: dict[str, Counter] = {"worker_auto": Counter(), "faster_whisper_auto": Counter()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for clip in clips:
-            path = FESTVOX / "wav" / f"{clip}.wav"
+            path = festvox_clip(clip)
             if telephone:
                 path = telephone_band(load(path), Path(tmp) / f"{clip}_8k.wav")
             w_auto, w_lang = worker.transcribe(path, None)
@@ -224,10 +242,20 @@ def main() -> None:
     parser.add_argument("--split", default="dev", choices=("dev", "test", "rest", "all"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both contenders run")
+    parser.add_argument("--compute-type", default=None, help="CTranslate2 compute type (default: int8 on CPU, float16 on CUDA)")
     args = parser.parse_args()
+    if args.compute_type is None:
+        args.compute_type = "int8" if args.device == "cpu" else "float16"
+    if args.device == "cuda":
+        # torch before CTranslate2 (and anything else that loads CUDA libraries): its bundled
+        # cuDNN must win over an older one on LD_LIBRARY_PATH (e.g. beside a cuBLAS shim).
+        import torch  # noqa: F401
     require_assets()
     result = measure_language(args) if args.what == "language" else measure_wer(args, args.what == "telephone")
     result["ct2_force_cpu_isa"] = os.environ.get("CT2_FORCE_CPU_ISA", "native")
+    if args.device != "cpu":
+        result["device"], result["compute_type"] = args.device, args.compute_type
     if args.what == "language":
         print(f"{'':24}{'worker':>10}{'faster-whisper':>16}")
         print(f"{'correct':24}{result['worker_correct']:>10}{result['faster_whisper_correct']:>16}  of {result['clips']}")

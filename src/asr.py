@@ -364,8 +364,15 @@ DETECTION_SURE_SPEECH_S = 8.0
 
 
 def language_probabilities(model, waveform: np.ndarray, window: SpeechWindow, device: str) -> dict[str, float]:
-    """Whisper's probability of every language (code -> probability) for one window."""
+    """Whisper's probability of every language (code -> probability) for one window.
+
+    The frames after the window's end are set to 0 (faster-whisper pads its features so for
+    language detection) instead of the silence floor the ASR sees. On festvox-ru, Russian
+    and Ukrainian are close calls for some clips, and the floor-padded features lost 3 clips
+    to Ukrainian that faster-whisper's detection got right (bench/accuracy.py language).
+    """
     features = log_mel_batch(model, waveform, [window], device)
+    features[:, :, int(np.ceil(min(window.duration, 30.0) * SAMPLE_RATE / HOP_LENGTH)):] = 0.0
     ranked = model.model.detect_language(model.encode(features))[0]
     return {token[2:-2]: float(probability) for token, probability in ranked}
 

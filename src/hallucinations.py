@@ -71,15 +71,18 @@ WHOLE: dict[str, tuple[str, ...]] = {
     "ru": (
         r"(?:большое )?спасибо(?: большое| вам| всем)?",
         r"всем пока",
-        _ADJECTIVES + r"(?:музыка|музыкальная заставка|звук|звуки|шум|звонок|гудок|гудки|аплодисменты|смех|тишина|"
-        r"стук|свист|выстрел|выстрелы|взрыв|вздох|кашель)(?: играет| телефона| в дверь)?",
+        _ADJECTIVES + r"(?:музыка|мелодия|заставка|звук|звуки|шум|шумы|шипение|звонок|гудок|гудки|сигнал|сирена|"
+        r"аплодисменты|овации|смех|тишина|стук|шаги|шорох|скрип|треск|свист|выстрел|выстрелы|взрыв|взрывы|гром|"
+        r"дождь|ветер|лай|вой|крик|крики|плач|вздох|кашель)(?: играет| телефона| в дверь| собаки)?",
         r"звонит телефон",
+        r"а+|о+|э+|у+|ы+|м+|хм+|ах|ох|эх|ух|ой|ай",  # vocalisations: "А-а-а-а!", "Мммм"
     ),
     "en": (
         r"you",
         r"(?:thank you|thanks)(?: very much| so much| all)?",
         r"bye",
         r"(?:\w+ )?(?:music|applause|laughter|silence)(?: playing)?",
+        r"a+h*|o+h*|u+h+|u+m+|h+m+|m+",  # "Oh!", "Uh", "Hmm"
     ),
 }
 
@@ -89,8 +92,9 @@ FILLERS = frozenset({"и", "а", "но", "или", "by", "and", "the", "a", "or"
 # Share of a text's (non-filler) words that phrases must cover for it to be "mostly" a phrase.
 MOSTLY = 0.75
 
-# Loops: a single word repeated at least this many times in a row ("и и и и"), a phrase of 2+
-# words at least this many times ("Я не знаю. Я не знаю. Я не знаю.").
+# Loops: a single word repeated at least this many times in a row ("и и и и"); a phrase of 2+
+# words, or a whole sentence of any length, at least this many times ("Я не знаю. Я не знаю.
+# Я не знаю.", "Тихо! Тихо! Тихо!").
 MIN_WORD_REPEATS = 4
 MIN_PHRASE_REPEATS = 3
 MAX_LOOP_WORDS = 12  # longest repeated phrase looked for, in words
@@ -174,10 +178,12 @@ def _key(word: str) -> str:
 
 def collapse_repeats(text: str) -> str:
     """``text`` with each loop (a word repeated ``MIN_WORD_REPEATS``+ times in a row, or a
-    phrase of up to ``MAX_LOOP_WORDS`` words repeated ``MIN_PHRASE_REPEATS``+ times) kept once.
+    phrase of up to ``MAX_LOOP_WORDS`` words or a sentence repeated ``MIN_PHRASE_REPEATS``+
+    times) kept once.
 
     Words are compared normalised (case, punctuation, ё); the first copy is kept as written.
-    "и и и и и" -> "и"; "Да. Да. Да." stays (three is a normal way to say it).
+    "и и и и и" -> "и"; "Тихо! Тихо! Тихо!" -> "Тихо!"; "да, да, да" stays (a normal way to
+    say it).
     """
     words = text.split()
     keys = [_key(w) for w in words]
@@ -192,7 +198,8 @@ def collapse_repeats(text: str) -> str:
             count = 1
             while keys[i + count * n : i + (count + 1) * n] == gram:
                 count += 1
-            needed = MIN_WORD_REPEATS if n == 1 else MIN_PHRASE_REPEATS
+            sentence = words[i + n - 1][-1] in ".!?…"  # each copy ends a sentence
+            needed = MIN_WORD_REPEATS if n == 1 and not sentence else MIN_PHRASE_REPEATS
             if count >= needed and n * count > best_n * best_count:
                 best_n, best_count = n, count
         if best_count:

@@ -21,6 +21,8 @@ import hallucinations as h
     "Подписывайтесь на наш канал.",
     "Ставьте лайки и подписывайтесь на канал",
     "ТРЕВОЖНАЯ МУЗЫКА",
+    "ПЕЧАЛЬНАЯ ЗАСТАВКА",
+    "Тихая спокойная музыка. Лай собаки.",
     "[музыка]",
     "Спасибо.",
     "Thank you for watching!",
@@ -28,6 +30,9 @@ import hallucinations as h
     "Subtitles by the Amara.org community",
     "Please subscribe to my channel.",
     "[Music]",
+    "А-а-а-а!",
+    "Мммм...",
+    "Oh!",
     "you",
     "Sous-titres réalisés par la communauté d'Amara.org",
 ])
@@ -44,6 +49,7 @@ def test_known_phrases(text):
     "Корректор текста нашёл три ошибки в статье о субтитрах и редакторах, и мы их исправили.",
     "Это странно, но я уж, как-то привыкла к вам.",
     "I love you",
+    "А он ушёл.",
     "Thank you for coming to the meeting today, we have a lot to discuss.",
     "",
     "и",
@@ -76,7 +82,8 @@ def test_edge_sentences_are_stripped_middle_ones_kept():
     ("Привет, мир и и и и и конец", "Привет, мир и конец"),
     ("Я не знаю. Я не знаю. Я не знаю. Что?", "Я не знаю. Что?"),
     ("Thank you, Mr. President, thank you, Mr. President, thank you, Mr. President.", "Thank you, Mr. President,"),
-    ("Да. Да. Да.", "Да. Да. Да."),  # three single words: a normal way to say it
+    ("Тихо! Тихо! Тихо!", "Тихо!"),  # the same sentence three times, however short
+    ("Да, да, да.", "Да, да, да."),  # three words in one sentence: a normal way to say it
     ("ну ну ну", "ну ну ну"),
     ("Мы шли, шли и шли.", "Мы шли, шли и шли."),
     ("Он сказал: нет, нет. Она сказала: нет, нет.", "Он сказал: нет, нет. Она сказала: нет, нет."),
