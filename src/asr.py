@@ -265,21 +265,27 @@ def _judged_silent(result: WindowTranscript, opts: DecodeOptions, speech_prob: f
 PHRASE_NO_SPEECH_SHARE = 0.5
 
 
+# (word, phrase) repeats in a row that count as a loop on a window the VAD is sure is speech.
+SPEECH_LOOP_REPEATS = (8, 5)
+
+
 def _screen_text(result: WindowTranscript, opts: DecodeOptions, tokenizer) -> None:
     """The CPU-independent second signal (``hallucinations.py``) on a kept window, in place.
 
-    Loops are collapsed (``compression_ratio_threshold`` on); on a window the VAD doubts, a
-    loop drops the window. A window that is mostly a known hallucination phrase is dropped
+    On a window the VAD doubts, a loop drops the window (``compression_ratio_threshold`` on);
+    on speech it is sure of, only long runs (``SPEECH_LOOP_REPEATS``) are collapsed. A window that is mostly a known hallucination phrase is dropped
     where the VAD doubts speech or Whisper leans towards non-speech (``no_speech_threshold``
     on); on a window the VAD doubts, such phrases are also cut as whole sentences from the
     start and end of its text. A known phrase on a window both are sure of is speech."""
     vad_doubts = result.speech_prob < VAD_DOUBT
     text, done = result.text, []
-    if opts.compression_ratio_threshold is not None and hallucinations.has_loop(text):
-        if vad_doubts:
-            result.silent, result.screened = True, "loop"
-            return
-        text = hallucinations.collapse_repeats(text)
+    if opts.compression_ratio_threshold is not None and vad_doubts and hallucinations.has_loop(text):
+        result.silent, result.screened = True, "loop"
+        return
+    # On speech the VAD is sure of, people repeat themselves ("Алло. Алло. Алло.", "Тихо!
+    # Тихо! Тихо!"): only runs longer than anyone says are taken for a decoder loop.
+    if opts.compression_ratio_threshold is not None and hallucinations.has_loop(text, *SPEECH_LOOP_REPEATS):
+        text = hallucinations.collapse_repeats(text, *SPEECH_LOOP_REPEATS)
         done.append("repeats collapsed")
     if opts.no_speech_threshold is not None:
         whisper_doubts = result.no_speech_prob > opts.no_speech_threshold * PHRASE_NO_SPEECH_SHARE

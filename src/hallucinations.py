@@ -176,7 +176,8 @@ def _key(word: str) -> str:
     return normalise(word)
 
 
-def collapse_repeats(text: str) -> str:
+def collapse_repeats(text: str, min_word_repeats: int = MIN_WORD_REPEATS,
+                     min_phrase_repeats: int = MIN_PHRASE_REPEATS) -> str:
     """``text`` with each loop (a word repeated ``MIN_WORD_REPEATS``+ times in a row, or a
     phrase of up to ``MAX_LOOP_WORDS`` words or a sentence repeated ``MIN_PHRASE_REPEATS``+
     times) kept once.
@@ -199,7 +200,7 @@ def collapse_repeats(text: str) -> str:
             while keys[i + count * n : i + (count + 1) * n] == gram:
                 count += 1
             sentence = words[i + n - 1][-1] in ".!?…"  # each copy ends a sentence
-            needed = MIN_WORD_REPEATS if n == 1 and not sentence else MIN_PHRASE_REPEATS
+            needed = min_word_repeats if n == 1 and not sentence else min_phrase_repeats
             if count >= needed and n * count > best_n * best_count:
                 best_n, best_count = n, count
         if best_count:
@@ -211,6 +212,6 @@ def collapse_repeats(text: str) -> str:
     return " ".join(out)
 
 
-def has_loop(text: str) -> bool:
-    """Whether ``collapse_repeats`` would shorten ``text``."""
-    return len(collapse_repeats(text).split()) < len(text.split())
+def has_loop(text: str, min_word_repeats: int = MIN_WORD_REPEATS, min_phrase_repeats: int = MIN_PHRASE_REPEATS) -> bool:
+    """Whether ``collapse_repeats`` (with the same minimums) would shorten ``text``."""
+    return len(collapse_repeats(text, min_word_repeats, min_phrase_repeats).split()) < len(text.split())

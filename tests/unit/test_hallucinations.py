@@ -133,8 +133,13 @@ def test_edge_phrase_is_cut_only_where_the_vad_doubts():
 
 
 def test_loops_are_collapsed_or_dropped_where_the_vad_doubts():
-    looped = screen(window("Я не знаю. Я не знаю. Я не знаю. Я не знаю.", speech_prob=0.9))
+    looped = screen(window("Я не знаю. " * 6, speech_prob=0.9))
     assert not looped.silent and looped.text == "Я не знаю." and looped.screened == "repeats collapsed"
+    # What people do say on clear speech stays as said.
+    for said in ("Алло. Алло. Алло.", "Тихо! Тихо! Тихо! Тихо!", "да да да да да"):
+        kept = screen(window(said, speech_prob=0.9))
+        assert not kept.silent and kept.text == said and kept.screened is None, said
+    assert screen(window("Я не знаю. Я не знаю. Я не знаю.", speech_prob=0.3)).silent
     assert screen(window("и и и и и и", speech_prob=0.3)).silent
     assert screen(window("Thanks for watching! Thanks for watching! Thanks for watching!", speech_prob=0.9, no_speech_prob=0.4)).silent
 
