@@ -148,6 +148,14 @@ def output_language(language: str | None, task: str) -> str | None:
     return "en" if task == "translate" else language
 
 
+def _refuse_local_path(field_name: str, name: str, allow_local: bool, instead: str, what: str) -> None:
+    """Raise ``UserError`` naming ``field_name`` when ``name`` is on the worker's disk and
+    ``ALLOW_LOCAL_FILES`` is off (a local model is a local path like ``audio_file``)."""
+    if looks_like_local_path(name) and not allow_local:
+        raise UserError(f"{field_name}: local paths are disabled; {instead} "
+                        f"(set ALLOW_LOCAL_FILES=true to allow {what} on the worker's disk)")
+
+
 def _from_request(opts: rp_schema.RequestOptions, name: str) -> bool:
     """Whether field ``name`` came from the request (not ENV or default; options built
     directly, without sources, count as the request's)."""
@@ -458,22 +466,17 @@ class Predictor:
         allowed = self.settings.allowed_models
         if _from_request(opts, "model"):
             name = opts.model
-            if looks_like_local_path(name):
-                if not allow_local:
-                    raise UserError("model: local paths are disabled; give a model name "
-                                    "(set ALLOW_LOCAL_FILES=true to allow models on the worker's disk)")
-            elif not (in_models_dir(name, self.settings.models_dir)
-                      or is_allowed(name, compute_type, allowed, self._default_asr_models())):
+            _refuse_local_path("model", name, allow_local, "give a model name", "models")
+            if not looks_like_local_path(name) and not (
+                    in_models_dir(name, self.settings.models_dir)
+                    or is_allowed(name, compute_type, allowed, self._default_asr_models())):
                 raise UserError(f"model {name!r} with compute_type {compute_type} is not allowed on this worker "
                                 f"(ALLOWED_MODELS; allowed: the preloaded model, the models in MODELS_DIR"
                                 f"{', ' + ', '.join(allowed) if allowed else ''})")
         if _from_request(opts, "diarization_model"):
             name = opts.diarization_model
-            if looks_like_local_path(name):
-                if not allow_local:
-                    raise UserError("diarization_model: local paths are disabled; give a Hub id "
-                                    "(set ALLOW_LOCAL_FILES=true to allow pipelines on the worker's disk)")
-            elif not is_allowed(name, None, allowed, self._default_diarization_models()):
+            _refuse_local_path("diarization_model", name, allow_local, "give a Hub id", "pipelines")
+            if not looks_like_local_path(name) and not is_allowed(name, None, allowed, self._default_diarization_models()):
                 raise UserError(f"diarization_model {name!r} is not allowed on this worker (ALLOWED_MODELS; "
                                 f"allowed: {', '.join(sorted(self._default_diarization_models() | set(allowed)))})")
 
