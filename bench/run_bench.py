@@ -123,7 +123,7 @@ def instrument_stages() -> None:
     STAGES.wrap(vad, "speech_scores", "vad")
     STAGES.wrap(asr, "transcribe_windows", "asr")
     STAGES.wrap(alignment, "align_with_wav2vec2", "alignment")
-    STAGES.wrap(diarization, "run_offline_pipeline", "diarization")
+    STAGES.wrap(diarization, "run_pyannote_pipeline", "diarization")
 
 
 _NVML: _NvmlPeak | None = None

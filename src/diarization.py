@@ -55,6 +55,7 @@ import dataclasses
 import bisect
 import copy
 import functools
+import hashlib
 import importlib.util
 import logging
 import math
@@ -86,6 +87,10 @@ DEFAULT_MODEL = "pyannote/speaker-diarization-3.1"
 OFFLINE_BACKEND = "offline:segmentation-3.0+campplus"
 OFFLINE_DIR_ENV = "OFFLINE_DIARIZATION_DIR"
 DEFAULT_OFFLINE_DIR = "/models/offline-diarization"
+# How long a requested pipeline that failed to load is not tried again (seconds): long enough
+# that a worker without access stops asking the Hub on every request, short enough that a
+# transient outage or a newly accepted licence is picked up without a redeploy.
+FAILED_LOAD_RETRY_S = 900.0
 
 SEGMENTATION_SUBDIR = "pyannote_segmentation_3.0"
 CAMPPLUS_SUBDIR = "speech_campplus_sv_zh_en_16k-common_advanced"
@@ -102,6 +107,10 @@ class Stopped(RuntimeError):
 
 class DiarizationUnavailable(RuntimeError):
     """Neither the requested nor the offline pipeline could diarize; the message says why."""
+
+
+class PipelineLoadFailedEarlier(RuntimeError):
+    """The requested pipeline failed to load recently; not retried yet (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,21 @@ class DiarizationOutput:
     speaker_embeddings: speaker label -> embedding vector, when asked for and available.
     backend: what produced the turns: the pipeline id/path, or ``OFFLINE_BACKEND``.
     warnings: human-readable notes for the response (fallbacks, speaker-count misses).
+    exclusive_turns: the same speech with one speaker at a time (pyannote 4's exclusive
+        diarization), or None.
     """
 
     turns: list[SpeakerTurn]
     speaker_embeddings: dict[str, list[float]] | None
     backend: str
     warnings: list[str] = field(default_factory=list)
+    exclusive_turns: list[SpeakerTurn] | None = None
+
+    @property
+    def assignment_turns(self) -> list[SpeakerTurn]:
+        """The turns words are assigned from: the exclusive ones (one speaker at a time) when
+        the pipeline gave them, else ``turns``."""
+        return self.exclusive_turns if self.exclusive_turns else self.turns
 
     @property
     def speakers(self) -> list[str]:
@@ -528,13 +546,17 @@ def load_campplus_embedding(assets: OfflineAssets, min_embedding_seconds: float 
 
 # --------------------------------------------------------------------------- offline pipeline
 class _UnusedPLDA(PLDA):
-    """Stand-in PLDA: pyannote 4 loads one in the constructor though only VBx clustering uses it."""
+    """Stand-in PLDA: pyannote 4 loads one in the constructor though only VBx clustering uses
+    it (the offline pipeline, and requested pipelines such as 3.1 that cluster otherwise)."""
 
-    def __init__(self) -> None:  # no super().__init__(): there are no PLDA weights offline
+    def __init__(self) -> None:  # no super().__init__(): no PLDA weights are loaded
         pass
 
+    def __repr__(self) -> str:  # whisperX logs the pipeline config it is given
+        return "UnusedPLDA()"
+
     def __call__(self, embeddings):  # pragma: no cover - agglomerative clustering never calls it
-        raise RuntimeError("the offline diarization pipeline has no PLDA")
+        raise RuntimeError("this diarization pipeline has no PLDA")
 
 
 class OfflineSpeakerDiarization(SpeakerDiarization):
@@ -865,14 +887,30 @@ def _progress_hook(progress_callback: ProgressCallback | None):
     return hook
 
 
-def run_offline_pipeline(
+@dataclass
+class PipelineRun:
+    """What one pyannote run gives: ``turns`` (speakers may overlap), ``exclusive_turns`` (one
+    speaker at a time, pyannote 4's ``exclusive_speaker_diarization``; None when the pipeline
+    has no such output) and per-speaker embeddings when asked for."""
+
+    turns: list[SpeakerTurn]
+    exclusive_turns: list[SpeakerTurn] | None
+    embeddings: dict[str, list[float]] | None
+
+
+def run_pyannote_pipeline(
     pipeline,
     waveform: np.ndarray,
     bounds: SpeakerBounds,
     return_embeddings: bool,
     progress_callback: ProgressCallback | None = None,
-) -> tuple[list[SpeakerTurn], dict[str, list[float]] | None]:
-    """Diarize 16 kHz mono float32 ``waveform`` with an ``OfflineSpeakerDiarization``."""
+) -> PipelineRun:
+    """Diarize 16 kHz mono float32 ``waveform`` with a pyannote ``SpeakerDiarization`` (the
+    offline one, or the one inside ``whisperx.diarize.DiarizationPipeline.model``).
+
+    Called directly rather than through whisperX's wrapper, whose table keeps only the
+    overlapping annotation: the exclusive one is what words are assigned from.
+    """
     audio = {"waveform": torch.from_numpy(waveform)[None, :], "sample_rate": SAMPLE_RATE, "uri": "request"}
     hook = _progress_hook(progress_callback)
     output = pipeline(
@@ -883,35 +921,13 @@ def run_offline_pipeline(
         **({"hook": hook} if hook is not None else {}),
     )
     annotation = output.speaker_diarization
+    exclusive = getattr(output, "exclusive_speaker_diarization", None)
     embeddings = _embeddings_dict(annotation.labels(), output.speaker_embeddings) if return_embeddings else None
-    return annotation_to_turns(annotation), embeddings
-
-
-def run_whisperx_pipeline(
-    pipeline,
-    waveform: np.ndarray,
-    bounds: SpeakerBounds,
-    return_embeddings: bool,
-    progress_callback: ProgressCallback | None = None,
-) -> tuple[list[SpeakerTurn], dict[str, list[float]] | None]:
-    """Diarize 16 kHz mono float32 ``waveform`` with a ``whisperx.diarize.DiarizationPipeline``."""
-    result = pipeline(
-        waveform,
-        num_speakers=bounds.num_speakers,
-        min_speakers=bounds.min_speakers,
-        max_speakers=bounds.max_speakers,
-        return_embeddings=return_embeddings,
-        progress_callback=progress_callback,
+    return PipelineRun(
+        annotation_to_turns(annotation),
+        annotation_to_turns(exclusive) if exclusive is not None else None,
+        embeddings,
     )
-    frame, embeddings = result if return_embeddings else (result, None)
-    turns = sorted(
-        (
-            SpeakerTurn(round(float(row.start), 3), round(float(row.end), 3), str(row.speaker))
-            for row in frame.itertuples(index=False)
-        ),
-        key=lambda turn: (turn.start, turn.end, turn.speaker),
-    )
-    return turns, embeddings
 
 
 # --------------------------------------------------------------------------- registry
@@ -921,13 +937,59 @@ def _is_local_pipeline(model: str) -> bool:
 
 
 def _describe_error(exc: BaseException, token: str | None) -> str:
-    """``Type: message`` shortened to one line of at most 300 characters, the token redacted."""
+    """``Type: message`` shortened to one line of at most 600 characters, the token redacted."""
     message = " ".join(str(exc).split()) or "no details"
     if token:
         message = message.replace(token, "***")
-    if len(message) > 300:
-        message = message[:297] + "..."
+    if len(message) > 600:  # room for a list of missing files
+        message = message[:597] + "..."
     return f"{type(exc).__name__}: {message}"
+
+
+class PipelineFilesMissing(RuntimeError):
+    """A requested pipeline cannot load: the message names each missing repository file."""
+
+
+def load_requested_pipeline(model: str, token: str | None, device: str):
+    """``whisperx.diarize.DiarizationPipeline`` for a Hub id or a local pipeline folder/file.
+
+    First reads the pipeline's config and checks every file it will load (see
+    ``pyannote_hub``), so a missing one is named instead of surfacing as pyannote's anonymous
+    ``LocalEntryNotFoundError`` or ``None``. A pipeline that does not cluster with VBx gets an
+    unused PLDA: pyannote 4.0.7 otherwise loads community-1's PLDA files for it (pyannote
+    #2044), and an operator who accepted only the repositories 3.1 uses could not load it.
+    """
+    import pyannote_hub
+    from whisperx.diarize import DiarizationPipeline
+
+    try:
+        config = pyannote_hub.read_config(model, token)
+    except Exception as exc:  # noqa: BLE001 - reported with the file's name
+        missing = [(pyannote_hub.HubFile(model, pyannote_hub.CONFIG_FILE), pyannote_hub.describe_failure(exc))]
+        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}") from exc
+    missing = pyannote_hub.missing_files(pyannote_hub.needed_files(model, config), token)
+    if missing:
+        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}")
+    source: str | dict[str, Any] = model
+    if not pyannote_hub.uses_plda(config):
+        base = str(Path(model).parent) if os.path.isfile(model) else model
+        source = pyannote_hub.expanded_config(base, config)
+        source["pipeline"].setdefault("params", {})["plda"] = _UnusedPLDA()
+    try:
+        return DiarizationPipeline(model_name=source, token=token, device=device)
+    except AttributeError as exc:
+        # pyannote returns None when the Hub refuses a download and whisperX then calls .to()
+        # on it: say what that means instead of "NoneType has no attribute".
+        if "NoneType" in str(exc):
+            raise RuntimeError(
+                f"{model} could not be downloaded (gated model without access, bad token, or Hub unreachable)"
+            ) from exc
+        raise
+
+
+def _token_key(token: str | None) -> str:
+    """A token's stand-in in cache keys: a short hash, so the token itself is not kept twice."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else "-"
 
 
 @dataclass
@@ -973,6 +1035,8 @@ class DiarizationModels:
         self.offline_hyper_parameters = offline_hyper_parameters
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()  # least recently used first
         self._registry_lock = threading.Lock()
+        # (model, device, token hash) -> (time.monotonic() of the failure, the error)
+        self._failed_loads: dict[tuple[str, str, str], tuple[float, str]] = {}
         disable_pyannote_telemetry()
 
     # ---- loading
@@ -1016,23 +1080,25 @@ class DiarizationModels:
         )
 
     def requested_pipeline(self, model: str, token: str | None) -> _Entry:
-        """``whisperx.diarize.DiarizationPipeline`` for a Hub id or local directory (loaded once)."""
+        """``whisperx.diarize.DiarizationPipeline`` for a Hub id or local directory (loaded once).
 
-        def load():
-            from whisperx.diarize import DiarizationPipeline
-
-            try:
-                return DiarizationPipeline(model_name=model, token=token, device=self.device)
-            except AttributeError as exc:
-                # pyannote returns None when the Hub refuses the download and whisperX then
-                # calls .to() on it: say what that means instead of "NoneType has no attribute".
-                if "NoneType" in str(exc):
-                    raise RuntimeError(
-                        f"{model} could not be downloaded (gated model without access, bad token, or Hub unreachable)"
-                    ) from exc
-                raise
-
-        return self._entry((model, self.device), load)
+        A failed load is remembered for ``FAILED_LOAD_RETRY_S`` (per model, device and token):
+        until then the same request gets the same error at once instead of another round of
+        Hub calls.
+        """
+        key = (model, self.device)
+        failure_key = (model, self.device, _token_key(token))
+        with self._registry_lock:
+            failed = self._failed_loads.get(failure_key)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+                raise PipelineLoadFailedEarlier(f"{failed[1]} (remembered from an earlier request; retried "
+                                                f"{FAILED_LOAD_RETRY_S / 60:.0f} min after it failed)")
+        try:
+            return self._entry(key, lambda: load_requested_pipeline(model, token, self.device))
+        except Exception as exc:
+            with self._registry_lock:
+                self._failed_loads[failure_key] = (time.monotonic(), _describe_error(exc, token))
+            raise
 
     def warm_up_embeddings(self) -> int:
         """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded
@@ -1090,10 +1156,10 @@ class DiarizationModels:
             try:
                 entry = self.requested_pipeline(model, token)
                 with entry.lock:
-                    turns, embeddings = run_whisperx_pipeline(
-                        entry.pipeline, audio, bounds, return_embeddings, progress_callback
+                    run = run_pyannote_pipeline(
+                        entry.pipeline.model, audio, bounds, return_embeddings, progress_callback
                     )
-                return self._finish(clip_turns(turns, duration), embeddings, model, bounds, notes)
+                return self._finish(run, duration, model, bounds, notes)
             except Stopped:
                 raise  # the job is over: no fallback run
             except Exception as exc:  # noqa: BLE001 - any failure falls back to the offline pipeline
@@ -1106,9 +1172,7 @@ class DiarizationModels:
         try:
             entry = self.offline_pipeline()
             with entry.lock:
-                turns, embeddings = run_offline_pipeline(
-                    entry.pipeline, audio, bounds, return_embeddings, progress_callback
-                )
+                run = run_pyannote_pipeline(entry.pipeline, audio, bounds, return_embeddings, progress_callback)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as DiarizationUnavailable
@@ -1117,17 +1181,21 @@ class DiarizationModels:
             logger.error("%s; offline diarization failed too: %s", reason, detail)
             raise DiarizationUnavailable(f"{reason}; the offline pipeline failed too ({detail})") from exc
         notes.append(f"{reason}: used the token-free pipeline {OFFLINE_BACKEND} instead")
-        return self._finish(clip_turns(turns, duration), embeddings, OFFLINE_BACKEND, bounds, notes)
+        return self._finish(run, duration, OFFLINE_BACKEND, bounds, notes)
 
     @staticmethod
     def _finish(
-        turns: list[SpeakerTurn],
-        embeddings: dict[str, list[float]] | None,
+        run: PipelineRun,
+        duration: float,
         backend: str,
         bounds: SpeakerBounds,
         notes: list[str],
     ) -> DiarizationOutput:
-        """Package a result, warning when the speaker count misses the requested bounds."""
+        """Package a result (turns cut to the audio's ``duration`` in seconds), warning when
+        the speaker count misses the requested bounds."""
+        turns = clip_turns(run.turns, duration)
+        exclusive = clip_turns(run.exclusive_turns, duration) if run.exclusive_turns is not None else None
+        embeddings = run.embeddings
         count = len({turn.speaker for turn in turns})
         if turns and not bounds.admits(count):
             message = f"diarization found {count} speaker(s), not {bounds.describe()} as requested"
@@ -1137,7 +1205,7 @@ class DiarizationModels:
         if not turns:
             notes.append("diarization found no speech")
         logger.info("diarization (%s): %d turns, %d speakers", backend, len(turns), count)
-        return DiarizationOutput(turns, embeddings, backend, notes)
+        return DiarizationOutput(turns, embeddings, backend, notes, exclusive)
 
 
 def _release_cuda_memory() -> None:

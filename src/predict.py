@@ -675,7 +675,7 @@ class Predictor:
             state.warn(message)
         if not segments:
             return segments, out.backend, out.speaker_embeddings
-        return diarization.assign_speakers(segments, out.turns), out.backend, out.speaker_embeddings
+        return diarization.assign_speakers(segments, out.assignment_turns), out.backend, out.speaker_embeddings
 
     def _attach_formats(self, response: dict, opts, state: _RequestState) -> None:
         """Subtitle/text renderings next to ``segments`` when ``output_format`` asks for one."""

@@ -3,6 +3,8 @@ speaker-segment re-joining). Unit level: no weights, no audio."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from models import looks_like_local_path
@@ -174,11 +176,12 @@ def test_stopped_diarization_does_not_fall_back_to_the_offline_pipeline(monkeypa
 
     registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
 
-    def pipeline(waveform, progress_callback=None, **kwargs):
-        progress_callback(10.0)
+    def pipeline(audio, hook=None, **kwargs):  # the pyannote pipeline inside whisperX's wrapper
+        hook("segmentation", None, total=10, completed=1)
         raise AssertionError("not reached")
 
-    monkeypatch.setattr(registry, "requested_pipeline", lambda model, token: diarization._Entry(pipeline))
+    wrapper = SimpleNamespace(model=pipeline)  # whisperx.diarize.DiarizationPipeline keeps it as .model
+    monkeypatch.setattr(registry, "requested_pipeline", lambda model, token: diarization._Entry(wrapper))
     monkeypatch.setattr(registry, "offline_pipeline", lambda: pytest.fail("fell back to the offline pipeline"))
 
     def stop(percent):

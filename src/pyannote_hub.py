@@ -1,0 +1,173 @@
+"""Which Hugging Face files a pyannote pipeline needs, and which of them are missing.
+
+A pyannote pipeline id (``pyannote/speaker-diarization-3.1``) names only a ``config.yaml``; the
+models it refers to live in other repositories, each gated on its own. When one of them is
+missing, pyannote's own error names neither the repository nor the file (offline it is a
+``LocalEntryNotFoundError``; online a refusal, or ``None`` instead of a pipeline). This module
+reads the config, lists every ``(repository, file)`` the pipeline will load, and checks each
+one the way pyannote will fetch it, so the worker's warning and the image build can name them.
+
+Torch-free (``huggingface_hub`` and ``yaml`` only): ``builder/fetch_models.py`` uses it during
+the image build, where the worker's own code is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "pytorch_model.bin"
+PLDA_FILES = ("xvec_transform.npz", "plda.npz")
+# pyannote 4's SpeakerDiarization default for ``plda`` when a config leaves it out (3.1's
+# does): the constructor loads it even when the clustering never uses it (pyannote #2044).
+DEFAULT_PLDA = {"checkpoint": "pyannote/speaker-diarization-community-1", "subfolder": "plda"}
+VBX_CLUSTERING = "VBxClustering"
+# Embedding ids pyannote loads as its own checkpoints (``pytorch_model.bin``); speechbrain or
+# NeMo embeddings bring their own file lists, which are not checked here.
+PYANNOTE_EMBEDDING_PREFIXES = ("pyannote/", "pyannoteai/")
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a Hugging Face model repository (``filename`` may include a sub-folder)."""
+
+    repo_id: str
+    filename: str
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}/{self.filename}"
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as ``org/name`` on the Hub rather than a local path."""
+    return (
+        name.count("/") == 1
+        and not name.startswith((".", "/", "~"))
+        and not os.path.exists(name)
+        and all(part.strip() for part in name.split("/"))
+    )
+
+
+def uses_plda(config: dict[str, Any]) -> bool:
+    """Whether the pipeline in ``config`` clusters with VBx, the only step that uses a PLDA."""
+    params = config.get("pipeline", {}).get("params", {}) or {}
+    return params.get("clustering", VBX_CLUSTERING) == VBX_CLUSTERING
+
+
+def _expand(value: Any, pipeline_id: str) -> Any:
+    """``$model/<sub>`` (a sub-folder of the pipeline's own repository) -> checkpoint dict."""
+    if isinstance(value, str) and value.startswith("$model/"):
+        return {"checkpoint": pipeline_id, "subfolder": value.split("/", 1)[1]}
+    return value
+
+
+def _model_file(value: Any) -> HubFile | None:
+    """The checkpoint file a ``segmentation``/``embedding`` parameter loads from the Hub, if any."""
+    if isinstance(value, str) and is_hub_id(value):
+        return HubFile(value, MODEL_FILE)
+    if isinstance(value, dict) and isinstance(value.get("checkpoint"), str) and is_hub_id(value["checkpoint"]):
+        sub = str(value.get("subfolder") or "").strip("/")
+        return HubFile(value["checkpoint"], f"{sub}/{MODEL_FILE}" if sub else MODEL_FILE)
+    return None
+
+
+def _plda_files(value: Any) -> list[HubFile]:
+    if isinstance(value, str) and is_hub_id(value):
+        return [HubFile(value, name) for name in PLDA_FILES]
+    if isinstance(value, dict) and isinstance(value.get("checkpoint"), str) and is_hub_id(value["checkpoint"]):
+        sub = str(value.get("subfolder") or "").strip("/")
+        return [HubFile(value["checkpoint"], f"{sub}/{name}" if sub else name) for name in PLDA_FILES]
+    return []
+
+
+def needed_files(pipeline_id: str, config: dict[str, Any], *, plda_if_unused: bool = False) -> list[HubFile]:
+    """Every Hub file the pipeline of ``config`` (read from ``pipeline_id``) loads.
+
+    plda_if_unused: also list the PLDA that pyannote 4.0.7 loads for pipelines that never use it
+        (plain ``Pipeline.from_pretrained``); the worker skips it, so by default it is left out.
+    """
+    files = [HubFile(pipeline_id, CONFIG_FILE)] if is_hub_id(pipeline_id) else []
+    params = config.get("pipeline", {}).get("params", {}) or {}
+    for key in ("segmentation", "embedding"):
+        value = _expand(params.get(key), pipeline_id)
+        if key == "embedding" and isinstance(value, str) and not value.startswith(PYANNOTE_EMBEDDING_PREFIXES):
+            continue
+        found = _model_file(value)
+        if found is not None:
+            files.append(found)
+    if uses_plda(config) or plda_if_unused:
+        files += _plda_files(_expand(params.get("plda", DEFAULT_PLDA), pipeline_id))
+    unique: list[HubFile] = []
+    for item in files:
+        if item not in unique:
+            unique.append(item)
+    return unique
+
+
+def read_config(pipeline: str, token: str | None, cache_dir: str | None = None) -> dict[str, Any]:
+    """The parsed ``config.yaml`` of a pipeline: a Hub id (fetched or read from the cache), a
+    local folder holding one, or a path to the file itself."""
+    path = Path(pipeline)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    elif not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(pipeline, CONFIG_FILE, token=token or None, cache_dir=cache_dir))
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    if not isinstance(config, dict) or "pipeline" not in config:
+        raise ValueError(f"{path} is not a pyannote pipeline config (no 'pipeline' section)")
+    return config
+
+
+def expanded_config(pipeline_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` whose ``$model/<sub>`` parameters name ``pipeline_id`` explicitly,
+    so the config can be handed to ``Pipeline.from_pretrained`` as a dict."""
+    config = copy.deepcopy(config)
+    params = config.get("pipeline", {}).get("params", {}) or {}
+    for key, value in list(params.items()):
+        params[key] = _expand(value, pipeline_id)
+    return config
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why one file could not be had, in the operator's terms."""
+    name = type(exc).__name__
+    if name == "LocalEntryNotFoundError" or "outgoing traffic has been disabled" in str(exc):
+        return "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    if name == "GatedRepoError":
+        return "gated: accept its conditions on huggingface.co with the token's account"
+    if name == "RepositoryNotFoundError":
+        return "repository not found, or the token may not read it"
+    if name in {"EntryNotFoundError", "RemoteEntryNotFoundError"}:
+        return "no such file in the repository"
+    return f"{name}: {' '.join(str(exc).split())[:160]}"
+
+
+def missing_files(files: list[HubFile], token: str | None, cache_dir: str | None = None) -> list[tuple[HubFile, str]]:
+    """The files of ``files`` that cannot be had, each with the reason, fetching (or finding in
+    the cache, offline) each the way pyannote will. Empty when the pipeline can load."""
+    from huggingface_hub import hf_hub_download
+
+    missing = []
+    for item in files:
+        try:
+            hf_hub_download(item.repo_id, item.filename, token=token or None, cache_dir=cache_dir)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported by name
+            missing.append((item, describe_failure(exc)))
+    return missing
+
+
+def format_missing(missing: list[tuple[HubFile, str]]) -> str:
+    """``repo/file (reason); ...`` with one reason per group of files that share it."""
+    groups: dict[str, list[str]] = {}
+    for item, reason in missing:
+        groups.setdefault(reason, []).append(str(item))
+    return "; ".join(f"{', '.join(names)} ({reason})" for reason, names in groups.items())
