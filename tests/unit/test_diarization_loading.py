@@ -1,0 +1,60 @@
+"""How the diarization registry treats a requested pipeline that fails to load.
+
+A pipeline whose files cannot be had fails the same way on every request until something
+changes on the operator's side, so the failure is remembered (per model, device and token) for
+``FAILED_LOAD_RETRY_S`` instead of asking the Hub again on every request. The loader itself
+is replaced here by one that counts its calls; the real loads are in
+tests/integration/test_hub_models.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import diarization
+
+
+@pytest.fixture()
+def failing_loader(monkeypatch):
+    calls: list[tuple[str, str | None]] = []
+
+    def load(model, token, device):
+        calls.append((model, token))
+        raise diarization.PipelineFilesMissing(f"cannot get {model}/config.yaml (not in the local Hugging Face cache)")
+
+    monkeypatch.setattr(diarization, "load_requested_pipeline", load)
+    return calls
+
+
+def test_a_failed_load_is_remembered_not_retried(failing_loader):
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_a")
+    with pytest.raises(diarization.PipelineLoadFailedEarlier, match=r"cannot get org/pipe/config.yaml .*remembered"):
+        registry.requested_pipeline("org/pipe", "hf_a")
+    assert failing_loader == [("org/pipe", "hf_a")]
+
+
+def test_another_token_or_model_is_tried(failing_loader):
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    for model, token in (("org/pipe", "hf_a"), ("org/pipe", "hf_b"), ("org/other", "hf_a")):
+        with pytest.raises(diarization.PipelineFilesMissing):
+            registry.requested_pipeline(model, token)
+    assert len(failing_loader) == 3
+
+
+def test_the_failure_is_retried_after_the_retry_interval(failing_loader, monkeypatch):
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_a")
+    monkeypatch.setattr(diarization, "FAILED_LOAD_RETRY_S", 0.0)
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_a")
+    assert len(failing_loader) == 2
+
+
+def test_the_remembered_failure_does_not_keep_the_token(failing_loader):
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_secret_token_value")
+    assert "hf_secret_token_value" not in repr(registry._failed_loads)
