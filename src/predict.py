@@ -450,6 +450,13 @@ class Predictor:
                 opts, prepared, resolved, compute_type, dopts, detection, windows, transcripts,
                 alignment_method, diarization_backend, state,
             )
+            # What the deployed model is, as read from its own files (model.bin, preprocessor_config.json).
+            dims = whisper_dimensions(resolved.path)
+            response["debug_info"]["model"].update(
+                n_mels=asr.mel_bins(model),
+                decoder_layers=dims.decoder_layers if dims else None,
+                d_model=dims.d_model if dims else None,
+            )
         return response
 
     # ------------------------------------------------------------------ stages

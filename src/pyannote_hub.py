@@ -28,6 +28,10 @@ PLDA_FILES = ("xvec_transform.npz", "plda.npz")
 # does): the constructor loads it even when the clustering never uses it (pyannote #2044).
 DEFAULT_PLDA = {"checkpoint": "pyannote/speaker-diarization-community-1", "subfolder": "plda"}
 VBX_CLUSTERING = "VBxClustering"
+SPEAKER_DIARIZATION_CLASSES = frozenset({
+    "pyannote.audio.pipelines.SpeakerDiarization",
+    "pyannote.audio.pipelines.speaker_diarization.SpeakerDiarization",
+})
 # Embedding ids pyannote loads as its own checkpoints (``pytorch_model.bin``); speechbrain or
 # NeMo embeddings bring their own file lists, which are not checked here.
 PYANNOTE_EMBEDDING_PREFIXES = ("pyannote/", "pyannoteai/")
@@ -54,10 +58,22 @@ def is_hub_id(name: str) -> bool:
     )
 
 
+def is_speaker_diarization(config: dict[str, Any]) -> bool:
+    """Whether ``config`` builds pyannote's ``SpeakerDiarization`` (the class that loads a PLDA)."""
+    name = str(config.get("pipeline", {}).get("name", ""))
+    return name in SPEAKER_DIARIZATION_CLASSES
+
+
 def uses_plda(config: dict[str, Any]) -> bool:
-    """Whether the pipeline in ``config`` clusters with VBx, the only step that uses a PLDA."""
+    """Whether the pipeline in ``config`` is pyannote's ``SpeakerDiarization`` clustering with
+    VBx (its default), the only step that uses a PLDA."""
     params = config.get("pipeline", {}).get("params", {}) or {}
-    return params.get("clustering", VBX_CLUSTERING) == VBX_CLUSTERING
+    return is_speaker_diarization(config) and params.get("clustering", VBX_CLUSTERING) == VBX_CLUSTERING
+
+
+def loads_unused_plda(config: dict[str, Any]) -> bool:
+    """Whether pyannote 4.0.7 would load a PLDA that the pipeline of ``config`` never uses."""
+    return is_speaker_diarization(config) and not uses_plda(config)
 
 
 def _expand(value: Any, pipeline_id: str) -> Any:
@@ -101,7 +117,7 @@ def needed_files(pipeline_id: str, config: dict[str, Any], *, plda_if_unused: bo
         found = _model_file(value)
         if found is not None:
             files.append(found)
-    if uses_plda(config) or plda_if_unused:
+    if uses_plda(config) or (plda_if_unused and loads_unused_plda(config)):
         files += _plda_files(_expand(params.get("plda", DEFAULT_PLDA), pipeline_id))
     unique: list[HubFile] = []
     for item in files:

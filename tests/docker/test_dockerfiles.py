@@ -131,24 +131,29 @@ def test_fetch_command_line_matches_the_fetcher():
     command = lines[0].split("&& python /tmp/builder/fetch_models.py", 1)[1]
     defaults = {"MODELS_DIR": "/models", **arg_defaults("Dockerfile.base")}
 
-    def expand(text: str, test_assets: str) -> list[str]:
-        # the conditional flag ends the command: ${OFFLINE_TEST_ASSETS:+--offline-test-assets "..."}
-        text = re.sub(r"\$\{OFFLINE_TEST_ASSETS:\+(.*)\}$", lambda m: m.group(1) if test_assets else "", text.strip())
-        values = {**defaults, "OFFLINE_TEST_ASSETS": test_assets}
+    def expand(text: str, **overrides: str) -> list[str]:
+        # conditional flags: ${OFFLINE_TEST_ASSETS:+--offline-test-assets "/tmp/builder/${OFFLINE_TEST_ASSETS}"}
+        values = {**defaults, "OFFLINE_TEST_ASSETS": "", "HUB_MIRROR": "", **overrides}
+        text = re.sub(r"\$\{(\w+):\+((?:[^{}]|\$\{\w+\})*)\}", lambda m: m.group(2) if values[m.group(1)] else "",
+                      text.strip())
         return shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text))
 
-    args = fetch_models.build_parser().parse_args(expand(command, ""))
+    args = fetch_models.build_parser().parse_args(expand(command))
     assert (args.asr, args.diarization, args.offline_diarization, args.nltk) == (True, True, True, True)
-    assert args.align_langs == "ru en" and args.offline_test_assets == ""
-    args = fetch_models.build_parser().parse_args(expand(command, "test-assets"))
+    assert args.align_langs == "ru en" and args.offline_test_assets == "" and args.hub_mirror == ""
+    assert args.diarization_model == fetch_models.DEFAULT_DIARIZATION_MODEL
+    args = fetch_models.build_parser().parse_args(expand(command, OFFLINE_TEST_ASSETS="test-assets"))
     assert args.offline_test_assets == "/tmp/builder/test-assets"
-
+    args = fetch_models.build_parser().parse_args(expand(command, HUB_MIRROR="test-assets/hub-mirror",
+                                                         DIARIZATION_MODELS="a/b c/d"))
+    assert args.hub_mirror == "/tmp/builder/test-assets/hub-mirror" and args.diarization_model == "a/b c/d"
 
 def test_dockerignore_lets_through_only_what_the_builds_use():
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"Dockerfile", "Dockerfile.base", "Dockerfile.app", "requirements.txt", "builder", "src"}
+    assert allowed == {"Dockerfile", "Dockerfile.base", "Dockerfile.app", "requirements.txt", "test_input.json", "builder",
+                       "src"}
 
 
 def test_hadolint_finds_nothing():

@@ -84,8 +84,16 @@ def test_expanded_config_names_the_repository_and_leaves_the_original_alone():
     assert CONFIG_COMMUNITY["pipeline"]["params"]["embedding"] == "$model/embedding"
 
 
+def test_other_pipeline_classes_need_no_plda():
+    config = {"pipeline": {"name": "diarization.OfflineSpeakerDiarization", "params": {"offline_dir": "/x"}}}
+    assert not pyannote_hub.uses_plda(config) and not pyannote_hub.loads_unused_plda(config)
+    assert pyannote_hub.needed_files("org/custom", config, plda_if_unused=True) == [HubFile("org/custom", "config.yaml")]
+    assert pyannote_hub.loads_unused_plda(CONFIG_31) and not pyannote_hub.loads_unused_plda(CONFIG_COMMUNITY)
+
+
 def test_local_and_non_pyannote_references_are_not_hub_files(tmp_path):
-    config = {"pipeline": {"params": {"segmentation": str(tmp_path), "embedding": "speechbrain/spkrec-ecapa-voxceleb",
+    config = {"pipeline": {"name": "pyannote.audio.pipelines.SpeakerDiarization",
+                           "params": {"segmentation": str(tmp_path), "embedding": "speechbrain/spkrec-ecapa-voxceleb",
                                       "clustering": "AgglomerativeClustering"}}}
     assert pyannote_hub.needed_files(str(tmp_path), config) == []
     assert not pyannote_hub.is_hub_id(str(tmp_path)) and not pyannote_hub.is_hub_id("a/b/c")
