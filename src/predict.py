@@ -99,6 +99,8 @@ class _RequestState:
     # Set when the job is over (failed, timed out): its diarization stops at the next batch.
     stop: threading.Event = field(default_factory=threading.Event)
     diarization_job: Future | None = None
+    # Speakers the diarization found (before words were assigned), for debug_info.
+    diarization_speakers: int | None = None
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -680,6 +682,7 @@ class Predictor:
             return segments, None, None
         for message in out.warnings:
             state.warn(message)
+        state.diarization_speakers = len(out.speakers)
         if not segments:
             return segments, out.backend, out.speaker_embeddings
         return diarization.assign_speakers(segments, out.assignment_turns), out.backend, out.speaker_embeddings
@@ -775,6 +778,7 @@ class Predictor:
                 "alignment_method": alignment_method,
                 "diarization": opts.diarization,
                 "diarization_backend": diarization_backend,
+                "diarization_speakers": state.diarization_speakers,
                 "min_speakers": opts.min_speakers,
                 "max_speakers": opts.max_speakers,
                 "output_format": opts.output_format,

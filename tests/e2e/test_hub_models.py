@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from references import ASSETS, FESTVOX, PYANNOTE_SAMPLE, require_assets
 from servers import FileServer, WorkerApi
 
@@ -57,7 +58,10 @@ def media(tmp_path_factory):
     require_assets()
     root = tmp_path_factory.mktemp("media")
     shutil.copy(FESTVOX / "wav" / f"{RU_CLIP}.wav", root / "ru.wav")
-    shutil.copy(PYANNOTE_SAMPLE / "sample.wav", root / "sample.wav")
+    # 12 s of the 2-speaker sample: enough for two speakers, short enough for random-weight
+    # WeSpeaker embeddings on 2 CPU cores (30 s took 75-110 s per request).
+    audio, rate = sf.read(PYANNOTE_SAMPLE / "sample.wav", dtype="float32")
+    sf.write(root / "sample.wav", audio[: 12 * rate], rate)
     with FileServer(root) as server:
         yield server
 
@@ -83,7 +87,7 @@ def production(tmp_path_factory):
     home = hf_home(root / "hf", (LARGE_V3, BASE, ALIGNER, *P31_REPOS))
     (root / "models").mkdir()
     with WorkerApi(root / "worker.log", startup_timeout_s=900, HF_HOME=str(home), MODELS_DIR=str(root / "models"),
-                   MODEL=LARGE_V3, ALLOWED_MODELS=BASE, HF_TOKEN=TOKEN, WARMUP="false") as worker:
+                   MODEL=LARGE_V3, ALLOWED_MODELS=BASE, HF_TOKEN=TOKEN, WARMUP="false", COMPUTE_TYPE="int8") as worker:
         yield worker
 
 
@@ -113,11 +117,11 @@ def test_russian_aligner_by_id_and_gated_31_without_community_1(production, medi
     assert debug["alignment_method"] == f"wav2vec2 ({ALIGNER})", debug
     assert debug["diarization_backend"] == P31, debug
     words = [word for segment in output["segments"] for word in segment["words"]]
-    assert len(words) >= 5
     russian = [word for word in words if any("а" <= ch <= "я" or ch == "ё" for ch in word["word"].lower())]
-    assert len(russian) == len(words), [word["word"] for word in words]
-    for word in words:
+    assert len(russian) >= 5, [word["word"] for word in words]
+    for word in words:  # every word timed (a word without letters of the vocabulary is interpolated)
         assert 0.0 <= word["start"] <= word["end"], word
+        assert 0.0 <= word["score"] <= 1.0, word
     assert all(segment.get("speaker") for segment in output["segments"])
 
 
@@ -127,8 +131,11 @@ def test_31_honours_the_speaker_bounds(production, media):
             "audio_file": media.url("sample.wav"), "model": BASE, "language": "en", "align_output": False,
             "diarization": True, "debug": True, **bounds,
         }))  # fmt: skip
-        assert output["debug_info"]["output"]["diarization_backend"] == P31
-        assert len(_speakers(output)) == expected, (bounds, _speakers(output), output["warnings"])
+        debug = output["debug_info"]["output"]
+        assert debug["diarization_backend"] == P31
+        assert debug["diarization_speakers"] == expected, (bounds, debug, output["warnings"])
+        assert output["warnings"] == []
+        assert 1 <= len(_speakers(output)) <= expected  # words go to the speakers found
 
 
 # ----------------------------------------------------------------------------- community-1, no token
@@ -139,7 +146,7 @@ def community(tmp_path_factory):
     home = hf_home(root / "hf", (BASE, ALIGNER, COMMUNITY))
     (root / "models").mkdir()
     with WorkerApi(root / "worker.log", startup_timeout_s=600, HF_HOME=str(home), MODELS_DIR=str(root / "models"),
-                   MODEL=BASE, ALLOWED_MODELS=COMMUNITY, WARMUP="false") as worker:
+                   MODEL=BASE, ALLOWED_MODELS=COMMUNITY, WARMUP="false", COMPUTE_TYPE="int8") as worker:
         yield worker
 
 
@@ -149,9 +156,10 @@ def test_community_1_loads_by_id_with_a_request_token(community, media):
         "diarization_model": COMMUNITY, "huggingface_access_token": TOKEN, "min_speakers": 2, "max_speakers": 2,
         "debug": True,
     }))  # fmt: skip
-    assert output["debug_info"]["output"]["diarization_backend"] == COMMUNITY
+    debug = output["debug_info"]["output"]
+    assert debug["diarization_backend"] == COMMUNITY
     assert output["warnings"] == [], output["warnings"]
-    assert len(_speakers(output)) == 2
+    assert debug["diarization_speakers"] == 2, debug
 
 
 def test_gated_id_without_a_token_warns_and_uses_the_token_free_pipeline(community, media):
