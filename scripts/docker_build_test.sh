@@ -294,7 +294,7 @@ EOF
   # and the Russian wav2vec2 aligner from /models, all with the network off.
   out=$(run_job "$image" russian "$RU_CLIP" \
         '{"input": {"audio_file": "/tmp/audio.wav", "diarization": true, "align_output": true, "debug": true, "max_speakers": 2}}' \
-        -e HF_TOKEN=hf_dummy_token_for_the_baked_pipeline)
+        -e HF_TOKEN=hf_dummy_token_for_the_baked_pipeline -e COMPUTE_TYPE=int8)
   python3 - "$out" <<'EOF' || die "$image: unexpected result of the Russian job (log: $out)"
 import json, sys
 lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.startswith("FULL_JOB_RESULT ")]
