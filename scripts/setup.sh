@@ -141,4 +141,18 @@ if [ ! -d "$nl/russian" ]; then
   done
   log "nltk punkt_tab (minimal) -> $nl"
 fi
+
+# Offline Hugging Face Hub cache of the worker's production model ids (use it as HF_HOME with
+# HF_HUB_OFFLINE=1): the real file names and configs, real weights where we have them (Whisper
+# base, segmentation-3.0), random ones of the exact architecture otherwise. The stamp holds the
+# builder's hash: it is written after a full build, so a changed or interrupted build runs again
+# (the script itself skips every repo that is already complete).
+hc="$ASSETS/hub-cache"
+hc_want="$(cat "$ROOT/scripts/hub_cache.py" "$ROOT/bench/random_models.py" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$hc/.stamp" 2>/dev/null)" != "$hc_want" ]; then
+  log "building the offline hub cache -> $hc (random large-v3: a few minutes and ~9 GB of RAM the first time)"
+  "$VENV/bin/python" "$ROOT/scripts/hub_cache.py" --out "$hc" \
+    --base-model "$base_dir" --segmentation "$sk/models/pyannote_segmentation_3.0"
+  echo "$hc_want" >"$hc/.stamp"
+fi
 log "done"
