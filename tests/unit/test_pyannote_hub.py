@@ -1,6 +1,7 @@
 """src/pyannote_hub.py: the files a pyannote pipeline config needs, found (or not) offline.
 
-The configs are the public ``config.yaml`` of the two pipelines the worker names; the cache is
+The configs are the public ``config.yaml`` of the two pipelines the worker names (as
+scripts/hub_cache.py writes them); the cache is
 a Hugging Face cache folder written here (``models--org--name/snapshots/<rev>/...``), read
 with ``HF_HUB_OFFLINE=1`` as scripts/test.sh sets it.
 """
@@ -14,39 +15,11 @@ import pyannote_hub
 import pytest
 import yaml
 from pyannote_hub import HubFile
+from references import hub_cache_builder
 
-CONFIG_31 = yaml.safe_load("""
-version: 3.1.0
-pipeline:
-  name: pyannote.audio.pipelines.SpeakerDiarization
-  params:
-    clustering: AgglomerativeClustering
-    embedding: pyannote/wespeaker-voxceleb-resnet34-LM
-    embedding_batch_size: 32
-    embedding_exclude_overlap: true
-    segmentation: pyannote/segmentation-3.0
-    segmentation_batch_size: 32
-params:
-  clustering: {method: centroid, min_cluster_size: 12, threshold: 0.7045654963945799}
-  segmentation: {min_duration_off: 0.0}
-""")
-
-CONFIG_COMMUNITY = yaml.safe_load("""
-dependencies: {pyannote.audio: 4.0.0}
-pipeline:
-  name: pyannote.audio.pipelines.SpeakerDiarization
-  params:
-    clustering: VBxClustering
-    embedding: $model/embedding
-    embedding_batch_size: 32
-    embedding_exclude_overlap: true
-    plda: $model/plda
-    segmentation: $model/segmentation
-    segmentation_batch_size: 32
-params:
-  clustering: {threshold: 0.6, Fa: 0.07, Fb: 0.8}
-  segmentation: {min_duration_off: 0.0}
-""")
+# The public config.yaml of both pipelines, as the Hub-shaped cache writes them.
+CONFIG_31 = yaml.safe_load(hub_cache_builder().DIARIZATION_31_CONFIG)
+CONFIG_COMMUNITY = yaml.safe_load(hub_cache_builder().COMMUNITY_1_CONFIG)
 
 P31 = "pyannote/speaker-diarization-3.1"
 COMMUNITY = "pyannote/speaker-diarization-community-1"
