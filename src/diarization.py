@@ -962,14 +962,18 @@ def load_requested_pipeline(model: str, token: str | None, device: str):
     import pyannote_hub
     from whisperx.diarize import DiarizationPipeline
 
+    # pyannote hands the Hub only tokens that start with "hf_" (others are taken for pyannoteAI
+    # keys): check the files with the token pyannote will use, and say so when it drops one.
+    hub_token = token if token and token.startswith("hf_") else None
+    hint = "; pyannote uses only tokens that start with hf_" if token and hub_token is None else ""
     try:
-        config = pyannote_hub.read_config(model, token)
+        config = pyannote_hub.read_config(model, hub_token)
     except Exception as exc:  # noqa: BLE001 - reported with the file's name
         missing = [(pyannote_hub.HubFile(model, pyannote_hub.CONFIG_FILE), pyannote_hub.describe_failure(exc))]
-        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}") from exc
-    missing = pyannote_hub.missing_files(pyannote_hub.needed_files(model, config), token)
+        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}{hint}") from exc
+    missing = pyannote_hub.missing_files(pyannote_hub.needed_files(model, config), hub_token)
     if missing:
-        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}")
+        raise PipelineFilesMissing(f"cannot get {pyannote_hub.format_missing(missing)}{hint}")
     source: str | dict[str, Any] = model
     if pyannote_hub.loads_unused_plda(config):
         base = str(Path(model).parent) if os.path.isfile(model) else model

@@ -58,3 +58,17 @@ def test_the_remembered_failure_does_not_keep_the_token(failing_loader):
     with pytest.raises(diarization.PipelineFilesMissing):
         registry.requested_pipeline("org/pipe", "hf_secret_token_value")
     assert "hf_secret_token_value" not in repr(registry._failed_loads)
+
+
+def test_a_token_pyannote_would_drop_is_named_in_the_error(tmp_path, monkeypatch):
+    """Offline with nothing cached: the missing config is named, and so is the token rule."""
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE, "run through scripts/test.sh (HF_HUB_OFFLINE=1)"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(diarization.PipelineFilesMissing) as caught:
+        diarization.load_requested_pipeline("pyannote/speaker-diarization-3.1", "not_an_hf_token", "cpu")
+    message = str(caught.value)
+    assert message.startswith("cannot get pyannote/speaker-diarization-3.1/config.yaml (not in the local Hugging Face cache")
+    assert message.endswith("pyannote uses only tokens that start with hf_")
+    assert "not_an_hf_token" not in message
