@@ -49,6 +49,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -414,11 +415,11 @@ def bake_hub_models(args: argparse.Namespace, models_dir: Path, token: str | Non
     or from ``mirror``."""
     if args.asr:
         for repo_id in _split(args.asr_models):
-            report.run(f"ASR {repo_id}", lambda repo_id=repo_id: fetch_asr(repo_id, models_dir, token, mirror))
+            report.run(f"ASR {repo_id}", functools.partial(fetch_asr, repo_id, models_dir, token, mirror))
     else:
         report.skip("ASR models", "disabled (BAKE_ASR=0): the worker downloads its model at start-up")
     for language in _split(args.align_langs.lower()):
-        report.run(f"alignment {language}", lambda language=language: fetch_align(language, models_dir, token, mirror))
+        report.run(f"alignment {language}", functools.partial(fetch_align, language, models_dir, token, mirror))
     for model in _split(args.diarization_model):
         if not args.diarization:
             report.skip(model, "disabled (BAKE_DIARIZATION=0)")
@@ -430,7 +431,7 @@ def bake_hub_models(args: argparse.Namespace, models_dir: Path, token: str | Non
                 "token-free offline diarization, or downloads the pipeline at run time when HF_TOKEN is set",
             )
         else:
-            report.run(f"diarization {model}", lambda model=model: fetch_diarization_pipeline(model, token, mirror))
+            report.run(f"diarization {model}", functools.partial(fetch_diarization_pipeline, model, token, mirror))
 
 
 def main(argv: list[str] | None = None) -> int:
