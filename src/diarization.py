@@ -1094,15 +1094,24 @@ class DiarizationModels:
         failure_key = (model, self.device, _token_key(token))
         with self._registry_lock:
             failed = self._failed_loads.get(failure_key)
-            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+            # A resident pipeline serves every token (as before); only a load is refused.
+            if key not in self._entries and failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
                 raise PipelineLoadFailedEarlier(f"{failed[1]} (remembered from an earlier request; retried "
                                                 f"{FAILED_LOAD_RETRY_S / 60:.0f} min after it failed)")
         try:
-            return self._entry(key, lambda: load_requested_pipeline(model, token, self.device))
+            entry = self._entry(key, lambda: load_requested_pipeline(model, token, self.device))
         except Exception as exc:
             with self._registry_lock:
-                self._failed_loads[failure_key] = (time.monotonic(), _describe_error(exc, token))
+                now = time.monotonic()
+                # Expired failures go first, so one entry per token seen recently at most.
+                for old in [k for k, (when, _) in self._failed_loads.items() if now - when >= FAILED_LOAD_RETRY_S]:
+                    del self._failed_loads[old]
+                self._failed_loads[failure_key] = (now, _describe_error(exc, token))
             raise
+        with self._registry_lock:  # loaded: earlier failures of this model no longer apply
+            for old in [k for k in self._failed_loads if k[:2] == key]:
+                del self._failed_loads[old]
+        return entry
 
     def warm_up_embeddings(self) -> int:
         """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded

@@ -24,9 +24,11 @@ import yaml
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "pytorch_model.bin"
 PLDA_FILES = ("xvec_transform.npz", "plda.npz")
-# pyannote 4's SpeakerDiarization default for ``plda`` when a config leaves it out (3.1's
-# does): the constructor loads it even when the clustering never uses it (pyannote #2044).
-DEFAULT_PLDA = {"checkpoint": "pyannote/speaker-diarization-community-1", "subfolder": "plda"}
+# pyannote 4's SpeakerDiarization defaults for what a config leaves out: community-1's
+# sub-folders. 3.1's config leaves out ``plda``, which the constructor loads even when the
+# clustering never uses it (pyannote #2044).
+_COMMUNITY_1 = "pyannote/speaker-diarization-community-1"
+DEFAULTS = {key: {"checkpoint": _COMMUNITY_1, "subfolder": key} for key in ("segmentation", "embedding", "plda")}
 VBX_CLUSTERING = "VBxClustering"
 SPEAKER_DIARIZATION_CLASSES = frozenset({
     "pyannote.audio.pipelines.SpeakerDiarization",
@@ -77,9 +79,15 @@ def loads_unused_plda(config: dict[str, Any]) -> bool:
 
 
 def _expand(value: Any, pipeline_id: str) -> Any:
-    """``$model/<sub>`` (a sub-folder of the pipeline's own repository) -> checkpoint dict."""
+    """``$model/<sub>[@<revision>]`` (a sub-folder of the pipeline's own repository) ->
+    checkpoint dict, in nested dicts and lists too, as pyannote's own expansion does."""
     if isinstance(value, str) and value.startswith("$model/"):
-        return {"checkpoint": pipeline_id, "subfolder": value.split("/", 1)[1]}
+        sub, _, revision = value.split("/", 1)[1].partition("@")
+        return {"checkpoint": pipeline_id, "subfolder": sub, **({"revision": revision} if revision else {})}
+    if isinstance(value, dict):
+        return {key: _expand(item, pipeline_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, pipeline_id) for item in value]
     return value
 
 
@@ -110,15 +118,19 @@ def needed_files(pipeline_id: str, config: dict[str, Any], *, plda_if_unused: bo
     """
     files = [HubFile(pipeline_id, CONFIG_FILE)] if is_hub_id(pipeline_id) else []
     params = config.get("pipeline", {}).get("params", {}) or {}
+    defaults = DEFAULTS if is_speaker_diarization(config) else {}
     for key in ("segmentation", "embedding"):
-        value = _expand(params.get(key), pipeline_id)
-        if key == "embedding" and isinstance(value, str) and not value.startswith(PYANNOTE_EMBEDDING_PREFIXES):
-            continue
+        value = _expand(params.get(key, defaults.get(key)), pipeline_id)
+        checkpoint = value.get("checkpoint") if isinstance(value, dict) else value
+        if key == "embedding" and isinstance(checkpoint, str) and not (
+            checkpoint.startswith(PYANNOTE_EMBEDDING_PREFIXES) or checkpoint == pipeline_id
+        ):
+            continue  # speechbrain/NeMo embeddings bring their own files
         found = _model_file(value)
         if found is not None:
             files.append(found)
     if uses_plda(config) or (plda_if_unused and loads_unused_plda(config)):
-        files += _plda_files(_expand(params.get("plda", DEFAULT_PLDA), pipeline_id))
+        files += _plda_files(_expand(params.get("plda", DEFAULTS["plda"]), pipeline_id))
     unique: list[HubFile] = []
     for item in files:
         if item not in unique:
@@ -147,9 +159,9 @@ def expanded_config(pipeline_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` whose ``$model/<sub>`` parameters name ``pipeline_id`` explicitly,
     so the config can be handed to ``Pipeline.from_pretrained`` as a dict."""
     config = copy.deepcopy(config)
-    params = config.get("pipeline", {}).get("params", {}) or {}
-    for key, value in list(params.items()):
-        params[key] = _expand(value, pipeline_id)
+    pipeline = config.get("pipeline", {})
+    if isinstance(pipeline.get("params"), dict):
+        pipeline["params"] = _expand(pipeline["params"], pipeline_id)
     return config
 
 
@@ -157,7 +169,11 @@ def describe_failure(exc: BaseException) -> str:
     """Why one file could not be had, in the operator's terms."""
     name = type(exc).__name__
     if name == "LocalEntryNotFoundError" or "outgoing traffic has been disabled" in str(exc):
-        return "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        return "not in the local Hugging Face cache and the Hub could not be reached"
     if name == "GatedRepoError":
         return "gated: accept its conditions on huggingface.co with the token's account"
     if name == "RepositoryNotFoundError":

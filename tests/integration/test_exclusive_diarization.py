@@ -64,11 +64,29 @@ def test_offline_pipeline_gives_exclusive_turns_too(sample):
     assert output.assignment_turns is output.exclusive_turns
 
 
+def _segments() -> list[dict]:
+    return [{"start": 1.2, "end": 1.8, "text": "да", "words": [{"word": "да", "start": 1.2, "end": 1.8}]}]
+
+
 def test_a_word_in_overlapped_speech_goes_to_the_exclusive_speaker():
-    """Two speakers overlap over 1.0-2.0 s; the exclusive diarization gives that span to B."""
+    """A and B overlap over 1.0-2.0 s: on the overlapping turns the word is a tie (it goes to
+    B); the exclusive diarization gives that span to A, and so does the worker."""
     turns = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(1.0, 3.0, "B")]
-    exclusive = [SpeakerTurn(0.0, 1.0, "A"), SpeakerTurn(1.0, 3.0, "B")]
+    exclusive = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.0, 3.0, "B")]
+    assert diarization.assign_speakers(_segments(), turns)[0]["speaker"] == "B"
     output = DiarizationOutput(turns, None, "test", [], exclusive)
-    segments = [{"start": 1.2, "end": 1.8, "text": "да", "words": [{"word": "да", "start": 1.2, "end": 1.8}]}]
-    assert diarization.assign_speakers(segments, output.assignment_turns)[0]["speaker"] == "B"
+    assert diarization.assign_speakers(_segments(), output.assignment_turns)[0]["speaker"] == "A"
     assert DiarizationOutput(turns, None, "test", []).assignment_turns is turns
+
+
+def test_the_predictor_assigns_words_from_the_exclusive_turns():
+    from concurrent.futures import Future
+
+    from predict import Predictor, _RequestState
+
+    turns = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(1.0, 3.0, "B")]
+    job: Future = Future()
+    job.set_result(DiarizationOutput(turns, None, "test", [], [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.0, 3.0, "B")]))
+    state = _RequestState()
+    segments, backend, _ = Predictor._finish_diarization(None, job, _segments(), state)  # uses no Predictor state
+    assert segments[0]["speaker"] == "A" and backend == "test" and state.diarization_speakers == 2

@@ -53,11 +53,50 @@ def test_the_failure_is_retried_after_the_retry_interval(failing_loader, monkeyp
     assert len(failing_loader) == 2
 
 
-def test_the_remembered_failure_does_not_keep_the_token(failing_loader):
+def test_the_remembered_failure_does_not_keep_the_token(monkeypatch):
+    """An error whose text holds the token is remembered, and repeated, with it redacted."""
+    secret = "hf_secret_token_value"
+
+    def load(model, token, device):
+        raise RuntimeError(f"401 for {model} with token {token}")
+
+    monkeypatch.setattr(diarization, "load_requested_pipeline", load)
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    with pytest.raises(RuntimeError):
+        registry.requested_pipeline("org/pipe", secret)
+    assert secret not in repr(registry._failed_loads) and "***" in repr(registry._failed_loads)
+    with pytest.raises(diarization.PipelineLoadFailedEarlier) as caught:
+        registry.requested_pipeline("org/pipe", secret)
+    assert secret not in str(caught.value) and "with token ***" in str(caught.value)
+
+
+def test_a_successful_load_clears_the_models_failures_and_serves_every_token(monkeypatch):
+    calls: list[str | None] = []
+
+    def load(model, token, device):
+        calls.append(token)
+        if token == "hf_a":
+            raise diarization.PipelineFilesMissing("cannot get org/pipe/config.yaml (gated)")
+        return object()
+
+    monkeypatch.setattr(diarization, "load_requested_pipeline", load)
     registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
     with pytest.raises(diarization.PipelineFilesMissing):
-        registry.requested_pipeline("org/pipe", "hf_secret_token_value")
-    assert "hf_secret_token_value" not in repr(registry._failed_loads)
+        registry.requested_pipeline("org/pipe", "hf_a")
+    loaded = registry.requested_pipeline("org/pipe", "hf_b")
+    assert registry._failed_loads == {}
+    assert registry.requested_pipeline("org/pipe", "hf_a") is loaded  # resident: no second load
+    assert calls == ["hf_a", "hf_b"]
+
+
+def test_expired_failures_are_dropped(failing_loader, monkeypatch):
+    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_a")
+    monkeypatch.setattr(diarization, "FAILED_LOAD_RETRY_S", 0.0)
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_b")
+    assert len(registry._failed_loads) == 1  # hf_a's expired entry went
 
 
 def test_a_token_pyannote_would_drop_is_named_in_the_error(tmp_path, monkeypatch):

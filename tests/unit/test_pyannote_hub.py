@@ -109,3 +109,33 @@ def test_read_config_rejects_a_file_that_is_not_a_pipeline(tmp_path):
     (tmp_path / "config.yaml").write_text("model: {}\n")
     with pytest.raises(ValueError, match="not a pyannote pipeline config"):
         pyannote_hub.read_config(str(tmp_path), None)
+
+
+def test_a_config_without_segmentation_or_embedding_gets_pyannotes_defaults():
+    """pyannote 4 fills a missing segmentation/embedding/plda with community-1's sub-folders."""
+    config = {"pipeline": {"name": "pyannote.audio.pipelines.SpeakerDiarization", "params": {}}}
+    assert [str(f) for f in pyannote_hub.needed_files("org/pipe", config)] == [
+        "org/pipe/config.yaml",
+        f"{COMMUNITY}/segmentation/pytorch_model.bin",
+        f"{COMMUNITY}/embedding/pytorch_model.bin",
+        f"{COMMUNITY}/plda/xvec_transform.npz",
+        f"{COMMUNITY}/plda/plda.npz",
+    ]
+
+
+def test_model_references_expand_with_revisions_and_nesting():
+    config = {"pipeline": {"name": "x.Y", "params": {"a": "$model/seg@v2", "b": {"c": ["$model/emb"]}}}}
+    params = pyannote_hub.expanded_config("org/pipe", config)["pipeline"]["params"]
+    assert params["a"] == {"checkpoint": "org/pipe", "subfolder": "seg", "revision": "v2"}
+    assert params["b"] == {"c": [{"checkpoint": "org/pipe", "subfolder": "emb"}]}
+
+
+def test_a_cache_miss_online_is_not_called_offline(monkeypatch):
+    import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    miss = LocalEntryNotFoundError("cannot find the requested files in the local cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert pyannote_hub.describe_failure(miss) == "not in the local Hugging Face cache and the Hub could not be reached"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert pyannote_hub.describe_failure(miss) == "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
