@@ -243,9 +243,7 @@ def fetch_align(language: str, models_dir: Path, token: str | None, mirror: Path
 def _copy_from_mirror(mirror: Path, cache: Path, item) -> None:
     """Put one file of ``mirror`` (a Hugging Face cache folder) into ``cache`` at the same
     place: ``models--<org>--<name>/snapshots/<rev>/<file>`` with ``refs/main``."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(item.repo_id, item.filename, cache_dir=mirror)
+    found = _cached(item, mirror)
     if not isinstance(found, str):
         raise FileNotFoundError(f"{item} is not in the mirror {mirror}")
     repo_dir = "models--" + item.repo_id.replace("/", "--")

@@ -43,7 +43,9 @@ def test_another_token_or_model_is_tried(failing_loader):
     assert len(failing_loader) == 3
 
 
-def test_the_failure_is_retried_after_the_retry_interval(failing_loader, monkeypatch):
+def test_an_expired_failure_is_retried_and_dropped(failing_loader, monkeypatch):
+    """After the retry interval the same request loads again, and expired entries go, so at
+    most one entry per token seen recently is kept."""
     registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
     with pytest.raises(diarization.PipelineFilesMissing):
         registry.requested_pipeline("org/pipe", "hf_a")
@@ -51,6 +53,9 @@ def test_the_failure_is_retried_after_the_retry_interval(failing_loader, monkeyp
     with pytest.raises(diarization.PipelineFilesMissing):
         registry.requested_pipeline("org/pipe", "hf_a")
     assert len(failing_loader) == 2
+    with pytest.raises(diarization.PipelineFilesMissing):
+        registry.requested_pipeline("org/pipe", "hf_b")
+    assert len(registry._failed_loads) == 1  # hf_a's expired entry went
 
 
 def test_the_remembered_failure_does_not_keep_the_token(monkeypatch):
@@ -87,16 +92,6 @@ def test_a_successful_load_clears_the_models_failures_and_serves_every_token(mon
     assert registry._failed_loads == {}
     assert registry.requested_pipeline("org/pipe", "hf_a") is loaded  # resident: no second load
     assert calls == ["hf_a", "hf_b"]
-
-
-def test_expired_failures_are_dropped(failing_loader, monkeypatch):
-    registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
-    with pytest.raises(diarization.PipelineFilesMissing):
-        registry.requested_pipeline("org/pipe", "hf_a")
-    monkeypatch.setattr(diarization, "FAILED_LOAD_RETRY_S", 0.0)
-    with pytest.raises(diarization.PipelineFilesMissing):
-        registry.requested_pipeline("org/pipe", "hf_b")
-    assert len(registry._failed_loads) == 1  # hf_a's expired entry went
 
 
 def test_a_token_pyannote_would_drop_is_named_in_the_error(tmp_path, monkeypatch):
