@@ -105,6 +105,7 @@ class Worker:
     def __init__(self, device: str = "cpu", compute_type: str = "int8") -> None:
         os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from fetch import FetchPolicy
         from predict import Predictor
         from settings import WorkerSettings
 
@@ -112,7 +113,8 @@ class Worker:
         # On CPU the settings are exactly the historical ones (the preloaded model is int8).
         extra = {} if device == "cpu" else {"preload_compute_type": compute_type}
         self.predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device=device, preload_model=BASE_MODEL,
-                                                  warmup=False, preload_align_languages=(), **extra))
+                                                  warmup=False, preload_align_languages=(),
+                                                  fetch=FetchPolicy(allow_local_files=True), **extra))
         self.predictor.setup()
 
     def transcribe(self, path: Path, language: str | None) -> tuple[str, str | None]:

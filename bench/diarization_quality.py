@@ -45,6 +45,8 @@ from pyannote.database.util import load_rttm  # noqa: E402
 from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 
 import diarization  # noqa: E402
+import offline_diarization  # noqa: E402
+import speaker_assignment  # noqa: E402
 
 logger = logging.getLogger("bench.diarization_quality")
 
@@ -89,7 +91,7 @@ def load_clips(assets: Path) -> list[Clip]:
     return clips
 
 
-def to_annotation(turns: list[diarization.SpeakerTurn]) -> Annotation:
+def to_annotation(turns: list[speaker_assignment.SpeakerTurn]) -> Annotation:
     """pyannote Annotation of speaker turns."""
     annotation = Annotation()
     for index, turn in enumerate(turns):
@@ -155,8 +157,8 @@ def grid_search(clips: list[Clip], offline_dir: str) -> list[dict]:
     """Clustering hyper-parameter sweep on cached segmentations/embeddings; prints the top 15."""
     results = []
     for exclude_overlap in (False, True):
-        hp = diarization.OfflineHyperParameters(embedding_exclude_overlap=exclude_overlap)
-        pipeline = diarization.build_offline_pipeline(offline_dir, "cpu", hp)
+        hp = offline_diarization.OfflineHyperParameters(embedding_exclude_overlap=exclude_overlap)
+        pipeline = offline_diarization.build_offline_pipeline(offline_dir, "cpu", hp)
         pipeline.training = True  # cache segmentation and embeddings in each file dict
         files = {clip.uri: {"waveform": torch.from_numpy(clip.audio)[None], "sample_rate": 16000,
                             "uri": clip.uri} for clip in clips}
@@ -209,7 +211,7 @@ def main() -> None:
 
     clips = load_clips(args.assets)
     report = {
-        "hyper_parameters": asdict(diarization.OFFLINE_HYPER_PARAMETERS),
+        "hyper_parameters": asdict(offline_diarization.OFFLINE_HYPER_PARAMETERS),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "defaults": evaluate_defaults(clips, offline_dir),

@@ -34,6 +34,7 @@ def main() -> None:
     from references import normalise, wer
 
     import rp_schema
+    from fetch import FetchPolicy
     from predict import Predictor
     from settings import WorkerSettings
 
@@ -46,7 +47,8 @@ def main() -> None:
     for device in args.devices.split(","):
         compute = "float16" if device == "cuda" else "int8"
         predictor = Predictor(WorkerSettings(models_dir=str(Path(args.model).parent), device=device, preload_model=args.model,
-                                             preload_compute_type=compute, offline_diarization_dir=args.offline_diarization_dir))
+                                             preload_compute_type=compute, offline_diarization_dir=args.offline_diarization_dir,
+                                             fetch=FetchPolicy(allow_local_files=True)))
         predictor.setup()
         hyps, words_timed, words_total = [], 0, 0
         for clip in ru:

@@ -63,6 +63,7 @@ def run(args) -> None:
     from pyannote.audio.core.inference import Inference
 
     import alignment
+    import campplus
     import diarization
     import rp_schema
     from predict import Predictor
@@ -82,7 +83,7 @@ def run(args) -> None:
         setattr(owner, name, wrapper)
 
     spy(Inference, "infer", "segmentation")
-    spy(diarization.CampPlusEmbedding, "embed_frames", "embedding")
+    spy(campplus.CampPlusEmbedding, "embed_frames", "embedding")
     spy(alignment, "align_with_wav2vec2", "alignment")
     last_turns: list = []
     diarize = diarization.DiarizationModels.diarize

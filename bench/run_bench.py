@@ -170,6 +170,7 @@ def cap_decoding(tokens_per_second: float | None) -> None:
 
 def run_worker(args, wav_path: str, duration: float) -> dict:
     import rp_schema
+    from fetch import FetchPolicy
     from predict import Predictor
     from settings import WorkerSettings
 
@@ -177,7 +178,8 @@ def run_worker(args, wav_path: str, duration: float) -> dict:
     settings = WorkerSettings(models_dir=str(Path(args.model).parent), device=args.device, preload_model=args.model,
                               preload_compute_type=args.compute_type, warmup=True, align_model_overrides=overrides,
                               offline_diarization_dir=args.offline_diarization_dir,
-                              diarization_side_stream=not args.no_side_stream)
+                              diarization_side_stream=not args.no_side_stream,
+                              fetch=FetchPolicy(allow_local_files=True))
     started = now()
     predictor = Predictor(settings)
     predictor.setup()
@@ -268,9 +270,9 @@ def stock_pipeline(args):
     import torch
     from pyannote.audio.pipelines import SpeakerDiarization
 
-    import diarization
+    import offline_diarization
 
-    pipeline = diarization.build_offline_pipeline(args.offline_diarization_dir, args.device)
+    pipeline = offline_diarization.build_offline_pipeline(args.offline_diarization_dir, args.device)
     pipeline.get_embeddings = types.MethodType(SpeakerDiarization.get_embeddings, pipeline)
     if args.device == "cuda":
         torch.cuda.synchronize()

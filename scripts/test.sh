@@ -7,4 +7,5 @@ cd "$ROOT"
 bash scripts/setup.sh >&2
 export HF_HUB_OFFLINE=1 PYANNOTE_METRICS_ENABLED=false
 .venv/bin/ruff check .
+.venv/bin/mypy  # mypy.ini: src/, typed defs required
 exec .venv/bin/python -m pytest "$@"

@@ -23,10 +23,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from asr import WindowTranscript, log_mel_batch
+
+if TYPE_CHECKING:
+    import torch
+    from faster_whisper.tokenizer import Tokenizer
+    from torchaudio.models import Wav2Vec2Model
+    from transformers import Wav2Vec2ForCTC
+    from whisperx.asr import WhisperModel
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ PREPEND_PUNCTUATIONS = "\"'“¿([{-«"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、»"
 
 
+# A wav2vec2 aligner as ``whisperx.load_align_model`` returns it (a Hugging Face model or a
+# torchaudio bundle), on a GPU behind ``HalfPrecision``.
+AlignModel: TypeAlias = "Wav2Vec2ForCTC | Wav2Vec2Model | HalfPrecision"
+
+
 class AlignerUnavailable(RuntimeError):
     """No wav2vec2 aligner could be loaded for a language; message says why."""
 
@@ -48,7 +61,7 @@ class Aligner:
     """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
 
     language: str
-    model: object
+    model: AlignModel
     metadata: dict
     source: str
 
@@ -61,10 +74,10 @@ class HalfPrecision:
     its speed on tensor cores; CTC emissions are log-softmaxed in float32 afterwards.
     """
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner: Wav2Vec2ForCTC | Wav2Vec2Model) -> None:
         self.inner = inner.half()
 
-    def __call__(self, waveform, *args, **kwargs):
+    def __call__(self, waveform: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         out = self.inner(waveform.half(), *args, **kwargs)
         if hasattr(out, "logits"):  # transformers Wav2Vec2ForCTC
             out.logits = out.logits.float()
@@ -73,7 +86,7 @@ class HalfPrecision:
             return (out[0].float(), *out[1:])
         return out.float()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
@@ -214,10 +227,10 @@ def warm_up_aligner(aligner: Aligner, waveform: np.ndarray, device: str) -> int:
 
 
 def whisper_word_timings(
-    model,
+    model: WhisperModel,
     waveform: np.ndarray,
     transcripts: Sequence[WindowTranscript],
-    tokenizer,
+    tokenizer: Tokenizer,
     batch_size: int,
     device: str,
     check: Callable[[], None] | None = None,

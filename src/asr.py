@@ -19,11 +19,16 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
 import hallucinations
 from vad import SAMPLE_RATE, SpeechWindow
+
+if TYPE_CHECKING:
+    from faster_whisper.tokenizer import Tokenizer
+    from whisperx.asr import WhisperModel
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +92,20 @@ class LanguageDetection:
     tries: list[dict] = field(default_factory=list)
 
 
+class TimeSpan(Protocol):
+    """What the features of a window are cut by: ``SpeechWindow`` and ``WindowTranscript`` both fit."""
+
+    @property
+    def start(self) -> float: ...
+
+    @property
+    def duration(self) -> float: ...
+
+
+# One decoded window: (tokens, text, avg_logprob, no_speech_prob).
+Decoded: TypeAlias = tuple[list[int], str, float, float]
+
+
 def temperature_schedule(start: float, increment: float | None) -> tuple[float, ...]:
     """``start, start+increment, ...`` up to 1.0; just ``(start,)`` without an increment."""
     if not increment or increment <= 0:
@@ -101,12 +120,12 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
-def mel_bins(model) -> int:
+def mel_bins(model: WhisperModel) -> int:
     """Mel bins the model takes: 128 for large-v3 (its preprocessor_config.json), else 80."""
     return int(model.feat_kwargs.get("feature_size") or 80)
 
 
-def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], device: str) -> np.ndarray:
+def log_mel_batch(model: WhisperModel, waveform: np.ndarray, windows: Sequence[TimeSpan], device: str) -> np.ndarray:
     """Log-mel features (B, n_mels, 3000) of each window, zero-padded to 30 s.
 
     Computed with torch on ``device`` in one batch; the clamp to (max - 8) is per window,
@@ -135,14 +154,14 @@ def log_mel_batch(model, waveform: np.ndarray, windows: Sequence[SpeechWindow], 
         return features.float().cpu().numpy()
 
 
-def make_tokenizer(model, language: str, task: str):
+def make_tokenizer(model: WhisperModel, language: str, task: str) -> Tokenizer:
     """A faster-whisper ``Tokenizer`` for this request (cheap: the vocabulary is shared)."""
     from faster_whisper.tokenizer import Tokenizer
 
     return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=task, language=language)
 
 
-def suppressed_tokens(tokenizer, suppress_numerals: bool) -> list[int]:
+def suppressed_tokens(tokenizer: Tokenizer, suppress_numerals: bool) -> list[int]:
     """Whisper's default suppression list, plus digit/symbol tokens when asked."""
     from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -152,13 +171,13 @@ def suppressed_tokens(tokenizer, suppress_numerals: bool) -> list[int]:
     return sorted(tokens)
 
 
-def numeral_tokens(tokenizer) -> list[int]:
+def numeral_tokens(tokenizer: Tokenizer) -> list[int]:
     """Tokens whose text contains a digit or a currency/percent sign."""
     decode = tokenizer.tokenizer.decode
     return [i for i in range(tokenizer.eot) if any(c in "0123456789%$£€₽" for c in decode([i]))]
 
 
-def _prompt(model, tokenizer, opts: DecodeOptions) -> list[int]:
+def _prompt(model: WhisperModel, tokenizer: Tokenizer, opts: DecodeOptions) -> list[int]:
     previous = tokenizer.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else []
     return model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=opts.hotwords)
 
@@ -191,19 +210,20 @@ def equal_slices(count: int, max_rows: int | None) -> list[slice]:
     return [slice(first, first + rows) for first in range(0, count, rows)]
 
 
-def _decode_once(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress,
-                 durations: Sequence[float], max_rows: int | None = None):
+def _decode_once(model: WhisperModel, features: np.ndarray, prompt: list[int], tokenizer: Tokenizer, opts: DecodeOptions,
+                 temperature: float, suppress: list[int], durations: Sequence[float], max_rows: int | None = None) -> list[Decoded]:
     """Generate over a batch of windows at one temperature, ``max_rows`` windows per call
     (all of them when None). ``durations`` (seconds, one per window) cap each call's decode
     length by its longest window. Encoding per slice gives the same result as one pass
     (windows are independent) and bounds the encoder's activations too."""
-    decoded = []
+    decoded: list[Decoded] = []
     for part in equal_slices(len(durations), max_rows):
         decoded.extend(_generate(model, features[part], prompt, tokenizer, opts, temperature, suppress, max(durations[part])))
     return decoded
 
 
-def _generate(model, features: np.ndarray, prompt, tokenizer, opts, temperature, suppress, longest_s: float):
+def _generate(model: WhisperModel, features: np.ndarray, prompt: list[int], tokenizer: Tokenizer, opts: DecodeOptions,
+              temperature: float, suppress: list[int], longest_s: float) -> list[Decoded]:
     """One encode + generate call; ``longest_s`` (seconds) caps the decode length."""
     encoder_output = model.encode(features)
     if temperature > 0:
@@ -221,7 +241,7 @@ def _generate(model, features: np.ndarray, prompt, tokenizer, opts, temperature,
         suppress_tokens=suppress,
         **kwargs,
     )
-    decoded = []
+    decoded: list[Decoded] = []
     for result in results:
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         # CTranslate2 returns the length-normalised score; undo it as faster-whisper does.
@@ -274,7 +294,7 @@ PHRASE_NO_SPEECH_SHARE = 0.5
 SPEECH_LOOP_REPEATS = (8, 5)
 
 
-def _screen_text(result: WindowTranscript, opts: DecodeOptions, tokenizer) -> None:
+def _screen_text(result: WindowTranscript, opts: DecodeOptions, tokenizer: Tokenizer) -> None:
     """The CPU-independent second signal (``hallucinations.py``) on a kept window, in place.
 
     On a window the VAD doubts, a loop drops the window (``compression_ratio_threshold`` on);
@@ -307,10 +327,10 @@ def _screen_text(result: WindowTranscript, opts: DecodeOptions, tokenizer) -> No
 
 
 def transcribe_windows(
-    model,
+    model: WhisperModel,
     waveform: np.ndarray,
     windows: Sequence[SpeechWindow],
-    tokenizer,
+    tokenizer: Tokenizer,
     opts: DecodeOptions,
     batch_size: int,
     device: str,
@@ -360,9 +380,11 @@ def transcribe_windows(
             out[index] = max(readable or tried, key=lambda c: c.avg_logprob)
         failed = doubted.union(pending)
         for index in batch:
-            out[index].silent = _judged_silent(out[index], opts, windows[index].speech_prob, exhausted=index in failed)
-            if not out[index].silent:
-                _screen_text(out[index], opts, tokenizer)
+            judged = out[index]
+            assert judged is not None  # every window of the batch was kept, doubted or exhausted above
+            judged.silent = _judged_silent(judged, opts, windows[index].speech_prob, exhausted=index in failed)
+            if not judged.silent:
+                _screen_text(judged, opts, tokenizer)
         if progress is not None:
             progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
     return [r for r in out if r is not None]
@@ -374,7 +396,7 @@ def transcribe_windows(
 DETECTION_SURE_SPEECH_S = 8.0
 
 
-def language_probabilities(model, waveform: np.ndarray, window: SpeechWindow, device: str) -> dict[str, float]:
+def language_probabilities(model: WhisperModel, waveform: np.ndarray, window: SpeechWindow, device: str) -> dict[str, float]:
     """Whisper's probability of every language (code -> probability) for one window.
 
     The frames after the window's end are set to 0 (faster-whisper pads its features so for
@@ -389,7 +411,7 @@ def language_probabilities(model, waveform: np.ndarray, window: SpeechWindow, de
 
 
 def detect_language(
-    model,
+    model: WhisperModel,
     waveform: np.ndarray,
     windows: Sequence[SpeechWindow],
     min_prob: float,

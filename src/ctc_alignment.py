@@ -25,10 +25,15 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    from alignment import AlignModel
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +166,7 @@ def plan_text(text: str, vocabulary: Vocabulary) -> TextPlan:
     return TextPlan(tuple(chars), tuple(index))
 
 
-def load_sentence_splitter(language: str):
+def load_sentence_splitter(language: str) -> PunktSentenceTokenizer:
     """nltk punkt for ``language`` (English when punkt has none), as whisperX loads it.
 
     The data must already be on nltk's path (``alignment.ensure_punkt``): this never downloads.
@@ -182,7 +187,7 @@ def crop_audio(waveform: np.ndarray, start: float, end: float) -> tuple[np.ndarr
     return np.ascontiguousarray(crop, dtype=np.float32), valid
 
 
-def padding_is_exact(model, vocabulary: Vocabulary) -> bool:
+def padding_is_exact(model: AlignModel, vocabulary: Vocabulary) -> bool:
     """Whether zero-padded rows with an attention mask give each row's unpadded emissions.
 
     True for Hugging Face wav2vec2 models that normalise each frame over channels (layer norm):
@@ -231,12 +236,14 @@ def rows_for_length(padded_samples: int, options: CtcAlignOptions) -> int:
     return max(1, min(options.max_rows_per_forward, int(options.max_seconds_per_forward * SAMPLE_RATE // padded_samples)))
 
 
-def output_frames(model, samples: np.ndarray) -> np.ndarray:
+def output_frames(model: AlignModel, samples: np.ndarray) -> np.ndarray:
     """Emission frames a Hugging Face wav2vec2 model makes from inputs of ``samples`` samples."""
-    return model._get_feat_extract_output_lengths(torch.as_tensor(samples, dtype=torch.long)).cpu().numpy().astype(np.int64)
+    lengths = torch.as_tensor(samples, dtype=torch.long)
+    # transformers annotates the legacy class torch.LongTensor, which an int64 Tensor is not to a type checker
+    return model._get_feat_extract_output_lengths(lengths).cpu().numpy().astype(np.int64)  # type: ignore[arg-type]
 
 
-def _forward_padded(model, jobs: Sequence[_Job], device: str, options: CtcAlignOptions) -> tuple[list[torch.Tensor], np.ndarray]:
+def _forward_padded(model: AlignModel, jobs: Sequence[_Job], device: str, options: CtcAlignOptions) -> tuple[list[torch.Tensor], np.ndarray]:
     """One forward of zero-padded rows with an attention mask; logits (rows, frames, columns)."""
     lengths = np.array([len(job.samples) for job in jobs], dtype=np.int64)
     width = _padded_length(int(lengths.max()), options)
@@ -250,7 +257,7 @@ def _forward_padded(model, jobs: Sequence[_Job], device: str, options: CtcAlignO
     return [logits[: len(jobs)]], output_frames(model, lengths)
 
 
-def _forward_each(model, jobs: Sequence[_Job], model_type: str, device: str) -> tuple[list[torch.Tensor], np.ndarray]:
+def _forward_each(model: AlignModel, jobs: Sequence[_Job], model_type: str, device: str) -> tuple[list[torch.Tensor], np.ndarray]:
     """One forward per segment, exactly as whisperX runs it; logits (1, frames, columns) each."""
     outputs: list[torch.Tensor] = []
     for job in jobs:
@@ -300,7 +307,7 @@ class _InFlight:
         return EmissionBatch(self.host.numpy(), self.frames)
 
 
-def _launch(model, jobs: list[_Job], vocabulary: Vocabulary, device: str, padded: bool, options: CtcAlignOptions) -> _InFlight:
+def _launch(model: AlignModel, jobs: list[_Job], vocabulary: Vocabulary, device: str, padded: bool, options: CtcAlignOptions) -> _InFlight:
     """Queue a batch's forward(s), log-softmax and device->host copy; returns without waiting
     on a GPU, so the host can work on the previous batch meanwhile."""
     with torch.inference_mode():
@@ -318,13 +325,13 @@ def _launch(model, jobs: list[_Job], vocabulary: Vocabulary, device: str, padded
         return _InFlight(jobs, host, frames, copied)
 
 
-def uses_padded_batches(model, vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> bool:
+def uses_padded_batches(model: AlignModel, vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> bool:
     """Whether segments go through ``model`` in padded batches on ``device``."""
     wanted = options.padded_batches == "always" or (options.padded_batches == "cuda" and str(device).startswith("cuda"))
     return wanted and padding_is_exact(model, vocabulary)
 
 
-def warm_up(model, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
+def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
     """Align silent segments that fill one padded forward of every shape segments up to
     ``longest_s`` seconds can produce with ``fixed_rows`` (each row 0.5 s shorter than its
     batch, so the attention mask is used as in a job), through the whole path: forward,
@@ -348,7 +355,7 @@ def warm_up(model, metadata: dict, device: str, longest_s: float = 32.0, options
     return len(widths)
 
 
-def _emission_batches(model, jobs: list[_Job], vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> Iterator[tuple[list[_Job], EmissionBatch]]:
+def _emission_batches(model: AlignModel, jobs: list[_Job], vocabulary: Vocabulary, device: str, options: CtcAlignOptions) -> Iterator[tuple[list[_Job], EmissionBatch]]:
     """Emissions of ``jobs``, batch by batch; the next batch is queued before one is yielded."""
     padded = uses_padded_batches(model, vocabulary, device, options)
     batches = plan_batches([len(job.samples) for job in jobs], padded, options)
@@ -473,6 +480,7 @@ def _nearest_fill(values: list[float | None]) -> list[float | None]:
         left = known[pos - 1] if pos > 0 else None
         right = known[pos] if pos < len(known) else None
         nearest = left if right is None or (left is not None and i - left <= right - i) else right
+        assert nearest is not None  # ``known`` is not empty: one side has a position
         out[i] = values[nearest]
     return out
 
@@ -517,8 +525,9 @@ def _words(chars: _CharTimes, first: int, last: int) -> list[dict]:
         word: dict = {"word": text}
         timed = [c for c in members if chars.text[c] != " " and chars.start[c] is not None]
         if timed:
-            word["start"] = min(chars.start[c] for c in timed)
-            word["end"] = max(chars.end[c] for c in timed)
+            # a timed character has a start, an end and a score (``_char_times`` sets them together)
+            word["start"] = min(cast(float, chars.start[c]) for c in timed)
+            word["end"] = max(cast(float, chars.end[c]) for c in timed)
             scores = np.array([chars.score[c] for c in timed], dtype=np.float64)
             # pandas' mean (numpy sum / count) and numpy's rounding of np.float64, as whisperX
             word["score"] = float(np.round(scores.sum() / len(scores), 3))
@@ -537,12 +546,12 @@ def _words(chars: _CharTimes, first: int, last: int) -> list[dict]:
 def _sentences(segment: SegmentText, chars: _CharTimes, spans: Sequence[tuple[int, int]], spaces: bool) -> list[dict]:
     """Segments of ``segment``, one per punkt sentence, merged where their times coincide."""
     text = chars.text
-    sentences = []
+    sentences: list[dict[str, Any]] = []
     for first, stop in spans:
         last = min(stop, len(text) - 1)  # whisperX takes the character at the span's end too
-        starts = [chars.start[c] for c in range(first, last + 1) if chars.start[c] is not None]
-        ends = [chars.end[c] for c in range(first, last + 1) if text[c] != " " and chars.end[c] is not None]
-        sentences.append({"start": min(starts) if starts else None, "end": max(ends) if ends else None,
+        char_starts = [t for t in chars.start[first : last + 1] if t is not None]
+        char_ends = [t for t, char in zip(chars.end[first : last + 1], text[first : last + 1]) if char != " " and t is not None]
+        sentences.append({"start": min(char_starts) if char_starts else None, "end": max(char_ends) if char_ends else None,
                           "text": text[first:stop], "words": _words(chars, first, last)})
     if not sentences:  # punkt found no sentence: keep the words anyway
         sentences.append({"start": None, "end": None, "text": text, "words": _words(chars, 0, len(text) - 1)})
@@ -570,7 +579,7 @@ def _untimed(segment: SegmentText, spaces: bool) -> dict:
     return {"start": segment.start, "end": segment.end, "text": segment.text, "words": _words(chars, 0, len(segment.text) - 1)}
 
 
-def _finish(job: _Job, spans: CharSpans | None, n_frames: int, vocabulary: Vocabulary, splitter) -> list[dict]:
+def _finish(job: _Job, spans: CharSpans | None, n_frames: int, vocabulary: Vocabulary, splitter: PunktSentenceTokenizer) -> list[dict]:
     """Aligned segments (one per sentence group) of one segment, or the untimed segment."""
     if spans is None:
         logger.warning("could not align segment %r: more characters than the path can place; words keep no times", job.segment.text[:80])
@@ -589,7 +598,7 @@ def _trellis_groups(frames: np.ndarray, n_tokens: np.ndarray, max_cells: int) ->
     return groups
 
 
-def _align_batch(jobs: list[_Job], emissions: EmissionBatch, vocabulary: Vocabulary, splitter, options: CtcAlignOptions) -> Iterator[tuple[int, list[dict]]]:
+def _align_batch(jobs: list[_Job], emissions: EmissionBatch, vocabulary: Vocabulary, splitter: PunktSentenceTokenizer, options: CtcAlignOptions) -> Iterator[tuple[int, list[dict]]]:
     """Trellis, backtrack and words of the segments of one emission batch."""
     wildcard_id = emissions.logprobs.shape[2] - 1
     token_ids = [job.plan.token_ids(vocabulary, wildcard_id) for job in jobs]
@@ -608,7 +617,7 @@ def _align_batch(jobs: list[_Job], emissions: EmissionBatch, vocabulary: Vocabul
             yield jobs[row].index, _finish(jobs[row], spans, int(frames[k]), vocabulary, splitter)
 
 
-def align_segments(segments: Sequence[SegmentText], model, metadata: dict, waveform: np.ndarray, device: str,
+def align_segments(segments: Sequence[SegmentText], model: AlignModel, metadata: dict, waveform: np.ndarray, device: str,
                    options: CtcAlignOptions | None = None) -> list[dict]:
     """Word-aligned segments ``{"start", "end", "text", "words": [{"word", "start", "end", "score"}]}``.
 

@@ -218,7 +218,8 @@ def _word_tokens(segment: dict, seg_start: float, seg_end: float) -> list[_Token
     tokens: list[_Token] = []
     previous_start, previous_end = -math.inf, seg_start
     for i, text in enumerate(texts):
-        start = previous_end if starts[i] is None else starts[i]
+        known_start = starts[i]
+        start = previous_end if known_start is None else known_start
         start = max(start, previous_start)
         end = ends[i]
         if end is None:

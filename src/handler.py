@@ -22,41 +22,42 @@ if __name__ == "__main__":
     use_own_temp_dir()
 
 import logging  # noqa: E402
-import os  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
-import audio  # noqa: E402
 import result_store  # noqa: E402
 import rp_schema  # noqa: E402
+from fetch import AudioError  # noqa: E402
 from logs import capture_request_logs, redact, setup_logging  # noqa: E402
 from models import ModelLoadError  # noqa: E402
-from predict import Predictor, UserError  # noqa: E402
+from predict import ProgressFn, Predictor, UserError  # noqa: E402
 from settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("handler")
 
-USER_ERRORS = (rp_schema.ValidationError, audio.AudioError, ModelLoadError, UserError)
+USER_ERRORS = (rp_schema.ValidationError, AudioError, ModelLoadError, UserError)
 
 _predictor: Predictor | None = None
 _predictor_lock = threading.Lock()
 
 
-def get_predictor() -> Predictor:
-    """The process-wide Predictor, created and set up on first use."""
+def get_predictor(settings: WorkerSettings | None = None) -> Predictor:
+    """The process-wide Predictor, created and set up on first use (with ``settings``, else
+    the ENV read now)."""
     global _predictor
     with _predictor_lock:
         if _predictor is None:
-            predictor = Predictor(WorkerSettings.from_env())
+            predictor = Predictor(settings or WorkerSettings.from_env())
             predictor.setup()
             _predictor = predictor
         return _predictor
 
 
-def _progress_sender(job: dict):
+def _progress_sender(job: dict, settings: WorkerSettings) -> ProgressFn | None:
     """Forward stage progress to RunPod (visible in /status) when running under it."""
     # Only a real RunPod worker (RUNPOD_POD_ID set) has a job server to report progress to.
-    if not job.get("id") or not os.environ.get("RUNPOD_POD_ID"):
+    if not job.get("id") or not settings.report_progress:
         return None
     try:
         from runpod.serverless import progress_update
@@ -78,14 +79,6 @@ def _progress_sender(job: dict):
     return send
 
 
-def _log_tail_chars() -> int:
-    """Cap of a response's ``logs`` (LOG_TAIL_CHARS); a bad value falls back to 20,000."""
-    try:
-        return max(0, int(os.environ.get("LOG_TAIL_CHARS", "") or 20_000))
-    except ValueError:
-        return 20_000
-
-
 def _state_may_be_corrupt(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "cuda error" in text or "device-side assert" in text or "illegal memory access" in text
@@ -93,38 +86,45 @@ def _state_may_be_corrupt(exc: BaseException) -> bool:
 
 def handler(job: dict) -> dict:
     """Run one RunPod job; always returns a dict (``{"error": ...}`` on failure)."""
-    with capture_request_logs(_log_tail_chars()) as capture:
+    try:
+        predictor = get_predictor()
+    except Exception as exc:  # start-up failed (e.g. a bad ENV value): answer, do not crash
+        logger.exception("worker set-up failed")
+        return {"error": redact(f"internal error: worker set-up failed: {type(exc).__name__}: {str(exc)[:300]}"), "logs": ""}
+    settings = predictor.settings
+    with capture_request_logs(settings.log_tail_chars) as capture:
         started = time.perf_counter()
         try:
             job_input = job.get("input") if isinstance(job, dict) else None
             if job_input is None:
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
-            options = rp_schema.resolve_options(job_input)
+            options = rp_schema.resolve_options(job_input, settings.request_env)
             logger.info("job %s started: %r", job.get("id", "-"), options)
-            result = get_predictor().predict(options, progress=_progress_sender(job))
+            result = predictor.predict(options, progress=_progress_sender(job, settings))
         except USER_ERRORS as exc:
             message = redact(str(exc))
             logger.warning("job %s rejected: %s", job.get("id", "-") if isinstance(job, dict) else "-", message)
             return {"error": message, "logs": capture.text()}
         except Exception as exc:  # a bug or an OOM must not take the worker down
             logger.exception("job failed")
-            response = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "logs": capture.text()}
+            response: dict[str, Any] = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "logs": capture.text()}
             if _state_may_be_corrupt(exc):
                 # A CUDA context after a device-side error cannot be trusted: ask RunPod for
                 # a fresh worker once this job is answered.
                 response["refresh_worker"] = True
             return response
         logger.info("job %s done in %.2f s", job.get("id", "-"), time.perf_counter() - started)
-        result = result_store.deliver(result, str(job.get("id", "local")))
+        result = result_store.deliver(result, str(job.get("id", "local")), settings.results)
     result["logs"] = capture.text()
     return result
 
 
 def main() -> None:
-    setup_logging()
+    settings = WorkerSettings.from_env()
+    setup_logging(settings.log_path, settings.log_level)
     import runpod
 
-    get_predictor()  # load and warm up before taking jobs
+    get_predictor(settings)  # load and warm up before taking jobs
     runpod.serverless.start({"handler": handler})
 
 

@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
     from handler import handler
     from logs import setup_logging
+    from settings import WorkerSettings
 
-    setup_logging()
+    # The handler's first job sets the worker up (a failure is answered as {"error": ...}).
+    settings = WorkerSettings.from_env()
+    setup_logging(settings.log_path, settings.log_level)
     job_input: dict = {"audio_file": args.audio, "diarization": args.diarization, "align_output": not args.no_align, "debug": args.debug}
     for key in ("language", "model", "output_format"):
         value = getattr(args, key)

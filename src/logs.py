@@ -75,13 +75,14 @@ class _CaptureHandler(logging.Handler):
 _configured_path: Path | None = None
 
 
-def setup_logging(path: str | os.PathLike | None = None, level: str | None = None) -> Path:
+def setup_logging(path: str | os.PathLike[str] = DEFAULT_LOG_PATH, level: str = "INFO") -> Path:
     """Configure the root logger once: stderr + ``container_log.txt`` + per-request capture.
 
+    ``path`` and ``level`` come from the worker's settings (``CONTAINER_LOG_PATH``, ``LOG_LEVEL``).
     Calling it again with the same path is a no-op; returns the log file path.
     """
     global _configured_path
-    log_path = Path(path or os.environ.get("CONTAINER_LOG_PATH", DEFAULT_LOG_PATH)).resolve()
+    log_path = Path(path).resolve()
     if _configured_path == log_path:
         return log_path
     root = logging.getLogger()
@@ -100,7 +101,7 @@ def setup_logging(path: str | os.PathLike | None = None, level: str | None = Non
         handler.setFormatter(formatter)
         handler._whisperx_worker = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    root.setLevel(level)
     # Third-party libraries are chatty at INFO; keep their warnings only.
     for noisy in ("urllib3", "httpx", "numba", "matplotlib", "speechbrain", "fsspec", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -17,6 +17,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from whisperx.asr import WhisperModel
+    from whisperx.vads.pyannote import VoiceActivitySegmentation
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +154,9 @@ class AsrModels:
         self.models_dir = models_dir
         self.cpu_threads = cpu_threads
         self.max_cached = max_cached
-        self._whisper: OrderedDict[tuple[str, str, str], object] = OrderedDict()  # least recently used first
+        self._whisper: OrderedDict[tuple[str, str, str], WhisperModel] = OrderedDict()  # least recently used first
         self._kept: set[tuple[str, str, str]] = set()
-        self._vad = None
+        self._vad: VoiceActivitySegmentation | None = None
         self._lock = threading.Lock()
 
     def resident(self) -> list[tuple[str, str, str]]:
@@ -167,7 +172,7 @@ class AsrModels:
             del self._whisper[key]  # CTranslate2 frees its memory when the last reference goes
             logger.info("ASR model %s (%s) dropped from the cache (MAX_CACHED_MODELS=%d)", key[0], key[1], self.max_cached)
 
-    def whisper(self, model: ResolvedModel, compute_type: str, keep: bool = False):
+    def whisper(self, model: ResolvedModel, compute_type: str, keep: bool = False) -> tuple[WhisperModel, float]:
         """The resident ``WhisperModel`` for (path, compute_type, device); loads on first use.
 
         keep: never drop this one from the cache (the preloaded default).
@@ -203,7 +208,7 @@ class AsrModels:
             logger.info("ASR model loaded in %.2f s", seconds)
             return instance, seconds
 
-    def vad(self):
+    def vad(self) -> VoiceActivitySegmentation:
         """whisperX's bundled pyannote VAD (weights ship in the wheel, so it runs offline).
 
         Its output is frame-level speech scores; thresholds are applied per request in
@@ -240,7 +245,7 @@ def whisper_dimensions(model_path: str) -> WhisperDimensions | None:
     try:
         with open(Path(model_path) / "model.bin", "rb") as handle:
 
-            def read(fmt: str):
+            def read(fmt: str) -> int:
                 return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))[0]
 
             def read_string() -> str:

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ PYANNOTE_MODULES = ("pyannote.audio.utils.reproducibility", "pyannote.audio.core
                     "pyannote.audio.core.pipeline")
 
 
-def keep_precision(device=None) -> None:
+def keep_precision(device: torch.device | None = None) -> None:
     """Stands in for pyannote's ``fix_reproducibility``: the precision policy is the worker's
     (set once by ``apply``), so a pipeline or inference call leaves it as it is."""
 
@@ -37,7 +41,7 @@ def pin_pyannote() -> list[str]:
     patched = []
     for name in PYANNOTE_MODULES:
         try:
-            module = importlib.import_module(name)
+            module: Any = importlib.import_module(name)  # one of pyannote's: its names are replaced below
         except ImportError:
             continue
         if hasattr(module, "fix_reproducibility"):

@@ -2,9 +2,10 @@
 
 download -> probe / ffmpeg resample -> VAD -> language detection -> batched ASR ->
 alignment -> diarization -> response. Each stage is a function in its own module that takes
-data and options and returns data; only this module knows the order, the timings, the
-warnings and the ``debug_info`` sections. Options arrive as a frozen ``RequestOptions`` and
-are turned into per-call option objects, so nothing a request sets outlives it.
+data and options and returns data; only this module knows their order, the timings and the
+warnings (``debug_info`` renders what the stages used and produced; ``warmup`` orders the
+start-up loads and warm-ups). Options arrive as a frozen ``RequestOptions`` and are turned
+into per-call option objects, so nothing a request sets outlives it.
 """
 
 from __future__ import annotations
@@ -17,22 +18,28 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 import alignment
 import asr
 import audio
+import debug_info
+import fetch
 import precision
 import rp_schema
+import speaker_assignment
 import vad
+import warmup
 from models import (
     AsrModels,
-    ModelLoadError,
     effective_compute_type,
     in_models_dir,
     is_allowed,
@@ -42,6 +49,15 @@ from models import (
     whisper_dimensions,
 )
 from settings import WorkerSettings
+
+if TYPE_CHECKING:
+    import torch
+    from faster_whisper.tokenizer import Tokenizer
+    from pyannote.core import SlidingWindowFeature
+    from whisperx.asr import WhisperModel
+    from whisperx.vads.pyannote import VoiceActivitySegmentation
+
+    import diarization
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +114,7 @@ class _RequestState:
     deadline: Deadline = field(default_factory=lambda: Deadline(0.0))
     # Set when the job is over (failed, timed out): its diarization stops at the next batch.
     stop: threading.Event = field(default_factory=threading.Event)
-    diarization_job: Future | None = None
+    diarization_job: Future[diarization.DiarizationOutput] | None = None
     # Speakers the diarization found (before words were assigned), for debug_info.
     diarization_speakers: int | None = None
 
@@ -143,7 +159,7 @@ def decode_options(opts: rp_schema.RequestOptions) -> asr.DecodeOptions:
     )
 
 
-def output_language(language: str | None, task: str) -> str | None:
+def output_language(language: str, task: str) -> str:
     """The language of the transcript's text: English for ``task: "translate"`` (Whisper
     translates into English only), else the spoken ``language``. Alignment needs the
     text's language, not the audio's."""
@@ -173,18 +189,19 @@ class Predictor:
         self.device = "cpu"
         self.asr_models: AsrModels | None = None
         self.aligners: alignment.AlignmentModels | None = None
-        self.diarizers = None
+        self.diarizers: diarization.DiarizationModels | None = None
         self.startup_timings: dict[str, float] = {}
         # One background thread: diarization of the current job overlaps its ASR.
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
-        self._side_stream = None  # torch.cuda.Stream of the diarization thread (GPU only)
+        self._side_stream: torch.cuda.Stream | None = None  # of the diarization thread (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
         self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
 
     # ------------------------------------------------------------------ start-up
     def setup(self) -> None:
-        """Load the default ASR model, the VAD and (when possible) warm them up.
+        """Load the model registries, then the default ASR model, the VAD and the preloaded
+        aligners, warming them up (``warmup.WarmUp``).
 
         A failure to load the default model is logged and remembered, not raised: the worker
         keeps serving requests that name another model.
@@ -202,63 +219,38 @@ class Predictor:
         # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = pick_device(self.settings.device)
-        self.asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
-                                    max_cached=self.settings.max_cached_models)
-        self.aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
+        asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
+                               max_cached=self.settings.max_cached_models)
+        aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
+        self.asr_models, self.aligners = asr_models, aligners
         self._setup_diarization()
         # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
         self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32)
-        # The diarization pipeline loads and warms up in its own thread (where its kernels'
-        # plans must live) while this one loads and warms up the ASR model: start-up takes
-        # the longer of the two instead of their sum.
-        diarization_ready = self._start_diarization_warm_up()
-        name, requested_type = self._preload_choice()
-        compute_type, _ = effective_compute_type(requested_type, self.device)
-        try:
-            resolved = resolve_asr_model(name, self.settings.models_dir, None)
-            _, seconds = self.asr_models.whisper(resolved, compute_type, keep=True)
-            self.startup_timings["model_load_s"] = round(seconds, 3)
-            self.asr_models.vad()
-        except ModelLoadError as exc:
-            self.startup_error = str(exc)
-            logger.error("default model not loaded at start-up: %s", exc)
-        else:
-            if self.settings.warmup:
-                try:
-                    self._warm_up(resolved, compute_type)
-                except Exception as exc:  # an OOM here must not stop the worker serving
-                    logger.warning("ASR warm-up failed (the first job pays for it): %s", exc)
-                    self._release_gpu_cache()
-        self._wait_for_diarization_warm_up(diarization_ready)
-        self._warm_up_aligners()
+        warm_up = warmup.WarmUp(
+            settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
+            diarizers=self.diarizers, diarization_pool=self._diarization_pool,
+            diarization_stream=self._diarization_stream, windows_per_generate=self._windows_per_generate,
+            release_gpu_cache=self._release_gpu_cache, timings=self.startup_timings,
+        )
+        self.startup_error = warm_up.run(*self._preload_choice())
         self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
         logger.info("worker ready on %s in %.1f s", self.device, self.startup_timings["setup_s"])
 
     def _preload_choice(self) -> tuple[str, str]:
         """The model a request with no ``model`` field would get (PRELOAD_MODEL, else the
         ``model`` ENV alias, else the schema default), and likewise its compute type."""
-        environ = os.environ
-        defaults, aliases = rp_schema.defaults(), rp_schema.env_aliases()
-
-        def from_env(field_name: str) -> str | None:
-            return next((environ[n].strip() for n in aliases.get(field_name, ()) if environ.get(n, "").strip()), None)
-
-        name = self.settings.preload_model or from_env("model") or defaults["model"]
-        compute = self.settings.preload_compute_type or from_env("compute_type") or defaults["compute_type"]
+        env, defaults = self.settings.request_env, rp_schema.defaults()
+        name = self.settings.preload_model or env.text("model") or defaults["model"]
+        compute = self.settings.preload_compute_type or env.text("compute_type") or defaults["compute_type"]
         return name, compute
 
     def _default_asr_models(self) -> set[str]:
         """The preloaded ``model`` and the one a request gets without naming one (ENV)."""
-        names = {self._preload_choice()[0]}
-        names.update(os.environ[n].strip() for n in rp_schema.env_aliases()["model"] if os.environ.get(n, "").strip())
-        return names
+        return {self._preload_choice()[0], *self.settings.request_env.texts("model")}
 
-    @staticmethod
-    def _default_diarization_models() -> set[str]:
+    def _default_diarization_models(self) -> set[str]:
         """The ``diarization_model`` a request gets without naming one (schema default, ENV)."""
-        names = {rp_schema.defaults()["diarization_model"]}
-        names.update(os.environ[n].strip() for n in rp_schema.env_aliases()["diarization_model"] if os.environ.get(n, "").strip())
-        return names
+        return {rp_schema.defaults()["diarization_model"], *self.settings.request_env.texts("diarization_model")}
 
     def _setup_diarization(self) -> None:
         try:
@@ -270,93 +262,11 @@ class Predictor:
             kept_models=frozenset(self._default_diarization_models()),
         )
 
-    def _warm_up(self, resolved, compute_type: str) -> None:
-        """Run one tiny transcription so kernels and VAD are initialised before the first job."""
-        started = time.perf_counter()
-        model, _ = self.asr_models.whisper(resolved, compute_type)
-        # On a GPU, a full batch of 30 s windows with beam search (the shapes and kernels a
-        # real job uses, so the first job does not pay for choosing and loading them), then a
-        # short tail batch, as a long file ends; the VAD over 2 minutes, which fills its own
-        # batches of chunks.
-        gpu = self.device == "cuda"
-        seconds, beam, batch, tail = (30.0, 5, rp_schema.defaults()["batch_size"], 3) if gpu else (2.0, 1, 1, 0)
-        noise = self._warm_up_noise(seconds)
-        vad.speech_scores(self.asr_models.vad(), self._warm_up_noise(4 * seconds) if gpu else noise)
-        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * (batch + tail)
-        tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
-        asr.transcribe_windows(model, noise, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
-                               max_rows=self._windows_per_generate(resolved.path, compute_type))
-        self.startup_timings["warmup_s"] = round(time.perf_counter() - started, 3)
-
-    def _warm_up_aligners(self) -> None:
-        """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES``, so the
-        first job pays no load or first-call cost."""
-        started = time.perf_counter()
-        noise = self._warm_up_noise(3.0)
-        for language in self.settings.preload_align_languages:
-            try:
-                aligner, _ = self.aligners.get(language)
-                alignment.ensure_punkt(language)
-                if self.settings.warmup:
-                    # Each new input shape costs cuDNN a one-off plan: on a GPU every shape
-                    # a job can produce is run once (the first 16-min job aligned 1.7x slower
-                    # with only one segment of each length warmed).
-                    shapes = alignment.warm_up_aligner(aligner, noise, self.device)
-                    logger.info("aligner for %s warmed up on %d input shapes", language, shapes)
-            except Exception as exc:  # reported again, as a warning, on requests that need it
-                logger.warning("aligner for %s not preloaded: %s", language, exc)
-        self.startup_timings["aligner_warmup_s"] = round(time.perf_counter() - started, 3)
-
-    @staticmethod
-    def _warm_up_noise(seconds: float):
-        """Quiet white noise (float32, 16 kHz) for warm-up runs."""
-        import numpy as np
-
-        rng = np.random.default_rng(1)
-        return (rng.standard_normal(int(vad.SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
-
-    def _start_diarization_warm_up(self):
-        """Submit the offline diarization pipeline's load (and with WARMUP, one run on noise
-        and CAM++ over its input shapes of up to 64 rows) to the diarization thread; a Future,
-        or None."""
-        if self.diarizers is None:
-            return None
-        # On a GPU, more 10 s chunks than one segmentation batch holds.
-        noise = self._warm_up_noise(90.0 if self.device == "cuda" else 3.0)
-        return self._diarization_pool.submit(self._warm_up_diarization, noise)
-
-    def _wait_for_diarization_warm_up(self, future) -> None:
-        if future is None:
-            return
-        try:
-            future.result()
-        except Exception as exc:  # the pipeline's own failures are reported per request
-            logger.warning("diarization warm-up failed: %s", exc)
-        # Here, not in the diarization thread: freeing device memory synchronises the device,
-        # which would stall the ASR warm-up running meanwhile. Returns the side stream's pool
-        # before the aligner warms up.
-        self._release_gpu_cache()
-
-    def _warm_up_diarization(self, noise) -> None:
-        """In the diarization thread, on its stream: load the offline pipeline and, with
-        WARMUP, run it once and run CAM++ on its input shapes of up to 64 rows
-        (``warm_up_embeddings``; bigger forwards happen only for lengths of <= 5 s)."""
-        started = time.perf_counter()
-        self.diarizers.warm_up()
-        if self.settings.warmup:
-            with self._diarization_stream():
-                self.diarizers.diarize(noise, model="", token=None, min_speakers=None, max_speakers=None,
-                                       num_speakers=None, return_embeddings=False)
-                shapes = self.diarizers.warm_up_embeddings()
-                if shapes:
-                    logger.info("CAM++ warmed up on %d input shapes (up to 64 rows)", shapes)
-        self.startup_timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
-
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
         """Run one request; returns the response dict (without ``logs``, which the handler adds).
 
-        Raises ``UserError`` / ``audio.AudioError`` / ``ModelLoadError`` for problems the
+        Raises ``UserError`` / ``fetch.AudioError`` / ``ModelLoadError`` for problems the
         caller can fix; a failure after ASR becomes a warning and the transcript is kept.
         """
         if self.asr_models is None:
@@ -378,7 +288,8 @@ class Predictor:
             shutil.rmtree(workdir, ignore_errors=True)
             self._release_gpu_cache()
 
-    def _run(self, opts, state: _RequestState, notify: ProgressFn, workdir: Path) -> dict:
+    def _run(self, opts: rp_schema.RequestOptions, state: _RequestState, notify: ProgressFn, workdir: Path) -> dict:
+        assert self.asr_models is not None, "setup() has run (predict() runs it)"
         compute_type, note = effective_compute_type(opts.compute_type, self.device)
         if note:
             state.warn(note)
@@ -390,8 +301,8 @@ class Predictor:
 
         notify("download", None)
         with state.timed("audio_load_s"):
-            policy = audio.FetchPolicy.from_env()
-            path, source = audio.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy)
+            policy = self.settings.fetch
+            path, source = fetch.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy)
             prepared = audio.prepare_audio(path, source, workdir)
         logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)
 
@@ -404,8 +315,8 @@ class Predictor:
             scores = self._speech_scores(vad_model, prepared.waveform, state.deadline)
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
-            windows = vad.fill_batch(scores, windows, vopts, prepared.duration_s, opts.batch_size,
-                                     self.settings.batch_fill_chunk_s(self.device))
+            fill_chunk_s = self.settings.batch_fill_chunk_s(self.device)
+            windows = vad.fill_batch(scores, windows, vopts, prepared.duration_s, opts.batch_size, fill_chunk_s)
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")
 
@@ -428,11 +339,13 @@ class Predictor:
 
         alignment_method = None
         if opts.align_output and kept:
+            assert language is not None  # kept text comes from speech windows, which always get a language
             notify("align", None)
             with state.timed("alignment_s"):
                 segments, alignment_method = self._align(model, tokenizer, prepared.waveform, kept, language, opts, segments, state)
 
-        diarization_backend, embeddings = None, None
+        diarization_backend: str | None = None
+        embeddings: dict[str, list[float]] | None = None
         if diarization_job is not None:
             notify("diarize", None)
             with state.timed("diarization_wait_s"):
@@ -448,21 +361,20 @@ class Predictor:
             response["speaker_embeddings"] = embeddings
         self._attach_formats(response, opts, state)
         if opts.debug:
-            response["debug_info"] = self._debug_info(
-                opts, prepared, resolved, compute_type, dopts, detection, windows, transcripts,
-                alignment_method, diarization_backend, state,
+            stages = debug_info.StageResults(
+                prepared=prepared, model=resolved, compute_type=compute_type, n_mels=asr.mel_bins(model),
+                windows=windows, batch_fill_min_chunk_s=fill_chunk_s, detection=detection,
+                windows_per_generate=max_rows, transcripts=transcripts, alignment_method=alignment_method,
+                diarization_backend=diarization_backend, diarization_speakers=state.diarization_speakers,
+                timings=state.timings,
             )
-            # What the deployed model is, as read from its own files (model.bin, preprocessor_config.json).
-            dims = whisper_dimensions(resolved.path)
-            response["debug_info"]["model"].update(
-                n_mels=asr.mel_bins(model),
-                decoder_layers=dims.decoder_layers if dims else None,
-                d_model=dims.d_model if dims else None,
-            )
+            runtime = debug_info.Runtime(device=self.device, tf32=self.tf32, gpu_stack_warnings=self.startup_warnings,
+                                         startup_timings=self.startup_timings)
+            response["debug_info"] = debug_info.build(opts, dopts, vopts, stages, runtime)
         return response
 
     # ------------------------------------------------------------------ stages
-    def _check_model_fields(self, opts, compute_type: str) -> None:
+    def _check_model_fields(self, opts: rp_schema.RequestOptions, compute_type: str) -> None:
         """Refuse, before anything is loaded, models a request may not name.
 
         A ``model`` or ``diarization_model`` on the worker's disk (folder or YAML) is a local
@@ -471,7 +383,7 @@ class Predictor:
         ``MODELS_DIR``), since each one loaded takes memory. Values set by the operator (ENV
         or default) are trusted.
         """
-        allow_local = audio.FetchPolicy.from_env().allow_local_files
+        allow_local = self.settings.fetch.allow_local_files
         allowed = self.settings.allowed_models
         if _from_request(opts, "model"):
             name = opts.model
@@ -490,7 +402,7 @@ class Predictor:
                                 f"allowed: {', '.join(sorted(self._default_diarization_models() | set(allowed)))})")
 
     @staticmethod
-    def _speech_scores(vad_model, waveform, deadline: Deadline):
+    def _speech_scores(vad_model: VoiceActivitySegmentation, waveform: np.ndarray, deadline: Deadline) -> SlidingWindowFeature:
         """``vad.speech_scores``, checking the job's time budget after each batch of chunks.
 
         whisperX's VAD pipeline passes no hook to its segmentation inference, which is where
@@ -501,7 +413,7 @@ class Predictor:
             return vad.speech_scores(vad_model, waveform)
         inference = vad_model._segmentation
 
-        def hook(*args, **kwargs) -> None:
+        def hook(*args: object, **kwargs: object) -> None:
             deadline.check("vad")
 
         vad_model._segmentation = functools.partial(inference, hook=hook)
@@ -518,7 +430,9 @@ class Predictor:
             return None
         return asr.windows_in_flight(dims.decoder_layers, dims.d_model, budget, 4 if compute_type == "float32" else 2)
 
-    def _transcribe(self, model, waveform, windows, tokenizer, dopts, batch_size, notify, state, max_rows=None):
+    def _transcribe(self, model: WhisperModel, waveform: np.ndarray, windows: Sequence[vad.SpeechWindow], tokenizer: Tokenizer,
+                    dopts: asr.DecodeOptions, batch_size: int, notify: ProgressFn, state: _RequestState,
+                    max_rows: int | None = None) -> list[asr.WindowTranscript]:
         """Batched ASR; on out-of-memory, retry with half the batch (down to 1) and warn."""
         while True:
             try:
@@ -533,7 +447,8 @@ class Predictor:
                 state.warn(f"out of memory at batch_size={batch_size}; retrying with batch_size={batch_size // 2}")
                 batch_size //= 2
 
-    def _language(self, opts, model, waveform, windows, state: _RequestState):
+    def _language(self, opts: rp_schema.RequestOptions, model: WhisperModel, waveform: np.ndarray,
+                  windows: Sequence[vad.SpeechWindow], state: _RequestState) -> tuple[str | None, asr.LanguageDetection | None]:
         """The request's language, or the one detected on speech windows (None when there
         is no speech to judge)."""
         if opts.language:
@@ -556,9 +471,12 @@ class Predictor:
         logger.info("language %s (p=%.2f)", detection.language, detection.probability)
         return detection.language, detection
 
-    def _align(self, model, tokenizer, waveform, kept, language, opts, segments, state):
+    def _align(self, model: WhisperModel, tokenizer: Tokenizer, waveform: np.ndarray, kept: list[asr.WindowTranscript],
+               language: str, opts: rp_schema.RequestOptions, segments: list[dict],
+               state: _RequestState) -> tuple[list[dict], str | None]:
         """wav2vec2 alignment in the language of the text (English when translating), else
         Whisper's own word timings; never raises."""
+        assert self.aligners is not None, "setup() has run"
         language = output_language(language, opts.task)
         check = None if state.deadline.remaining() is None else (lambda: state.deadline.check("alignment"))
         try:
@@ -586,13 +504,15 @@ class Predictor:
         state.warn(f"{reason}; word timestamps come from Whisper's cross-attention instead")
         return aligned, "whisper cross-attention"
 
-    def _start_diarization(self, waveform, opts, state: _RequestState):
+    def _start_diarization(self, waveform: np.ndarray, opts: rp_schema.RequestOptions,
+                           state: _RequestState) -> Future[diarization.DiarizationOutput] | None:
         """Submit diarization to the background thread; returns a Future (or None if unavailable).
 
         The call runs in a copy of this request's context, so its log lines still land in
         this request's ``logs``.
         """
-        if self.diarizers is None:
+        diarizers = self.diarizers
+        if diarizers is None:
             state.warn("diarization is not available in this worker; speakers are not labelled")
             return None
         import diarization
@@ -606,14 +526,14 @@ class Predictor:
             if state.stop.is_set() or state.deadline.expired():
                 raise diarization.Stopped("the job ended before its diarization did")
 
-        def run():
+        def run() -> diarization.DiarizationOutput:
             started = time.perf_counter()
             # How long this job's diarization waited for the thread (another job's run).
             state.timings["diarization_queue_s"] = round(started - submitted, 4)
             try:
                 check(0.0)
                 with self._diarization_stream():
-                    return self.diarizers.diarize(
+                    return diarizers.diarize(
                         waveform,
                         model=opts.diarization_model,
                         token=opts.huggingface_access_token,
@@ -662,11 +582,13 @@ class Predictor:
 
         if self._side_stream is None:  # created by the diarization thread, used only there
             self._side_stream = torch.cuda.Stream()
-        with torch.cuda.stream(self._side_stream):
+        stream = self._side_stream
+        with torch.cuda.stream(stream):
             yield
-        self._side_stream.synchronize()
+        stream.synchronize()
 
-    def _finish_diarization(self, job, segments, state: _RequestState):
+    def _finish_diarization(self, job: Future[diarization.DiarizationOutput], segments: list[dict],
+                            state: _RequestState) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
         """Wait for diarization and label words and segments; a failure leaves them unlabelled."""
         import diarization
 
@@ -685,9 +607,9 @@ class Predictor:
         state.diarization_speakers = len(out.speakers)
         if not segments:
             return segments, out.backend, out.speaker_embeddings
-        return diarization.assign_speakers(segments, out.assignment_turns), out.backend, out.speaker_embeddings
+        return speaker_assignment.assign_speakers(segments, out.assignment_turns), out.backend, out.speaker_embeddings
 
-    def _attach_formats(self, response: dict, opts, state: _RequestState) -> None:
+    def _attach_formats(self, response: dict, opts: rp_schema.RequestOptions, state: _RequestState) -> None:
         """Subtitle/text renderings next to ``segments`` when ``output_format`` asks for one."""
         response["output_format"] = opts.output_format
         if opts.output_format == "json":
@@ -698,95 +620,6 @@ class Predictor:
             state.warn(f"output_format {opts.output_format!r} is not available in this build")
             return
         response["output"] = formats.render(response["segments"], opts.output_format)
-
-    # ------------------------------------------------------------------ debug
-    def _debug_info(self, opts, prepared, resolved, compute_type, dopts, detection, windows, transcripts, alignment_method, diarization_backend, state) -> dict:
-        import torch
-
-        peak_mb = None
-        if self.device == "cuda":
-            peak_mb = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-        vopts = vad_options(opts)
-        return {
-            "audio": prepared.debug_dict(),
-            "runtime": {
-                "device": self.device,
-                "torch_tf32": self.tf32,  # the start-up policy (TORCH_ALLOW_TF32), the same all job long
-                "gpu_stack_warnings": list(self.startup_warnings),
-            },
-            "model": {
-                "path": resolved.path,
-                "origin": resolved.origin,
-                "compute_type": compute_type,
-                "asr_options": {
-                    "beam_size": dopts.beam_size,
-                    "length_penalty": dopts.length_penalty,
-                    "temperatures": list(dopts.temperatures),
-                    "compression_ratio_threshold": dopts.compression_ratio_threshold,
-                    "log_prob_threshold": dopts.log_prob_threshold,
-                    "no_speech_threshold": dopts.no_speech_threshold,
-                    "initial_prompt": dopts.initial_prompt,
-                    "hotwords": dopts.hotwords,
-                    "suppress_numerals": dopts.suppress_numerals,
-                    "task": dopts.task,
-                },
-                "vad_options": {
-                    "vad_onset": vopts.onset,
-                    "vad_offset": vopts.offset,
-                    "min_duration_on": vopts.min_duration_on,
-                    "min_duration_off": vopts.min_duration_off,
-                    "pad_onset": vopts.pad_onset,
-                    "pad_offset": vopts.pad_offset,
-                    "chunk_size": vopts.chunk_size,
-                },
-            },
-            "decode": {
-                "batch_size": opts.batch_size,
-                "beam_size": opts.beam_size,
-                "temperature": opts.temperature,
-                "temperature_increment_on_fallback": opts.temperature_increment_on_fallback,
-                "length_penalty": opts.length_penalty,
-                "language": opts.language,
-                "language_detection": None if detection is None else {
-                    "language": detection.language,
-                    "probability": round(detection.probability, 4),
-                    "met_threshold": detection.met_threshold,
-                    "min_prob": opts.language_detection_min_prob,
-                    "max_tries": opts.language_detection_max_tries,
-                    "tries": detection.tries,
-                },
-                "windows": [
-                    {
-                        "start": round(t.start, 3),
-                        "end": round(t.end, 3),
-                        "avg_logprob": round(t.avg_logprob, 4),
-                        "no_speech_prob": round(t.no_speech_prob, 4),
-                        "compression_ratio": round(t.compression_ratio, 3),
-                        "temperature": t.temperature,
-                        "vad_speech_prob": round(t.speech_prob, 3),
-                        "silent": t.silent,
-                        "screened": t.screened,
-                    }
-                    for t in transcripts
-                ],
-                "vad_windows": len(windows),
-                "batch_fill_min_chunk_s": self.settings.batch_fill_chunk_s(self.device),
-                "windows_per_generate": self._windows_per_generate(resolved.path, compute_type),
-            },
-            "output": {
-                "align_output": opts.align_output,
-                "alignment_method": alignment_method,
-                "diarization": opts.diarization,
-                "diarization_backend": diarization_backend,
-                "diarization_speakers": state.diarization_speakers,
-                "min_speakers": opts.min_speakers,
-                "max_speakers": opts.max_speakers,
-                "output_format": opts.output_format,
-            },
-            "timings": {**state.timings, "startup": dict(self.startup_timings)},
-            "peak_gpu_memory_mb": peak_mb,
-            "option_sources": dict(opts.sources),
-        }
 
     def _reset_gpu_peak(self) -> None:
         if self.device == "cuda":

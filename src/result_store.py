@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Mapping
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -24,24 +23,24 @@ WARN_FRACTION = 0.8
 INLINE_KEYS = ("detected_language", "language_probability", "output_format", "warnings")
 
 
-def inline_limit(environ: Mapping[str, str]) -> int:
-    raw = environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip()
-    try:
-        return int(raw) if raw else DEFAULT_INLINE_LIMIT_BYTES
-    except ValueError:
-        logger.warning("RESULT_INLINE_LIMIT_BYTES=%r is not an integer; using %d", raw, DEFAULT_INLINE_LIMIT_BYTES)
-        return DEFAULT_INLINE_LIMIT_BYTES
+@dataclass(frozen=True)
+class ResultDelivery:
+    """Where a response goes (read from ENV once: ``settings.result_delivery_from_env``).
+
+    inline_limit_bytes: largest serialised response returned inline, in bytes.
+    bucket_configured: RunPod's bucket ENV is complete, so a larger one can be uploaded.
+    bucket_name: the bucket (None: the SDK's default from the endpoint URL).
+    """
+
+    inline_limit_bytes: int = DEFAULT_INLINE_LIMIT_BYTES
+    bucket_configured: bool = False
+    bucket_name: str | None = None
 
 
-def bucket_configured(environ: Mapping[str, str]) -> bool:
-    return all(environ.get(name) for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"))
-
-
-def deliver(response: dict, job_id: str, environ: Mapping[str, str] | None = None) -> dict:
+def deliver(response: dict, job_id: str, delivery: ResultDelivery) -> dict:
     """The response to return for job ``job_id``: itself, or a link to its uploaded copy."""
-    env = os.environ if environ is None else environ
     data = json.dumps(response, ensure_ascii=False).encode("utf-8")
-    limit = inline_limit(env)
+    limit = delivery.inline_limit_bytes
     size_mb = len(data) / 1e6
     if len(data) <= limit:
         if len(data) > WARN_FRACTION * limit:
@@ -50,7 +49,7 @@ def deliver(response: dict, job_id: str, environ: Mapping[str, str] | None = Non
                 "configure BUCKET_ENDPOINT_URL to receive large results as a link"
             )
         return response
-    if not bucket_configured(env):
+    if not delivery.bucket_configured:
         response["warnings"].append(
             f"the result is {size_mb:.1f} MB, over the inline limit of {limit / 1e6:.1f} MB, and no bucket is "
             "configured (BUCKET_ENDPOINT_URL): RunPod may refuse it; use output_format or fewer details"
@@ -60,7 +59,7 @@ def deliver(response: dict, job_id: str, environ: Mapping[str, str] | None = Non
 
     try:
         url = upload_in_memory_object(
-            f"{job_id}.json", data, bucket_name=env.get("BUCKET_NAME") or None, prefix="whisperx-results"
+            f"{job_id}.json", data, bucket_name=delivery.bucket_name, prefix="whisperx-results"
         )
     except Exception as exc:  # a bucket outage must not lose the transcript: return it inline
         logger.warning("result upload failed: %s", type(exc).__name__)

@@ -15,6 +15,13 @@ After typing, every range, choice and cross-field rule is checked on the final
 value whatever its source: runpod's ``rp_validator`` skips constraints when a
 value has the default's type, so it is deliberately not used.
 
+Each field is declared once, as a field of :class:`RequestOptions` whose
+metadata carries its rules (:func:`_option`); the field's type and whether it
+is nullable come from its annotation. The worker reads the ENV side once at
+start-up (:func:`read_request_env`, kept in ``settings.WorkerSettings``); a bad
+ENV value is reported by each request that falls back to it, naming the
+variable, so a request that sets the field itself is still served.
+
 Only the standard library and :mod:`languages` are imported so the module
 loads in milliseconds (no torch, no whisperx).
 """
@@ -25,8 +32,10 @@ import json
 import logging
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -61,15 +70,11 @@ class ValidationError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """Declaration of one request field (private; exported as INPUT_SCHEMA)."""
+class _Rules:
+    """How one request field is read and checked (everything but its name, type, default)."""
 
-    name: str
-    type: type
-    default: Any
     help: str
     env: tuple[str, ...] = ()
-    nullable: bool = False
     min: float | None = None
     max: float | None = None
     min_exclusive: bool = False
@@ -84,164 +89,41 @@ class _Spec:
     secret: bool = False
 
 
-_SPECS: Final[tuple[_Spec, ...]] = (
-    # --- audio source -----------------------------------------------------
-    _Spec("audio_file", str, None, nullable=True,
-          help="URL of the audio to transcribe (or a local path where the "
-               "worker allows it). Required unless audio_base64 is given."),
-    _Spec("audio_base64", str, None, nullable=True, normalize=_KEEP,
-          help="Base64-encoded audio, for clients that cannot host a file. "
-               "Mutually exclusive with audio_file."),
-    _Spec("audio_filename", str, None, nullable=True,
-          help="Optional file name hint (extension) for audio_base64."),
-    # --- model ------------------------------------------------------------
-    _Spec("model", str, "faster-whisper-large-v3-russian", env=("MODEL",),
-          help="Whisper model name, Hub id or local path /models/<model>."),
-    _Spec("language", str, None, nullable=True, normalize=_LOWER,
-          choices=WHISPER_LANGUAGE_CODES,
-          choices_label="a Whisper language code (e.g. en, ru, de)",
-          # No ENV alias on purpose: LANGUAGE is a standard POSIX locale
-          # variable and would silently force a language.
-          help="ISO language code; null = auto-detect."),
-    _Spec("compute_type", str, "float16", env=("COMPUTE_TYPE",),
-          normalize=_LOWER, choices=("float16", "int8", "float32"),
-          help="CTranslate2 compute type."),
-    # --- decoding ---------------------------------------------------------
-    _Spec("batch_size", int, 32, env=("BATCH_SIZE",), min=1, max=256,
-          help="Number of VAD chunks decoded in parallel."),
-    _Spec("beam_size", int, 5, env=("BEAM_SIZE",), min=1, max=20,
-          help="Beam search width."),
-    _Spec("temperature", float, 0.0, env=("TEMPERATURE",), min=0.0, max=1.0,
-          help="Initial sampling temperature (0 = greedy/beam search)."),
-    _Spec("temperature_increment_on_fallback", float, 0.2, nullable=True,
-          env=("TEMPERATURE_INCREMENT_ON_FALLBACK",), min=0.0, max=1.0,
-          help="Temperature step when a decode fails the thresholds; "
-               "null or 0 = no fallback."),
-    # --- VAD --------------------------------------------------------------
-    _Spec("vad_onset", float, 0.300, env=("VAD_ONSET",), min=0.0, max=1.0,
-          min_exclusive=True, max_exclusive=True,
-          help="VAD probability above which speech starts (0..1 exclusive)."),
-    _Spec("vad_offset", float, 0.250, env=("VAD_OFFSET",), min=0.0, max=1.0,
-          min_exclusive=True, max_exclusive=True,
-          help="VAD probability below which speech ends (0..1 exclusive)."),
-    _Spec("min_duration_on", float, 0.08, env=("MIN_DURATION_ON",), min=0.0,
-          help="Shortest speech region kept by VAD, seconds."),
-    _Spec("min_duration_off", float, 0.08, env=("MIN_DURATION_OFF",), min=0.0,
-          help="Shortest silence that splits speech regions, seconds."),
-    _Spec("pad_onset", float, 0.0, env=("PAD_ONSET",), min=0.0, max=10.0,
-          help="Padding added before each speech region, seconds."),
-    _Spec("pad_offset", float, 0.0, env=("PAD_OFFSET",), min=0.0, max=10.0,
-          help="Padding added after each speech region, seconds."),
-    # --- post-processing --------------------------------------------------
-    _Spec("align_output", bool, True, env=("ALIGN_OUTPUT",),
-          help="Word-level alignment with a wav2vec2 model."),
-    _Spec("diarization", bool, True, env=("DIARIZATION", "DIARIZE"),
-          aliases=("diarize",),
-          help="Speaker diarization with pyannote (request alias: diarize)."),
-    _Spec("diarization_model", str, "pyannote/speaker-diarization-3.1",
-          env=("DIARIZATION_MODEL",),
-          help="pyannote pipeline: Hub id or local directory."),
-    _Spec("huggingface_access_token", str, None, nullable=True, secret=True,
-          env=("HUGGINGFACE_ACCESS_TOKEN", "HF_TOKEN"),
-          help="Hugging Face token for gated pyannote models."),
-    _Spec("min_speakers", int, None, nullable=True, env=("MIN_SPEAKERS",),
-          min=1, help="Lower bound on the number of speakers."),
-    _Spec("max_speakers", int, None, nullable=True, env=("MAX_SPEAKERS",),
-          min=1, help="Upper bound on the number of speakers."),
-    _Spec("num_speakers", int, None, nullable=True, min=1,
-          help="Exact number of speakers, when known."),
-    # --- ASR thresholds ---------------------------------------------------
-    _Spec("length_penalty", float, 1.1, env=("LENGTH_PENALTY",), min=0.0,
-          max=10.0, min_exclusive=True,
-          help="Beam search length penalty exponent."),
-    _Spec("no_speech_threshold", float, 0.6, nullable=True,
-          env=("NO_SPEECH_THRESHOLD",), min=0.0, max=1.0,
-          help="Skip a window whose no-speech probability exceeds this."),
-    _Spec("log_prob_threshold", float, -1.0, nullable=True,
-          env=("LOG_PROB_THRESHOLD", "LOGPROB_THRESHOLD"), max=0.0,
-          help="Retry/skip when the average log probability is below this."),
-    _Spec("compression_ratio_threshold", float, 2.4, nullable=True,
-          env=("COMPRESSION_RATIO_THRESHOLD",), min=0.0, min_exclusive=True,
-          help="Retry when the gzip compression ratio exceeds this."),
-    _Spec("language_detection_min_prob", float, 0.5,
-          env=("LANGUAGE_DETECTION_MIN_PROB",), min=0.0, max=1.0,
-          help="Minimum probability to accept a detected language."),
-    _Spec("language_detection_max_tries", int, 3,
-          env=("LANGUAGE_DETECTION_MAX_TRIES",), min=1, max=20,
-          help="Audio windows tried before giving up on detection."),
-    # --- output -----------------------------------------------------------
-    _Spec("output_format", str, "json", env=("OUTPUT_FORMAT",),
-          normalize=_LOWER, choices=("json", "srt", "vtt", "txt", "tsv"),
-          help="Format of the transcript returned."),
-    _Spec("debug", bool, False, env=("DEBUG",),
-          help="Add timings and a debug_info object to the response."),
-    # --- decoding extras --------------------------------------------------
-    _Spec("initial_prompt", str, None, nullable=True, normalize=_KEEP,
-          help="Text that conditions the first window (vocabulary, style)."),
-    _Spec("hotwords", str, None, nullable=True, normalize=_KEEP,
-          help="Words to bias decoding towards."),
-    _Spec("suppress_numerals", bool, False,
-          help="Spell numbers out as words instead of digits."),
-    _Spec("task", str, "transcribe", normalize=_LOWER,
-          choices=("transcribe", "translate"),
-          help="transcribe, or translate into English."),
-    _Spec("return_speaker_embeddings", bool, False,
-          help="Return one embedding vector per diarized speaker."),
-)  # fmt: skip
-
-_SPEC_BY_NAME: Final[Mapping[str, _Spec]] = MappingProxyType(
-    {spec.name: spec for spec in _SPECS}
-)
-_ALIAS_TO_FIELD: Final[Mapping[str, str]] = MappingProxyType(
-    {alias: spec.name for spec in _SPECS for alias in spec.aliases}
-)
+_RULES_KEY: Final = "request_field"
 
 
-def _schema_entry(spec: _Spec) -> dict[str, Any]:
-    """Describe one field as a plain dict (the public INPUT_SCHEMA form)."""
-    entry: dict[str, Any] = {
-        "type": spec.type,
-        "default": spec.default,
-        "env": spec.env,
-        "nullable": spec.nullable,
-        "help": spec.help,
-    }
-    if spec.min is not None:
-        entry["min"] = spec.min
-        entry["min_exclusive"] = spec.min_exclusive
-    if spec.max is not None:
-        entry["max"] = spec.max
-        entry["max_exclusive"] = spec.max_exclusive
-    if spec.choices is not None:
-        entry["choices"] = spec.choices
-    if spec.aliases:
-        entry["aliases"] = spec.aliases
-    return entry
+def _option(default: Any, help: str, **rules: Any) -> Any:
+    """Declare a request field: its default and its :class:`_Rules` (help, ENV aliases, range...)."""
+    return field(default=default, metadata={_RULES_KEY: _Rules(help=help, **rules)})
 
 
-#: Field name -> {type, default, env, nullable, help[, min, min_exclusive,
-#: max, max_exclusive, choices, aliases]}. ``env`` lists ENV names, first wins.
-INPUT_SCHEMA: Final[dict[str, dict[str, Any]]] = {
-    spec.name: _schema_entry(spec) for spec in _SPECS
-}
+@dataclass(frozen=True)
+class _Spec:
+    """One request field as resolution sees it: name, scalar type, default and rules."""
 
+    name: str
+    type: type
+    default: Any
+    nullable: bool
+    rules: _Rules
 
-def env_aliases() -> dict[str, tuple[str, ...]]:
-    """Return field -> ENV names (first wins) for fields that have any."""
-    return {spec.name: spec.env for spec in _SPECS if spec.env}
+    # The rules, read as attributes of the field.
+    @property
+    def env(self) -> tuple[str, ...]:
+        return self.rules.env
 
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.rules.aliases
 
-def defaults() -> dict[str, Any]:
-    """Return field -> default value for every request field."""
-    return {spec.name: spec.default for spec in _SPECS}
-
-
-_D: Final = defaults()
+    @property
+    def secret(self) -> bool:
+        return self.rules.secret
 
 
 @dataclass(frozen=True, repr=False)
 class RequestOptions:
-    """Fully resolved and validated options of one job.
+    """Fully resolved and validated options of one job; each field declared here once.
 
     Build it with :func:`resolve_options`; direct construction (e.g. in tests)
     skips validation. Durations are in seconds; probabilities in [0, 1].
@@ -249,48 +131,108 @@ class RequestOptions:
     ``"default"``.
     """
 
-    audio_file: str | None = _D["audio_file"]
-    audio_base64: str | None = _D["audio_base64"]
-    audio_filename: str | None = _D["audio_filename"]
-    model: str = _D["model"]
-    language: str | None = _D["language"]
-    compute_type: str = _D["compute_type"]
-    batch_size: int = _D["batch_size"]
-    beam_size: int = _D["beam_size"]
-    temperature: float = _D["temperature"]
-    temperature_increment_on_fallback: float | None = _D[
-        "temperature_increment_on_fallback"
-    ]
-    vad_onset: float = _D["vad_onset"]
-    vad_offset: float = _D["vad_offset"]
-    min_duration_on: float = _D["min_duration_on"]
-    min_duration_off: float = _D["min_duration_off"]
-    pad_onset: float = _D["pad_onset"]
-    pad_offset: float = _D["pad_offset"]
-    align_output: bool = _D["align_output"]
-    diarization: bool = _D["diarization"]
-    diarization_model: str = _D["diarization_model"]
-    huggingface_access_token: str | None = _D["huggingface_access_token"]
-    min_speakers: int | None = _D["min_speakers"]
-    max_speakers: int | None = _D["max_speakers"]
-    num_speakers: int | None = _D["num_speakers"]
-    length_penalty: float = _D["length_penalty"]
-    no_speech_threshold: float | None = _D["no_speech_threshold"]
-    log_prob_threshold: float | None = _D["log_prob_threshold"]
-    compression_ratio_threshold: float | None = _D["compression_ratio_threshold"]
-    language_detection_min_prob: float = _D["language_detection_min_prob"]
-    language_detection_max_tries: int = _D["language_detection_max_tries"]
-    output_format: str = _D["output_format"]
-    debug: bool = _D["debug"]
-    initial_prompt: str | None = _D["initial_prompt"]
-    hotwords: str | None = _D["hotwords"]
-    suppress_numerals: bool = _D["suppress_numerals"]
-    task: str = _D["task"]
-    return_speaker_embeddings: bool = _D["return_speaker_embeddings"]
-    # Excluded from eq/hash: provenance is not part of the option values.
-    sources: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType({}), compare=False
+    # --- audio source -----------------------------------------------------
+    audio_file: str | None = _option(
+        None, "URL of the audio to transcribe (or a local path where the worker allows it). Required unless audio_base64 is given."
     )
+    audio_base64: str | None = _option(
+        None, "Base64-encoded audio, for clients that cannot host a file. Mutually exclusive with audio_file.", normalize=_KEEP
+    )
+    audio_filename: str | None = _option(None, "Optional file name hint (extension) for audio_base64.")
+    # --- model ------------------------------------------------------------
+    model: str = _option("faster-whisper-large-v3-russian", "Whisper model name, Hub id or local path /models/<model>.", env=("MODEL",))
+    # No ENV alias on purpose: LANGUAGE is a standard POSIX locale variable and
+    # would silently force a language.
+    language: str | None = _option(
+        None,
+        "ISO language code; null = auto-detect.",
+        normalize=_LOWER,
+        choices=WHISPER_LANGUAGE_CODES,
+        choices_label="a Whisper language code (e.g. en, ru, de)",
+    )
+    compute_type: str = _option(
+        "float16", "CTranslate2 compute type.", env=("COMPUTE_TYPE",), normalize=_LOWER, choices=("float16", "int8", "float32")
+    )
+    # --- decoding ---------------------------------------------------------
+    batch_size: int = _option(32, "Number of VAD chunks decoded in parallel.", env=("BATCH_SIZE",), min=1, max=256)
+    beam_size: int = _option(5, "Beam search width.", env=("BEAM_SIZE",), min=1, max=20)
+    temperature: float = _option(0.0, "Initial sampling temperature (0 = greedy/beam search).", env=("TEMPERATURE",), min=0.0, max=1.0)
+    temperature_increment_on_fallback: float | None = _option(
+        0.2,
+        "Temperature step when a decode fails the thresholds; null or 0 = no fallback.",
+        env=("TEMPERATURE_INCREMENT_ON_FALLBACK",),
+        min=0.0,
+        max=1.0,
+    )
+    # --- VAD --------------------------------------------------------------
+    vad_onset: float = _option(
+        0.300,
+        "VAD probability above which speech starts (0..1 exclusive).",
+        env=("VAD_ONSET",),
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+        max_exclusive=True,
+    )
+    vad_offset: float = _option(
+        0.250,
+        "VAD probability below which speech ends (0..1 exclusive).",
+        env=("VAD_OFFSET",),
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+        max_exclusive=True,
+    )
+    min_duration_on: float = _option(0.08, "Shortest speech region kept by VAD, seconds.", env=("MIN_DURATION_ON",), min=0.0)
+    min_duration_off: float = _option(0.08, "Shortest silence that splits speech regions, seconds.", env=("MIN_DURATION_OFF",), min=0.0)
+    pad_onset: float = _option(0.0, "Padding added before each speech region, seconds.", env=("PAD_ONSET",), min=0.0, max=10.0)
+    pad_offset: float = _option(0.0, "Padding added after each speech region, seconds.", env=("PAD_OFFSET",), min=0.0, max=10.0)
+    # --- post-processing --------------------------------------------------
+    align_output: bool = _option(True, "Word-level alignment with a wav2vec2 model.", env=("ALIGN_OUTPUT",))
+    diarization: bool = _option(
+        True, "Speaker diarization with pyannote (request alias: diarize).", env=("DIARIZATION", "DIARIZE"), aliases=("diarize",)
+    )
+    diarization_model: str = _option(
+        "pyannote/speaker-diarization-3.1", "pyannote pipeline: Hub id or local directory.", env=("DIARIZATION_MODEL",)
+    )
+    huggingface_access_token: str | None = _option(
+        None, "Hugging Face token for gated pyannote models.", secret=True, env=("HUGGINGFACE_ACCESS_TOKEN", "HF_TOKEN")
+    )
+    min_speakers: int | None = _option(None, "Lower bound on the number of speakers.", env=("MIN_SPEAKERS",), min=1)
+    max_speakers: int | None = _option(None, "Upper bound on the number of speakers.", env=("MAX_SPEAKERS",), min=1)
+    num_speakers: int | None = _option(None, "Exact number of speakers, when known.", min=1)
+    # --- ASR thresholds ---------------------------------------------------
+    length_penalty: float = _option(
+        1.1, "Beam search length penalty exponent.", env=("LENGTH_PENALTY",), min=0.0, max=10.0, min_exclusive=True
+    )
+    no_speech_threshold: float | None = _option(
+        0.6, "Skip a window whose no-speech probability exceeds this.", env=("NO_SPEECH_THRESHOLD",), min=0.0, max=1.0
+    )
+    log_prob_threshold: float | None = _option(
+        -1.0, "Retry/skip when the average log probability is below this.", env=("LOG_PROB_THRESHOLD", "LOGPROB_THRESHOLD"), max=0.0
+    )
+    compression_ratio_threshold: float | None = _option(
+        2.4, "Retry when the gzip compression ratio exceeds this.", env=("COMPRESSION_RATIO_THRESHOLD",), min=0.0, min_exclusive=True
+    )
+    language_detection_min_prob: float = _option(
+        0.5, "Minimum probability to accept a detected language.", env=("LANGUAGE_DETECTION_MIN_PROB",), min=0.0, max=1.0
+    )
+    language_detection_max_tries: int = _option(
+        3, "Audio windows tried before giving up on detection.", env=("LANGUAGE_DETECTION_MAX_TRIES",), min=1, max=20
+    )
+    # --- output -----------------------------------------------------------
+    output_format: str = _option(
+        "json", "Format of the transcript returned.", env=("OUTPUT_FORMAT",), normalize=_LOWER, choices=("json", "srt", "vtt", "txt", "tsv")
+    )
+    debug: bool = _option(False, "Add timings and a debug_info object to the response.", env=("DEBUG",))
+    # --- decoding extras --------------------------------------------------
+    initial_prompt: str | None = _option(None, "Text that conditions the first window (vocabulary, style).", normalize=_KEEP)
+    hotwords: str | None = _option(None, "Words to bias decoding towards.", normalize=_KEEP)
+    suppress_numerals: bool = _option(False, "Spell numbers out as words instead of digits.")
+    task: str = _option("transcribe", "transcribe, or translate into English.", normalize=_LOWER, choices=("transcribe", "translate"))
+    return_speaker_embeddings: bool = _option(False, "Return one embedding vector per diarized speaker.")
+    # Excluded from eq/hash: provenance is not part of the option values.
+    sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def to_dict(self, redact: bool = True) -> dict[str, Any]:
         """Return the option values as a JSON-native dict (no ``sources``).
@@ -300,9 +242,7 @@ class RequestOptions:
         credentials in the audio URL (user info, query string, which is where
         presigned URLs carry their signature) are masked.
         """
-        data = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
         if redact:
             if data["huggingface_access_token"] is not None:
                 data["huggingface_access_token"] = REDACTED
@@ -317,6 +257,60 @@ class RequestOptions:
         (prompts) is shortened so one request cannot flood the container log."""
         body = ", ".join(f"{k}={_short(v)!r}" for k, v in self.to_dict(redact=True).items())
         return f"RequestOptions({body})"
+
+
+def _spec_of(option: Field[Any], annotation: Any) -> _Spec:
+    """The :class:`_Spec` of one declared field: ``X | None`` makes it nullable of type X."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    scalar = [member for member in members if member is not type(None)]
+    assert len(scalar) == 1, f"{option.name}: one scalar type expected, got {annotation!r}"
+    return _Spec(option.name, scalar[0], option.default, len(scalar) < len(members), option.metadata[_RULES_KEY])
+
+
+_HINTS: Final = typing.get_type_hints(RequestOptions)
+_SPECS: Final[tuple[_Spec, ...]] = tuple(
+    _spec_of(option, _HINTS[option.name]) for option in fields(RequestOptions) if _RULES_KEY in option.metadata
+)
+_SPEC_BY_NAME: Final[Mapping[str, _Spec]] = MappingProxyType({spec.name: spec for spec in _SPECS})
+_ALIAS_TO_FIELD: Final[Mapping[str, str]] = MappingProxyType({alias: spec.name for spec in _SPECS for alias in spec.aliases})
+
+
+def _schema_entry(spec: _Spec) -> dict[str, Any]:
+    """Describe one field as a plain dict (the public INPUT_SCHEMA form)."""
+    rules = spec.rules
+    entry: dict[str, Any] = {
+        "type": spec.type,
+        "default": spec.default,
+        "env": rules.env,
+        "nullable": spec.nullable,
+        "help": rules.help,
+    }
+    if rules.min is not None:
+        entry["min"] = rules.min
+        entry["min_exclusive"] = rules.min_exclusive
+    if rules.max is not None:
+        entry["max"] = rules.max
+        entry["max_exclusive"] = rules.max_exclusive
+    if rules.choices is not None:
+        entry["choices"] = rules.choices
+    if rules.aliases:
+        entry["aliases"] = rules.aliases
+    return entry
+
+
+#: Field name -> {type, default, env, nullable, help[, min, min_exclusive,
+#: max, max_exclusive, choices, aliases]}. ``env`` lists ENV names, first wins.
+INPUT_SCHEMA: Final[dict[str, dict[str, Any]]] = {spec.name: _schema_entry(spec) for spec in _SPECS}
+
+
+def env_aliases() -> dict[str, tuple[str, ...]]:
+    """Return field -> ENV names (first wins) for fields that have any."""
+    return {spec.name: spec.env for spec in _SPECS if spec.env}
+
+
+def defaults() -> dict[str, Any]:
+    """Return field -> default value for every request field."""
+    return {spec.name: spec.default for spec in _SPECS}
 
 
 def _short(value: Any, limit: int = 200) -> Any:
@@ -346,18 +340,70 @@ def _redact_url(location: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def resolve_options(
-    job_input: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> RequestOptions:
+@dataclass(frozen=True)
+class _EnvEntry:
+    """The ENV side of one field, read once: the winning variable and what it gives."""
+
+    name: str
+    text: str
+    value: Any = None
+    # Raised by each request that falls back to this variable (the request may set the field itself).
+    error: ValidationError | None = None
+    # Other aliases set to a different value, as (name, text): ignored, and said so when the value is used.
+    shadowed: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestEnv:
+    """The request fields' ENV values, parsed and checked once (:func:`read_request_env`)."""
+
+    entries: Mapping[str, _EnvEntry] = field(default_factory=lambda: MappingProxyType({}))
+
+    def text(self, field_name: str) -> str | None:
+        """The winning ENV text of ``field_name`` (stripped), or None when no alias is set."""
+        entry = self.entries.get(field_name)
+        return None if entry is None else entry.text
+
+    def texts(self, field_name: str) -> list[str]:
+        """Every alias of ``field_name`` that is set, winner first (stripped texts)."""
+        entry = self.entries.get(field_name)
+        return [] if entry is None else [entry.text, *(text for _, text in entry.shadowed)]
+
+
+def read_request_env(environ: Mapping[str, str]) -> RequestEnv:
+    """Read, parse and check the ENV aliases of every request field (at start-up)."""
+    entries: dict[str, _EnvEntry] = {}
+    for spec in _SPECS:
+        found = _env_value(spec, environ)
+        if found is None:
+            continue
+        env_name, text, shadowed = found
+        try:
+            value = _parse_env(spec, env_name, text)
+            if value is not None:
+                _check_constraints(spec, value, f"env:{env_name}")
+        except ValidationError as exc:
+            entries[spec.name] = _EnvEntry(env_name, text, error=exc, shadowed=shadowed)
+        else:
+            entries[spec.name] = _EnvEntry(env_name, text, value, shadowed=shadowed)
+    return RequestEnv(MappingProxyType(entries))
+
+
+def resolve_options(job_input: Mapping[str, Any], environ: RequestEnv | Mapping[str, str] | None = None) -> RequestOptions:
     """Resolve request -> ENV -> default for every field and validate.
 
-    ``environ`` defaults to :data:`os.environ`, read at call time. Raises
-    :class:`ValidationError` with a message naming the field (and the ENV
-    variable, for ENV problems) on the first problem found.
+    ``environ`` is the worker's :class:`RequestEnv`, read once at start-up; a
+    plain mapping (or None: :data:`os.environ` at call time) is read here, for
+    callers outside the worker. Raises :class:`ValidationError` with a message
+    naming the field (and the ENV variable, for ENV problems) on the first
+    problem found.
     """
     if not isinstance(job_input, Mapping):
         raise ValidationError("input must be a JSON object")
-    env = os.environ if environ is None else environ
+    if isinstance(environ, RequestEnv):
+        env = environ
+    else:
+        env = read_request_env(os.environ if environ is None else environ)
     _check_unknown_keys(job_input)
 
     values: dict[str, Any] = {}
@@ -372,34 +418,35 @@ def resolve_options(
 
 def _check_unknown_keys(job_input: Mapping[Any, Any]) -> None:
     """Reject keys that are neither a field nor a request alias, all at once."""
-    unknown = sorted(
-        str(key)
-        for key in job_input
-        if key not in _SPEC_BY_NAME and key not in _ALIAS_TO_FIELD
-    )
+    unknown = sorted(str(key) for key in job_input if key not in _SPEC_BY_NAME and key not in _ALIAS_TO_FIELD)
     if unknown:
         raise ValidationError(f"unknown input field(s): {', '.join(unknown)}")
 
 
-def _resolve_field(
-    spec: _Spec, job_input: Mapping[str, Any], env: Mapping[str, str]
-) -> tuple[Any, str]:
+def _resolve_field(spec: _Spec, job_input: Mapping[str, Any], env: RequestEnv) -> tuple[Any, str]:
     """Return (validated value, source) for one field."""
     given, raw, key = _request_value(spec, job_input)
     if given:
         value = None if raw is None else _coerce_request(spec, raw, key)
-        source = "request"
-    else:
-        found = _env_value(spec, env)
-        if found is not None:
-            env_name, text = found
-            value = _parse_env(spec, env_name, text)
-            source = f"env:{env_name}"
-        else:
-            value, source = spec.default, "default"
-    if value is not None:
-        _check_constraints(spec, value, source)
-    return value, source
+        if value is not None:
+            _check_constraints(spec, value, "request")
+        return value, "request"
+    entry = env.entries.get(spec.name)
+    if entry is None:
+        if spec.default is not None:
+            _check_constraints(spec, spec.default, "default")
+        return spec.default, "default"
+    for shadowed, _ in entry.shadowed:
+        # Values are not logged: one of these aliases holds a token.
+        logger.warning(
+            "ENV %s is ignored for %s because %s is also set and wins",
+            shadowed,
+            spec.name,
+            entry.name,
+        )
+    if entry.error is not None:
+        raise entry.error
+    return entry.value, f"env:{entry.name}"
 
 
 def _is_blank(value: Any) -> bool:
@@ -407,9 +454,7 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _request_value(
-    spec: _Spec, job_input: Mapping[str, Any]
-) -> tuple[bool, Any, str]:
+def _request_value(spec: _Spec, job_input: Mapping[str, Any]) -> tuple[bool, Any, str]:
     """Return (given, raw value, key used) from the request, honouring aliases.
 
     A blank value counts as an explicit ``None`` for nullable fields and as
@@ -422,8 +467,7 @@ def _request_value(
         if len(set(typed.values())) > 1:
             shown = " and ".join(f"{key}={json.dumps(typed[key])}" for key in present)
             raise ValidationError(
-                f"{shown} disagree; give only one of "
-                f"{' / '.join(present)}",
+                f"{shown} disagree; give only one of {' / '.join(present)}",
                 spec.name,
             )
     if present:
@@ -433,20 +477,18 @@ def _request_value(
     return False, None, spec.name
 
 
-def _env_value(spec: _Spec, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """Return (ENV name, stripped text) of the first alias set and non-empty."""
+def _env_value(spec: _Spec, env: Mapping[str, str]) -> tuple[str, str, tuple[tuple[str, str], ...]] | None:
+    """Return (ENV name, stripped text, shadowed aliases) of the first alias set and non-empty.
+
+    Shadowed aliases are the later ones set to a different text, as (name, text).
+    """
     set_names = [name for name in spec.env if env.get(name, "").strip()]
     if not set_names:
         return None
     winner = set_names[0]
-    for shadowed in set_names[1:]:
-        if env[shadowed].strip() != env[winner].strip():
-            # Values are not logged: one of these aliases holds a token.
-            logger.warning(
-                "ENV %s is ignored for %s because %s is also set and wins",
-                shadowed, spec.name, winner,
-            )
-    return winner, env[winner].strip()
+    text = env[winner].strip()
+    shadowed = tuple((name, env[name].strip()) for name in set_names[1:] if env[name].strip() != text)
+    return winner, text, shadowed
 
 
 def _describe(spec: _Spec, value: Any) -> str:
@@ -469,9 +511,7 @@ def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
     key = key or spec.name
     expected = {bool: "a JSON boolean (true/false)", int: "an integer",
                 float: "a number", str: "a string"}[spec.type]  # fmt: skip
-    problem = ValidationError(
-        f"{key} must be {expected} (got {_describe(spec, value)})", spec.name
-    )
+    problem = ValidationError(f"{key} must be {expected} (got {_describe(spec, value)})", spec.name)
     if spec.type is bool:
         if isinstance(value, bool):
             return value
@@ -498,17 +538,15 @@ def _finite_float(spec: _Spec, value: int | float, where: str) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ValidationError(
-            f"{where} must be a finite number (got {value!r})", spec.name
-        )
+        raise ValidationError(f"{where} must be a finite number (got {value!r})", spec.name)
     return number
 
 
 def _normalize(spec: _Spec, text: str) -> str:
     """Tidy a string value according to the field's normalisation rule."""
-    if spec.normalize == _LOWER:
+    if spec.rules.normalize == _LOWER:
         return text.strip().lower()
-    if spec.normalize == _STRIP:
+    if spec.rules.normalize == _STRIP:
         return text.strip()
     return text
 
@@ -528,8 +566,7 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
         }[spec.type]
         shown = "<hidden>" if spec.secret else repr(text)
         raise ValidationError(
-            f"environment variable {env_name}={shown} is not valid for "
-            f"{spec.name}: expected {expected}",
+            f"environment variable {env_name}={shown} is not valid for {spec.name}: expected {expected}",
             spec.name,
         )
     return parsed
@@ -570,27 +607,19 @@ def _origin(source: str) -> str:
 
 def _check_constraints(spec: _Spec, value: Any, source: str) -> None:
     """Enforce choices and numeric ranges on a typed, non-null value."""
-    if spec.choices is not None and value not in spec.choices:
-        if spec.choices_label:
-            message = f"{spec.name} {value!r}{_origin(source)} is not {spec.choices_label}"
+    if spec.rules.choices is not None and value not in spec.rules.choices:
+        if spec.rules.choices_label:
+            message = f"{spec.name} {value!r}{_origin(source)} is not {spec.rules.choices_label}"
         else:
-            message = (
-                f"{spec.name} must be one of {', '.join(spec.choices)} "
-                f"(got {value!r}{_origin(source)})"
-            )
+            message = f"{spec.name} must be one of {', '.join(spec.rules.choices)} (got {value!r}{_origin(source)})"
         raise ValidationError(message, spec.name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    too_low = spec.min is not None and (
-        value <= spec.min if spec.min_exclusive else value < spec.min
-    )
-    too_high = spec.max is not None and (
-        value >= spec.max if spec.max_exclusive else value > spec.max
-    )
+    too_low = spec.rules.min is not None and (value <= spec.rules.min if spec.rules.min_exclusive else value < spec.rules.min)
+    too_high = spec.rules.max is not None and (value >= spec.rules.max if spec.rules.max_exclusive else value > spec.rules.max)
     if too_low or too_high:
         raise ValidationError(
-            f"{spec.name} must be {_range_text(spec)} "
-            f"(got {value!r}{_origin(source)})",
+            f"{spec.name} must be {_range_text(spec)} (got {value!r}{_origin(source)})",
             spec.name,
         )
 
@@ -598,10 +627,10 @@ def _check_constraints(spec: _Spec, value: Any, source: str) -> None:
 def _range_text(spec: _Spec) -> str:
     """Describe a field's allowed range, e.g. '> 0 and < 1'."""
     parts = []
-    if spec.min is not None:
-        parts.append(f"{'>' if spec.min_exclusive else '>='} {spec.min:g}")
-    if spec.max is not None:
-        parts.append(f"{'<' if spec.max_exclusive else '<='} {spec.max:g}")
+    if spec.rules.min is not None:
+        parts.append(f"{'>' if spec.rules.min_exclusive else '>='} {spec.rules.min:g}")
+    if spec.rules.max is not None:
+        parts.append(f"{'<' if spec.rules.max_exclusive else '<='} {spec.rules.max:g}")
     return " and ".join(parts)
 
 
@@ -612,9 +641,7 @@ def _check_audio_source(values: Mapping[str, Any]) -> None:
     if not has_file and not has_base64:
         raise ValidationError("audio_file is required (or audio_base64)", "audio_file")
     if has_file and has_base64:
-        raise ValidationError(
-            "give either audio_file or audio_base64, not both", "audio_file"
-        )
+        raise ValidationError("give either audio_file or audio_base64, not both", "audio_file")
     if values["audio_filename"] is not None and not has_base64:
         raise ValidationError(
             "audio_filename is only allowed together with audio_base64",

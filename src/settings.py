@@ -1,19 +1,34 @@
-"""Worker-level settings: read once from ENV at start-up (never per request).
+"""Worker settings: every ENV variable the worker reads, parsed once at start-up.
 
-Per-request parameters and their ENV fallbacks live in ``rp_schema``; this module holds what
-configures the worker process itself: where models live, which device to use, log limits.
+``WorkerSettings.from_env`` is the one place ENV is read; the object is handed to whoever
+needs a part of it (the Predictor, the handler, the fetcher, the result delivery), so no
+module reads ``os.environ`` per request. What it holds:
+
+- the worker process itself: where models live, which device to use, warm-up, log limits;
+- ``fetch``: the download limits and permissions (:class:`fetch.FetchPolicy`);
+- ``results``: where large results go (:class:`ResultDelivery`);
+- ``request_env``: the request fields' ENV aliases (``rp_schema.read_request_env``); the
+  fields themselves, their defaults and rules are declared in ``rp_schema``.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
+from logs import DEFAULT_LOG_PATH
+from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
+from rp_schema import RequestEnv, read_request_env
+
+logger = logging.getLogger(__name__)
 
 
 def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -105,6 +120,18 @@ class WorkerSettings:
         diarization, log-mel features; the aligner runs in float16) use TF32
         (``TORCH_ALLOW_TF32``, default on). Set once at start-up for the whole process
         (``precision.apply``); pyannote may no longer change it.
+    fetch: download limits and permissions (``MAX_AUDIO_BYTES``, ``DOWNLOAD_CONNECT_TIMEOUT``,
+        ``DOWNLOAD_READ_TIMEOUT``, ``ALLOW_PRIVATE_URLS``, ``ALLOW_LOCAL_FILES``); the
+        fetcher takes it, and so do the model checks (a local ``model`` path needs
+        ``ALLOW_LOCAL_FILES`` like a local ``audio_file``).
+    results: inline limit and bucket of large results (``RESULT_INLINE_LIMIT_BYTES``,
+        RunPod's ``BUCKET_*``).
+    request_env: the request fields' ENV aliases, parsed and checked once; a request falls
+        back to them field by field (``rp_schema.resolve_options``).
+    log_path, log_level: the container log file and the root log level (``CONTAINER_LOG_PATH``,
+        ``LOG_LEVEL``), for ``logs.setup_logging``.
+    report_progress: send stage progress to RunPod's job server (set when ``RUNPOD_POD_ID``
+        says the process runs on RunPod).
     """
 
     models_dir: str = "/models"
@@ -124,6 +151,12 @@ class WorkerSettings:
     allowed_models: tuple[str, ...] = ()
     max_cached_models: int = 2
     torch_allow_tf32: bool = True
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    results: ResultDelivery = field(default_factory=ResultDelivery)
+    request_env: RequestEnv = field(default_factory=RequestEnv)
+    report_progress: bool = False
+    log_path: str = DEFAULT_LOG_PATH
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -145,7 +178,8 @@ class WorkerSettings:
             preload_model=env.get("PRELOAD_MODEL", "").strip(),
             preload_compute_type=env.get("PRELOAD_COMPUTE_TYPE", "").strip(),
             warmup=_env_bool(env, "WARMUP", True),
-            log_tail_chars=_env_int(env, "LOG_TAIL_CHARS", 20_000),
+            # A negative cap means no log lines in responses, as 0 does.
+            log_tail_chars=max(0, _env_int(env, "LOG_TAIL_CHARS", 20_000)),
             align_model_overrides=overrides,
             # Next to the ASR models by default, so pointing MODELS_DIR at a local folder
             # is enough to find every weight (the image sets both to /models anyway).
@@ -164,6 +198,12 @@ class WorkerSettings:
             batch_fill_min_chunk_s=(
                 _env_float(env, "BATCH_FILL_MIN_CHUNK_S", 0.0) if env.get("BATCH_FILL_MIN_CHUNK_S", "").strip() else None
             ),
+            fetch=fetch_policy_from_env(env),
+            results=result_delivery_from_env(env),
+            request_env=read_request_env(env),
+            report_progress=bool(env.get("RUNPOD_POD_ID", "").strip()),
+            log_path=env.get("CONTAINER_LOG_PATH", "").strip() or DEFAULT_LOG_PATH,
+            log_level=env.get("LOG_LEVEL", "").strip() or "INFO",
         )
 
     def batch_fill_chunk_s(self, device: str) -> float:
@@ -175,6 +215,42 @@ class WorkerSettings:
     def align_model_for(self, language: str) -> str | None:
         """The configured aligner for ``language``, or None to use whisperX's default."""
         return dict(self.align_model_overrides).get(language)
+
+
+def fetch_policy_from_env(environ: Mapping[str, str]) -> FetchPolicy:
+    """The download policy from ENV: ``MAX_AUDIO_BYTES`` (bytes), ``DOWNLOAD_CONNECT_TIMEOUT`` and
+    ``DOWNLOAD_READ_TIMEOUT`` (seconds), ``ALLOW_PRIVATE_URLS`` and ``ALLOW_LOCAL_FILES``
+    (true/1/yes/on). Raises ValueError on unparsable values, since that is a deployment bug."""
+    return FetchPolicy(
+        max_bytes=_env_int(environ, "MAX_AUDIO_BYTES", DEFAULT_MAX_BYTES),
+        connect_timeout_s=_env_float(environ, "DOWNLOAD_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
+        read_timeout_s=_env_float(environ, "DOWNLOAD_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S),
+        allow_private_urls=_env_bool(environ, "ALLOW_PRIVATE_URLS", False),
+        allow_local_files=_env_bool(environ, "ALLOW_LOCAL_FILES", False),
+    )
+
+
+def result_delivery_from_env(environ: Mapping[str, str]) -> ResultDelivery:
+    """Where large results go: ``RESULT_INLINE_LIMIT_BYTES`` (a bad value is logged and the
+    default kept: a result is never lost over it) and RunPod's bucket ENV
+    (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY``, optional
+    ``BUCKET_NAME``), which the SDK's upload helper reads itself."""
+    try:
+        limit = _env_int(environ, "RESULT_INLINE_LIMIT_BYTES", DEFAULT_INLINE_LIMIT_BYTES)
+    except ValueError:
+        logger.warning(
+            "RESULT_INLINE_LIMIT_BYTES=%r is not an integer; using %d",
+            environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip(),
+            DEFAULT_INLINE_LIMIT_BYTES,
+        )
+        limit = DEFAULT_INLINE_LIMIT_BYTES
+    return ResultDelivery(
+        inline_limit_bytes=limit,
+        bucket_configured=all(
+            environ.get(name) for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+        ),
+        bucket_name=environ.get("BUCKET_NAME") or None,
+    )
 
 
 PROCESS_TEMP_PREFIX = "whisperx-worker-"

