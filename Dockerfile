@@ -45,7 +45,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip install -r /tmp/requirements.txt \
  && python -c "import ctranslate2, torch, whisperx; print('ctranslate2', ctranslate2.__version__, 'torch', torch.__version__)"
 
-# Where the worker finds its models (read by src/settings.py, src/diarization.py, whisperX,
+# Where the worker finds its models (read by src/settings.py, whisperX,
 # nltk, huggingface_hub and torch.hub); the fetcher bakes into the same places.
 # ALIGN_MODEL_RU is a folder saved by the fetcher; ALIGN_MODEL_EN names the torchaudio
 # bundle, whose checkpoint is baked into TORCH_HOME. When a language is left out of

@@ -30,7 +30,8 @@ import urllib3
 import urllib3.connection
 from urllib3.exceptions import ReadTimeoutError
 
-logger = logging.getLogger(__name__)
+# Logged as "audio", the name these lines have always had in the job logs and container log.
+logger = logging.getLogger("audio")
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

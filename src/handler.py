@@ -38,20 +38,44 @@ logger = logging.getLogger("handler")
 
 USER_ERRORS = (rp_schema.ValidationError, AudioError, ModelLoadError, UserError)
 
+# A response's log tail when the settings cannot be read (a bad ENV value): the default cap.
+FALLBACK_LOG_TAIL_CHARS = WorkerSettings.log_tail_chars
+
+_settings: WorkerSettings | None = None
 _predictor: Predictor | None = None
 _predictor_lock = threading.Lock()
 
 
-def get_predictor(settings: WorkerSettings | None = None) -> Predictor:
-    """The process-wide Predictor, created and set up on first use (with ``settings``, else
-    the ENV read now)."""
+def get_settings() -> WorkerSettings:
+    """The worker's settings: the resident Predictor's, else the ENV read once, now."""
+    global _settings
+    with _predictor_lock:
+        if _predictor is not None:
+            return _predictor.settings
+        if _settings is None:
+            _settings = WorkerSettings.from_env()
+        return _settings
+
+
+def get_predictor() -> Predictor:
+    """The process-wide Predictor, created (with :func:`get_settings`) and set up on first use."""
     global _predictor
+    settings = get_settings()
     with _predictor_lock:
         if _predictor is None:
-            predictor = Predictor(settings or WorkerSettings.from_env())
+            predictor = Predictor(settings)
             predictor.setup()
             _predictor = predictor
         return _predictor
+
+
+def _log_tail_chars() -> int:
+    """Cap of a response's ``logs`` (``LOG_TAIL_CHARS``); the default when the settings cannot be
+    read, so that the job can still answer with the error that names the bad value."""
+    try:
+        return get_settings().log_tail_chars
+    except ValueError:
+        return FALLBACK_LOG_TAIL_CHARS
 
 
 def _progress_sender(job: dict, settings: WorkerSettings) -> ProgressFn | None:
@@ -86,21 +110,16 @@ def _state_may_be_corrupt(exc: BaseException) -> bool:
 
 def handler(job: dict) -> dict:
     """Run one RunPod job; always returns a dict (``{"error": ...}`` on failure)."""
-    try:
-        predictor = get_predictor()
-    except Exception as exc:  # start-up failed (e.g. a bad ENV value): answer, do not crash
-        logger.exception("worker set-up failed")
-        return {"error": redact(f"internal error: worker set-up failed: {type(exc).__name__}: {str(exc)[:300]}"), "logs": ""}
-    settings = predictor.settings
-    with capture_request_logs(settings.log_tail_chars) as capture:
+    with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
         try:
+            settings = get_settings()
             job_input = job.get("input") if isinstance(job, dict) else None
             if job_input is None:
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
             options = rp_schema.resolve_options(job_input, settings.request_env)
             logger.info("job %s started: %r", job.get("id", "-"), options)
-            result = predictor.predict(options, progress=_progress_sender(job, settings))
+            result = get_predictor().predict(options, progress=_progress_sender(job, settings))
         except USER_ERRORS as exc:
             message = redact(str(exc))
             logger.warning("job %s rejected: %s", job.get("id", "-") if isinstance(job, dict) else "-", message)
@@ -120,11 +139,11 @@ def handler(job: dict) -> dict:
 
 
 def main() -> None:
-    settings = WorkerSettings.from_env()
+    settings = get_settings()
     setup_logging(settings.log_path, settings.log_level)
     import runpod
 
-    get_predictor(settings)  # load and warm up before taking jobs
+    get_predictor()  # load and warm up before taking jobs
     runpod.serverless.start({"handler": handler})
 
 

@@ -25,13 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
-    from handler import handler
+    from handler import get_settings, handler
     from logs import setup_logging
-    from settings import WorkerSettings
 
-    # The handler's first job sets the worker up (a failure is answered as {"error": ...}).
-    settings = WorkerSettings.from_env()
-    setup_logging(settings.log_path, settings.log_level)
+    # The handler's first job sets the worker up; a bad ENV value is answered as {"error": ...}.
+    try:
+        settings = get_settings()
+        setup_logging(settings.log_path, settings.log_level)
+    except ValueError:
+        setup_logging()
     job_input: dict = {"audio_file": args.audio, "diarization": args.diarization, "align_output": not args.no_align, "debug": args.debug}
     for key in ("language", "model", "output_format"):
         value = getattr(args, key)

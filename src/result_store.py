@@ -30,16 +30,21 @@ class ResultDelivery:
     inline_limit_bytes: largest serialised response returned inline, in bytes.
     bucket_configured: RunPod's bucket ENV is complete, so a larger one can be uploaded.
     bucket_name: the bucket (None: the SDK's default from the endpoint URL).
+    limit_warning: why the configured limit was not used, logged with each result.
     """
 
     inline_limit_bytes: int = DEFAULT_INLINE_LIMIT_BYTES
     bucket_configured: bool = False
     bucket_name: str | None = None
+    # A bad RESULT_INLINE_LIMIT_BYTES, said in every job's log (the default limit is used).
+    limit_warning: str | None = None
 
 
 def deliver(response: dict, job_id: str, delivery: ResultDelivery) -> dict:
     """The response to return for job ``job_id``: itself, or a link to its uploaded copy."""
     data = json.dumps(response, ensure_ascii=False).encode("utf-8")
+    if delivery.limit_warning:
+        logger.warning("%s", delivery.limit_warning)
     limit = delivery.inline_limit_bytes
     size_mb = len(data) / 1e6
     if len(data) <= limit:

@@ -347,8 +347,9 @@ class _EnvEntry:
     name: str
     text: str
     value: Any = None
-    # Raised by each request that falls back to this variable (the request may set the field itself).
-    error: ValidationError | None = None
+    # Why the value cannot be used: raised, as a new ValidationError, by each request that falls
+    # back to this variable (a request that sets the field itself is served).
+    error: str | None = None
     # Other aliases set to a different value, as (name, text): ignored, and said so when the value is used.
     shadowed: tuple[tuple[str, str], ...] = ()
 
@@ -358,6 +359,11 @@ class RequestEnv:
     """The request fields' ENV values, parsed and checked once (:func:`read_request_env`)."""
 
     entries: Mapping[str, _EnvEntry] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __repr__(self) -> str:
+        """Which variable each field falls back to, never its value: one of them holds a token."""
+        body = ", ".join(f"{name}={entry.name}" for name, entry in self.entries.items())
+        return f"RequestEnv({body})"
 
     def text(self, field_name: str) -> str | None:
         """The winning ENV text of ``field_name`` (stripped), or None when no alias is set."""
@@ -383,7 +389,7 @@ def read_request_env(environ: Mapping[str, str]) -> RequestEnv:
             if value is not None:
                 _check_constraints(spec, value, f"env:{env_name}")
         except ValidationError as exc:
-            entries[spec.name] = _EnvEntry(env_name, text, error=exc, shadowed=shadowed)
+            entries[spec.name] = _EnvEntry(env_name, text, error=str(exc), shadowed=shadowed)
         else:
             entries[spec.name] = _EnvEntry(env_name, text, value, shadowed=shadowed)
     return RequestEnv(MappingProxyType(entries))
@@ -445,7 +451,7 @@ def _resolve_field(spec: _Spec, job_input: Mapping[str, Any], env: RequestEnv) -
             entry.name,
         )
     if entry.error is not None:
-        raise entry.error
+        raise ValidationError(entry.error, spec.name)
     return entry.value, f"env:{entry.name}"
 
 

@@ -14,7 +14,6 @@ module reads ``os.environ`` per request. What it holds:
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import shutil
 import signal
@@ -27,8 +26,6 @@ from fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIM
 from logs import DEFAULT_LOG_PATH
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
 from rp_schema import RequestEnv, read_request_env
-
-logger = logging.getLogger(__name__)
 
 
 def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -232,20 +229,18 @@ def fetch_policy_from_env(environ: Mapping[str, str]) -> FetchPolicy:
 
 def result_delivery_from_env(environ: Mapping[str, str]) -> ResultDelivery:
     """Where large results go: ``RESULT_INLINE_LIMIT_BYTES`` (a bad value is logged and the
-    default kept: a result is never lost over it) and RunPod's bucket ENV
+    default kept and the problem logged with each result: a result is never lost over it) and RunPod's bucket ENV
     (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY``, optional
     ``BUCKET_NAME``), which the SDK's upload helper reads itself."""
+    limit, warning = DEFAULT_INLINE_LIMIT_BYTES, None
     try:
         limit = _env_int(environ, "RESULT_INLINE_LIMIT_BYTES", DEFAULT_INLINE_LIMIT_BYTES)
     except ValueError:
-        logger.warning(
-            "RESULT_INLINE_LIMIT_BYTES=%r is not an integer; using %d",
-            environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip(),
-            DEFAULT_INLINE_LIMIT_BYTES,
-        )
-        limit = DEFAULT_INLINE_LIMIT_BYTES
+        raw = environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip()
+        warning = f"RESULT_INLINE_LIMIT_BYTES={raw!r} is not an integer; using {DEFAULT_INLINE_LIMIT_BYTES}"
     return ResultDelivery(
         inline_limit_bytes=limit,
+        limit_warning=warning,
         bucket_configured=all(
             environ.get(name) for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
         ),

@@ -19,11 +19,10 @@ REQUEST_ENV = {"MODEL": BASE_MODEL}
 
 @contextlib.contextmanager
 def offline_process_env() -> Iterator[None]:
-    """Process ENV of the libraries the Predictor calls (the Hub offline); local files are allowed
-    by the Predictor's own settings (``offline_predictor``), kept here too for code that reads ENV."""
+    """Process ENV of the libraries the Predictor calls: the Hub offline. (Local files are allowed
+    by the Predictor's own settings: ``offline_predictor``.)"""
     require_assets()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALLOW_LOCAL_FILES", "true")
         mp.setenv("HF_HUB_OFFLINE", "1")
         yield
 

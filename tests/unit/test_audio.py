@@ -514,7 +514,7 @@ def test_redirect_to_private_refused(server, tmp_path, loopback_is_public, route
 
 
 def test_query_string_never_in_errors_or_logs(server, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="fetch")
+    caplog.set_level(logging.DEBUG, logger="audio")
     for route in ("/status/404", "/status/500", "/slow-headers", "/redirect/9/x.wav"):
         policy = dataclasses.replace(POLICY, read_timeout_s=0.3, retries=2)
         with pytest.raises(AudioError) as info:

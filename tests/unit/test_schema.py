@@ -695,3 +695,55 @@ def test_options_are_frozen_and_hashable() -> None:
     with pytest.raises(TypeError):
         options.sources["beam_size"] = "request"  # type: ignore[index]
     assert hash(options) == hash(resolve())
+
+
+# --- ENV read once (issue 16) ---------------------------------------------------------------
+
+
+def test_request_env_is_read_once_and_not_again() -> None:
+    """The worker resolves requests from the ENV it read at start-up: changing the process ENV
+    afterwards changes nothing (a Mapping given to resolve_options is read when given)."""
+    from rp_schema import read_request_env
+
+    environ = {"BEAM_SIZE": "7"}
+    snapshot = read_request_env(environ)
+    environ["BEAM_SIZE"] = "2"
+    options = resolve_options(AUDIO, snapshot)
+    assert options.beam_size == 7
+    assert options.sources["beam_size"] == "env:BEAM_SIZE"
+
+
+def test_bad_env_value_is_a_fresh_error_for_each_request_that_uses_it() -> None:
+    """A bad ENV value fails each request that falls back to it with a new error naming the
+    variable (no traceback of an earlier request is kept alive); a request that sets the field
+    itself is served."""
+    from rp_schema import read_request_env
+
+    snapshot = read_request_env({"BEAM_SIZE": "lots"})
+    errors = []
+    for _ in range(2):
+        with pytest.raises(ValidationError, match="environment variable BEAM_SIZE='lots'") as caught:
+            resolve_options(AUDIO, snapshot)
+        errors.append(caught.value)
+        assert caught.value.field == "beam_size"
+    assert errors[0] is not errors[1]
+    assert resolve_options({**AUDIO, "beam_size": 3}, snapshot).beam_size == 3
+
+
+def test_shadowed_alias_warning_is_logged_by_each_request_that_uses_it(caplog: pytest.LogCaptureFixture) -> None:
+    from rp_schema import read_request_env
+
+    snapshot = read_request_env({"HUGGINGFACE_ACCESS_TOKEN": "hf_one", "HF_TOKEN": "hf_two"})
+    for _ in range(2):
+        resolve_options(AUDIO, snapshot)
+    warnings = [r.getMessage() for r in caplog.records if "is ignored for huggingface_access_token" in r.getMessage()]
+    assert len(warnings) == 2
+    assert not any("hf_one" in text or "hf_two" in text for text in warnings)
+
+
+def test_settings_repr_never_shows_a_token() -> None:
+    from settings import WorkerSettings
+
+    shown = repr(WorkerSettings.from_env({"HF_TOKEN": "hf_secret_value", "MODEL": "m"}))
+    assert "hf_secret_value" not in shown
+    assert "huggingface_access_token=HF_TOKEN" in shown
