@@ -199,3 +199,21 @@ def test_windows_in_flight_bounds_the_cross_attention_cache():
 def test_worker_settings_reject_bad_env(env):
     with pytest.raises(ValueError, match=next(iter(env))):
         WorkerSettings.from_env(env)
+
+
+@pytest.mark.parametrize(("module", "absent"), [
+    ("speaker_assignment", ("torch", "numpy", "pyannote")),  # word -> speaker: standard library only
+    ("rp_schema", ("torch", "numpy", "whisperx")),  # the contract loads in milliseconds
+    ("fetch", ("numpy", "soundfile", "torch")),  # fetching needs no decoder
+    ("settings", ("torch", "numpy", "whisperx")),  # read before the heavy libraries, at start-up
+])
+def test_light_modules_stay_light(module: str, absent: tuple[str, ...]):
+    """Modules documented as light import none of the heavy libraries (checked in a fresh process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = f"import sys; sys.path.insert(0, {str(src)!r}); import {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"{module} imports {loaded}"
