@@ -107,19 +107,6 @@ class _Spec:
     nullable: bool
     rules: _Rules
 
-    # The rules, read as attributes of the field.
-    @property
-    def env(self) -> tuple[str, ...]:
-        return self.rules.env
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return self.rules.aliases
-
-    @property
-    def secret(self) -> bool:
-        return self.rules.secret
-
 
 @dataclass(frozen=True, repr=False)
 class RequestOptions:
@@ -272,7 +259,7 @@ _SPECS: Final[tuple[_Spec, ...]] = tuple(
     _spec_of(option, _HINTS[option.name]) for option in fields(RequestOptions) if _RULES_KEY in option.metadata
 )
 _SPEC_BY_NAME: Final[Mapping[str, _Spec]] = MappingProxyType({spec.name: spec for spec in _SPECS})
-_ALIAS_TO_FIELD: Final[Mapping[str, str]] = MappingProxyType({alias: spec.name for spec in _SPECS for alias in spec.aliases})
+_ALIAS_TO_FIELD: Final[Mapping[str, str]] = MappingProxyType({alias: spec.name for spec in _SPECS for alias in spec.rules.aliases})
 
 
 def _schema_entry(spec: _Spec) -> dict[str, Any]:
@@ -305,7 +292,7 @@ INPUT_SCHEMA: Final[dict[str, dict[str, Any]]] = {spec.name: _schema_entry(spec)
 
 def env_aliases() -> dict[str, tuple[str, ...]]:
     """Return field -> ENV names (first wins) for fields that have any."""
-    return {spec.name: spec.env for spec in _SPECS if spec.env}
+    return {spec.name: spec.rules.env for spec in _SPECS if spec.rules.env}
 
 
 def defaults() -> dict[str, Any]:
@@ -466,7 +453,7 @@ def _request_value(spec: _Spec, job_input: Mapping[str, Any]) -> tuple[bool, Any
     A blank value counts as an explicit ``None`` for nullable fields and as
     "not given" for the others. Two keys for one field must agree.
     """
-    keys = [key for key in (spec.name, *spec.aliases) if key in job_input]
+    keys = [key for key in (spec.name, *spec.rules.aliases) if key in job_input]
     present = [key for key in keys if not _is_blank(job_input[key])]
     if len(present) > 1:
         typed = {key: _coerce_request(spec, job_input[key], key) for key in present}
@@ -488,7 +475,7 @@ def _env_value(spec: _Spec, env: Mapping[str, str]) -> tuple[str, str, tuple[tup
 
     Shadowed aliases are the later ones set to a different text, as (name, text).
     """
-    set_names = [name for name in spec.env if env.get(name, "").strip()]
+    set_names = [name for name in spec.rules.env if env.get(name, "").strip()]
     if not set_names:
         return None
     winner = set_names[0]
@@ -500,7 +487,7 @@ def _env_value(spec: _Spec, env: Mapping[str, str]) -> tuple[str, str, tuple[tup
 def _describe(spec: _Spec, value: Any) -> str:
     """Describe a bad value for an error message without leaking secrets."""
     kind = "null" if value is None else type(value).__name__
-    if spec.secret:
+    if spec.rules.secret:
         return f"a value of type {kind}"
     text = repr(value)
     if len(text) > 60:  # base64 blobs and prompts can be megabytes long
@@ -570,7 +557,7 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
             int: "an integer",
             float: "a number",
         }[spec.type]
-        shown = "<hidden>" if spec.secret else repr(text)
+        shown = "<hidden>" if spec.rules.secret else repr(text)
         raise ValidationError(
             f"environment variable {env_name}={shown} is not valid for {spec.name}: expected {expected}",
             spec.name,
