@@ -27,6 +27,7 @@ import hallucinations
 from vad import SAMPLE_RATE, SpeechWindow
 
 if TYPE_CHECKING:
+    from ctranslate2.models import WhisperGenerationResult
     from faster_whisper.tokenizer import Tokenizer
     from whisperx.asr import WhisperModel
 
@@ -211,45 +212,101 @@ def equal_slices(count: int, max_rows: int | None) -> list[slice]:
 
 
 def _decode_once(model: WhisperModel, features: np.ndarray, prompt: list[int], tokenizer: Tokenizer, opts: DecodeOptions,
-                 temperature: float, suppress: list[int], durations: Sequence[float], max_rows: int | None = None) -> list[Decoded]:
+                 temperature: float, suppress: list[int], durations: Sequence[float], max_rows: int | None = None,
+                 calls: WhisperCalls | None = None) -> list[Decoded]:
     """Generate over a batch of windows at one temperature, ``max_rows`` windows per call
     (all of them when None). ``durations`` (seconds, one per window) cap each call's decode
     length by its longest window. Encoding per slice gives the same result as one pass
     (windows are independent) and bounds the encoder's activations too."""
+    call = generate_call(prompt, opts, temperature, suppress)
     decoded: list[Decoded] = []
     for part in equal_slices(len(durations), max_rows):
-        decoded.extend(_generate(model, features[part], prompt, tokenizer, opts, temperature, suppress, max(durations[part])))
+        max_length = min(model.max_length, len(prompt) + max_new_tokens(max(durations[part])))
+        results = (calls or DIRECT).generate(model, features[part], call, max_length, max_rows)
+        decoded.extend(_decoded(result, tokenizer, opts.length_penalty) for result in results)
     return decoded
 
 
-def _generate(model: WhisperModel, features: np.ndarray, prompt: list[int], tokenizer: Tokenizer, opts: DecodeOptions,
-              temperature: float, suppress: list[int], longest_s: float) -> list[Decoded]:
-    """One encode + generate call; ``longest_s`` (seconds) caps the decode length."""
+@dataclass(frozen=True)
+class GenerateCall:
+    """Everything of one generate call besides its features and length cap: windows of several
+    jobs can share a call only when these are equal (the prompt carries language, task,
+    ``initial_prompt`` and ``hotwords``)."""
+
+    prompt: tuple[int, ...]
+    suppress: tuple[int, ...]
+    temperature: float
+    beam_size: int
+    patience: float
+    best_of: int
+    length_penalty: float
+
+
+def generate_call(prompt: list[int], opts: DecodeOptions, temperature: float, suppress: list[int]) -> GenerateCall:
+    """The shareable part of a generate call at ``temperature``: beam search at 0, else sampling
+    (``best_of`` hypotheses), as faster-whisper does."""
+    sampled = temperature > 0
+    return GenerateCall(tuple(prompt), tuple(suppress), temperature, 1 if sampled else opts.beam_size,
+                        opts.patience, opts.best_of if sampled else 1, opts.length_penalty)
+
+
+def generate(model: WhisperModel, features: np.ndarray, call: GenerateCall, max_length: int) -> list[WhisperGenerationResult]:
+    """One encode + generate call over ``features`` (B, n_mels, 3000); ``max_length`` (tokens,
+    prompt included) caps the decode. One result per row."""
     encoder_output = model.encode(features)
-    if temperature > 0:
-        kwargs = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0, "sampling_temperature": temperature}
+    if call.temperature > 0:
+        kwargs = {"beam_size": 1, "num_hypotheses": call.best_of, "sampling_topk": 0, "sampling_temperature": call.temperature}
     else:
-        kwargs = {"beam_size": opts.beam_size, "patience": opts.patience}
-    results = model.model.generate(
+        kwargs = {"beam_size": call.beam_size, "patience": call.patience}
+    return model.model.generate(
         encoder_output,
-        [prompt] * features.shape[0],
-        length_penalty=opts.length_penalty,
-        max_length=min(model.max_length, len(prompt) + max_new_tokens(longest_s)),
+        [list(call.prompt)] * features.shape[0],
+        length_penalty=call.length_penalty,
+        max_length=max_length,
         return_scores=True,
         return_no_speech_prob=True,
         suppress_blank=True,
-        suppress_tokens=suppress,
+        suppress_tokens=list(call.suppress),
         **kwargs,
     )
-    decoded: list[Decoded] = []
-    for result in results:
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        # CTranslate2 returns the length-normalised score; undo it as faster-whisper does.
-        cum_logprob = result.scores[0] * (len(tokens) ** opts.length_penalty)
-        avg_logprob = cum_logprob / (len(tokens) + 1)
-        text = tokenizer.decode(tokens).strip()
-        decoded.append((tokens, text, float(avg_logprob), float(result.no_speech_prob)))
-    return decoded
+
+
+def detect(model: WhisperModel, features: np.ndarray) -> list[list[tuple[str, float]]]:
+    """Whisper's ranked ``(<|xx|>, probability)`` languages for each row of ``features``."""
+    return model.model.detect_language(model.encode(features))
+
+
+def _decoded(result: WhisperGenerationResult, tokenizer: Tokenizer, length_penalty: float) -> Decoded:
+    tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+    # CTranslate2 returns the length-normalised score; undo it as faster-whisper does.
+    cum_logprob = result.scores[0] * (len(tokens) ** length_penalty)
+    avg_logprob = cum_logprob / (len(tokens) + 1)
+    text = tokenizer.decode(tokens).strip()
+    return tokens, text, float(avg_logprob), float(result.no_speech_prob)
+
+
+class WhisperCalls(Protocol):
+    """Who runs the model's encode + generate / detect calls: ``DIRECT`` in the caller's
+    thread, or ``batching.CrossJobBatcher``, which merges the calls of concurrent jobs."""
+
+    def generate(self, model: WhisperModel, features: np.ndarray, call: GenerateCall, max_length: int,
+                 max_rows: int | None) -> list[WhisperGenerationResult]: ...
+
+    def detect(self, model: WhisperModel, features: np.ndarray) -> list[list[tuple[str, float]]]: ...
+
+
+class _Direct:
+    """Runs each call at once in the calling thread."""
+
+    def generate(self, model: WhisperModel, features: np.ndarray, call: GenerateCall, max_length: int,
+                 max_rows: int | None) -> list[WhisperGenerationResult]:
+        return generate(model, features, call, max_length)
+
+    def detect(self, model: WhisperModel, features: np.ndarray) -> list[list[tuple[str, float]]]:
+        return detect(model, features)
+
+
+DIRECT: WhisperCalls = _Direct()
 
 
 def _needs_fallback(avg_logprob: float, ratio: float, opts: DecodeOptions) -> bool:
@@ -336,12 +393,14 @@ def transcribe_windows(
     device: str,
     progress: Callable[[float], None] | None = None,
     max_rows: int | None = None,
+    calls: WhisperCalls | None = None,
 ) -> list[WindowTranscript]:
     """Decode every window, ``batch_size`` at a time, with the temperature fallback.
 
     Returns one ``WindowTranscript`` per window, in order. ``progress`` gets 0–100.
     ``max_rows`` caps the windows of one generate call (see ``windows_in_flight``); a batch
-    bigger than that is decoded in consecutive calls.
+    bigger than that is decoded in consecutive calls. ``calls`` runs the model's calls
+    (``DIRECT`` when None; the worker passes its cross-job batcher).
     """
     prompt = _prompt(model, tokenizer, opts)
     suppress = suppressed_tokens(tokenizer, opts.suppress_numerals)
@@ -356,7 +415,8 @@ def transcribe_windows(
                 break
             features = log_mel_batch(model, waveform, [windows[i] for i in pending], device)
             durations = [windows[i].duration for i in pending]
-            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, durations, max_rows)
+            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, durations, max_rows,
+                                   calls)
             still_failing = []
             for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):
                 ratio = compression_ratio(text)
@@ -396,7 +456,8 @@ def transcribe_windows(
 DETECTION_SURE_SPEECH_S = 8.0
 
 
-def language_probabilities(model: WhisperModel, waveform: np.ndarray, window: SpeechWindow, device: str) -> dict[str, float]:
+def language_probabilities(model: WhisperModel, waveform: np.ndarray, window: SpeechWindow, device: str,
+                           calls: WhisperCalls | None = None) -> dict[str, float]:
     """Whisper's probability of every language (code -> probability) for one window.
 
     The frames after the window's end are set to 0 (faster-whisper pads its features so for
@@ -406,7 +467,7 @@ def language_probabilities(model: WhisperModel, waveform: np.ndarray, window: Sp
     """
     features = log_mel_batch(model, waveform, [window], device)
     features[:, :, int(np.ceil(min(window.duration, 30.0) * SAMPLE_RATE / HOP_LENGTH)):] = 0.0
-    ranked = model.model.detect_language(model.encode(features))[0]
+    ranked = (calls or DIRECT).detect(model, features)[0]
     return {token[2:-2]: float(probability) for token, probability in ranked}
 
 
@@ -417,6 +478,7 @@ def detect_language(
     min_prob: float,
     max_tries: int,
     device: str,
+    calls: WhisperCalls | None = None,
 ) -> LanguageDetection:
     """Detect the language on speech, not on the first 30 s of the file.
 
@@ -427,6 +489,7 @@ def detect_language(
     weighted mean reaches ``min_prob`` over at least ``DETECTION_SURE_SPEECH_S`` seconds of
     speech (or over all the windows there are); otherwise it takes the leader after
     ``max_tries`` windows, with ``met_threshold`` telling whether it reached ``min_prob``.
+    ``calls`` runs the model's calls (``DIRECT`` when None).
     """
     duration = len(waveform) / SAMPLE_RATE
     candidates = list(windows[:max_tries]) or [SpeechWindow(0.0, min(30.0, duration), ())]
@@ -436,7 +499,7 @@ def detect_language(
     weight = 0.0
     leader, mean = "en", 0.0
     for window in candidates:
-        probabilities = language_probabilities(model, waveform, window, device)
+        probabilities = language_probabilities(model, waveform, window, device, calls)
         top = max(probabilities, key=probabilities.__getitem__)
         tries.append({"start": round(window.start, 3), "end": round(window.end, 3), "speech_s": round(window.speech_s, 3),
                       "language": top, "probability": round(probabilities[top], 4)})

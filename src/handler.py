@@ -6,6 +6,11 @@ with the transcript plus this job's own log lines. No exception escapes a job: u
 mistakes get a message naming the field or the problem; anything else gets a short
 internal-error message while the worker keeps serving.
 
+Several jobs run at once (``MAX_CONCURRENT_JOBS``, told to RunPod through the SDK's
+``concurrency_modifier``): the SDK awaits ``serve_job``, which runs ``handler`` in a job
+thread of its own, so the SDK's event loop is never blocked; each thread carries its job's
+log capture (a context variable), and the Predictor merges the jobs' Whisper calls.
+
 Run it:
     python -u src/handler.py                      # RunPod Serverless
     python src/handler.py --rp_serve_api          # local HTTP API (/run, /runsync, /status)
@@ -21,9 +26,12 @@ if __name__ == "__main__":
 
     use_own_temp_dir()
 
+import asyncio  # noqa: E402
+import contextvars  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from typing import Any  # noqa: E402
 
 import result_store  # noqa: E402
@@ -44,6 +52,7 @@ FALLBACK_LOG_TAIL_CHARS = WorkerSettings.log_tail_chars
 _settings: WorkerSettings | None = None
 _predictor: Predictor | None = None
 _predictor_lock = threading.Lock()
+_job_threads: ThreadPoolExecutor | None = None
 
 
 def get_settings() -> WorkerSettings:
@@ -138,13 +147,37 @@ def handler(job: dict) -> dict:
     return result
 
 
+def concurrency_modifier(current: int) -> int:
+    """RunPod's hook for how many jobs this worker takes at once: the Predictor's
+    ``max_concurrent_jobs`` (``MAX_CONCURRENT_JOBS``, else chosen from the GPU's memory)."""
+    return get_predictor().max_concurrent_jobs
+
+
+def _threads() -> ThreadPoolExecutor:
+    """The job threads: as many as jobs may run at once (more jobs wait for a thread)."""
+    global _job_threads
+    with _predictor_lock:
+        if _job_threads is None:
+            count = _predictor.max_concurrent_jobs if _predictor is not None else 1
+            _job_threads = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="job")
+        return _job_threads
+
+
+async def serve_job(job: dict) -> dict:
+    """The RunPod SDK's handler: ``handler`` in a job thread, awaited, so the SDK's event loop
+    keeps fetching jobs, sending heartbeats and answering while jobs run."""
+    loop = asyncio.get_running_loop()
+    # A copy of this task's context: the job's log capture, set in the thread, stays its own.
+    return await loop.run_in_executor(_threads(), contextvars.copy_context().run, handler, job)
+
+
 def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_path, settings.log_level)
     import runpod
 
     get_predictor()  # load and warm up before taking jobs
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": serve_job, "concurrency_modifier": concurrency_modifier})
 
 
 if __name__ == "__main__":

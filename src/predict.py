@@ -31,6 +31,7 @@ import numpy as np
 import alignment
 import asr
 import audio
+import batching
 import debug_info
 import fetch
 import precision
@@ -67,6 +68,26 @@ ProgressFn = Callable[[str, float | None], None]
 # How long a job's cleanup waits for its stopped diarization to end (seconds): a stop takes
 # effect after the batch in progress, well under this on CPU and GPU.
 DIARIZATION_STOP_WAIT_S = 10.0
+
+
+# Jobs at once by default on a GPU: one per this many GiB of device memory, at most
+# ``MAX_DEFAULT_JOBS``. The Whisper batcher keeps one generate call on the device at a time,
+# so jobs add only their audio, VAD and aligner activations, and a busy spell's peak at 8 jobs
+# of 30 s clips on large-v3 is what bench/serverless_bench.py reports.
+GIB_PER_DEFAULT_JOB = 10
+MAX_DEFAULT_JOBS = 8
+
+
+def default_concurrent_jobs(device: str) -> int:
+    """How many jobs run at once when ``MAX_CONCURRENT_JOBS`` is not set: 1 on a CPU (its
+    cores are already shared by one job's stages), else one per ``GIB_PER_DEFAULT_JOB`` GiB of
+    GPU memory, rounded, 1 to ``MAX_DEFAULT_JOBS`` (16 and 24 GB: 2, 48 GB: 4, 80 GB and more: 8)."""
+    if device != "cuda":
+        return 1
+    import torch
+
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return max(1, min(MAX_DEFAULT_JOBS, int(total_gib / GIB_PER_DEFAULT_JOB + 0.5)))
 
 
 class UserError(ValueError):
@@ -182,7 +203,16 @@ def _from_request(opts: rp_schema.RequestOptions, name: str) -> bool:
 
 
 class Predictor:
-    """Keeps models resident and runs one request at a time through the stages."""
+    """Keeps models resident and runs requests through the stages; several requests may run at
+    once, each in its own thread (the handler's ``MAX_CONCURRENT_JOBS``).
+
+    What concurrent requests share, and how: the Whisper calls go through one
+    ``batching.CrossJobBatcher``, which merges the windows of jobs with the same decoding
+    options into one generate call; the VAD runs one request at a time (``_vad_lock``; it
+    patches its inference per call); diarization runs in its one background thread in the
+    order jobs submit it. Everything else a request accumulates lives in its own
+    ``_RequestState``.
+    """
 
     def __init__(self, settings: WorkerSettings | None = None) -> None:
         self.settings = settings or WorkerSettings.from_env()
@@ -197,6 +227,11 @@ class Predictor:
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
         self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
+        self.whisper_calls = batching.CrossJobBatcher()
+        self.max_concurrent_jobs = 1  # set by setup(): MAX_CONCURRENT_JOBS, else from the device's memory
+        self._vad_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self._jobs_in_flight = 0
 
     # ------------------------------------------------------------------ start-up
     def setup(self) -> None:
@@ -219,6 +254,7 @@ class Predictor:
         # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = pick_device(self.settings.device)
+        self.max_concurrent_jobs = self.settings.max_concurrent_jobs or default_concurrent_jobs(self.device)
         asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
                                max_cached=self.settings.max_cached_models)
         aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
@@ -234,7 +270,8 @@ class Predictor:
         )
         self.startup_error = warm_up.run(*self._preload_choice())
         self.startup_timings["setup_s"] = round(time.perf_counter() - started, 3)
-        logger.info("worker ready on %s in %.1f s", self.device, self.startup_timings["setup_s"])
+        logger.info("worker ready on %s in %.1f s (up to %d jobs at once)", self.device, self.startup_timings["setup_s"],
+                    self.max_concurrent_jobs)
 
     def _preload_choice(self) -> tuple[str, str]:
         """The model a request with no ``model`` field would get (PRELOAD_MODEL, else the
@@ -280,13 +317,29 @@ class Predictor:
                 progress(stage, percent)
 
         workdir = Path(tempfile.mkdtemp(prefix="whisperx-job-"))
-        self._reset_gpu_peak()
+        self._job_started()
         try:
             return self._run(opts, state, notify, workdir)
         finally:
             self._settle_diarization(state)
             shutil.rmtree(workdir, ignore_errors=True)
-            self._release_gpu_cache()
+            self._job_ended()
+
+    def _job_started(self) -> None:
+        """Count the job in; the first of a busy spell resets the GPU peak (``debug_info``'s
+        peak is then the spell's: jobs in flight together share the device)."""
+        with self._jobs_lock:
+            self._jobs_in_flight += 1
+            if self._jobs_in_flight == 1:
+                self._reset_gpu_peak()
+
+    def _job_ended(self) -> None:
+        """Count the job out; the last one gives the GPU's cached blocks back (freeing while
+        other jobs run would only stall them)."""
+        with self._jobs_lock:
+            self._jobs_in_flight -= 1
+            if self._jobs_in_flight == 0:
+                self._release_gpu_cache()
 
     def _run(self, opts: rp_schema.RequestOptions, state: _RequestState, notify: ProgressFn, workdir: Path) -> dict:
         assert self.asr_models is not None, "setup() has run (predict() runs it)"
@@ -311,7 +364,7 @@ class Predictor:
         diarization_job = self._start_diarization(prepared.waveform, opts, state) if opts.diarization else None
 
         notify("vad", None)
-        with state.timed("vad_s"):
+        with state.timed("vad_s"), self._vad_lock:
             scores = self._speech_scores(vad_model, prepared.waveform, state.deadline)
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
@@ -438,7 +491,7 @@ class Predictor:
             try:
                 return asr.transcribe_windows(
                     model, waveform, windows, tokenizer, dopts, batch_size, self.device,
-                    progress=lambda pct: notify("transcribe", pct), max_rows=max_rows,
+                    progress=lambda pct: notify("transcribe", pct), max_rows=max_rows, calls=self.whisper_calls,
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch_size <= 1:
@@ -460,7 +513,7 @@ class Predictor:
         with state.timed("language_detection_s"):
             detection = asr.detect_language(
                 model, waveform, windows, opts.language_detection_min_prob,
-                opts.language_detection_max_tries, self.device,
+                opts.language_detection_max_tries, self.device, self.whisper_calls,
             )
         if not detection.met_threshold:
             state.warn(

@@ -127,6 +127,9 @@ class WorkerSettings:
         back to them field by field (``rp_schema.resolve_options``).
     log_path, log_level: the container log file and the root log level (``CONTAINER_LOG_PATH``,
         ``LOG_LEVEL``), for ``logs.setup_logging``.
+    max_concurrent_jobs: jobs one worker runs at once (``MAX_CONCURRENT_JOBS``; 0 = chosen from
+        the device: ``predict.default_concurrent_jobs``). The handler tells RunPod through the
+        SDK's ``concurrency_modifier``; concurrent jobs share Whisper calls (``batching``).
     report_progress: send stage progress to RunPod's job server (set when ``RUNPOD_POD_ID``
         says the process runs on RunPod).
     """
@@ -154,6 +157,7 @@ class WorkerSettings:
     report_progress: bool = False
     log_path: str = DEFAULT_LOG_PATH
     log_level: str = "INFO"
+    max_concurrent_jobs: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -201,6 +205,7 @@ class WorkerSettings:
             report_progress=bool(env.get("RUNPOD_POD_ID", "").strip()),
             log_path=env.get("CONTAINER_LOG_PATH", "").strip() or DEFAULT_LOG_PATH,
             log_level=env.get("LOG_LEVEL", "").strip() or "INFO",
+            max_concurrent_jobs=_env_min_int(env, "MAX_CONCURRENT_JOBS", 0, 0),
         )
 
     def batch_fill_chunk_s(self, device: str) -> float:

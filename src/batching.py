@@ -1,0 +1,172 @@
+"""Cross-job batching of Whisper calls: the windows of concurrent jobs share generate calls.
+
+With several jobs in flight (``MAX_CONCURRENT_JOBS``), each job thread still runs its own
+stages, but every Whisper encode + generate (and language-detection) call goes through one
+``CrossJobBatcher``. Its one thread takes the oldest waiting call and merges into it every
+other waiting call that can share it: same model, same kind of call and, for generate, the
+same ``asr.GenerateCall`` (prompt with language and task, suppressed tokens, temperature,
+beam size, patience, ``best_of``, length penalty); options that change decoding therefore
+split a batch. A merged call takes at most the first call's ``max_rows`` windows, so the GPU
+memory of one call stays what ``ASR_DECODE_CACHE_MB`` allows however many jobs wait.
+
+No timer holds a call back: while the model runs one merged call, the calls of other jobs
+queue up and form the next one, so a lone job waits for nothing and a busy worker fills its
+batches by itself.
+
+Each caller gets exactly the rows it sent. A merged call's decode-length cap is the longest
+of its callers' caps (a cap bounds the cost of a looping decode; within one job the longest
+window of a batch already sets it). A merged call that fails is run again caller by caller,
+so one job's failure (an out-of-memory in a big merge, a bad input) reaches that job only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import asr
+
+if TYPE_CHECKING:
+    from ctranslate2.models import WhisperGenerationResult
+    from whisperx.asr import WhisperModel
+
+logger = logging.getLogger(__name__)
+
+# Windows of one merged call when no caller sets a cap (CPU): the schema's default batch.
+DEFAULT_MAX_ROWS = 32
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """One caller's call, waiting for the batcher thread."""
+
+    kind: str  # "generate" or "detect"
+    model: WhisperModel
+    features: np.ndarray  # (rows, n_mels, 3000)
+    call: asr.GenerateCall | None = None
+    max_length: int = 0
+    max_rows: int = DEFAULT_MAX_ROWS
+    done: Future[list[Any]] = field(default_factory=Future)
+
+    @property
+    def rows(self) -> int:
+        return int(self.features.shape[0])
+
+    def shares_with(self, other: _Waiting) -> bool:
+        return self.kind == other.kind and self.model is other.model and self.call == other.call
+
+
+@dataclass
+class BatchStats:
+    """What the batcher ran since it started: model calls, windows, and how many calls
+    carried windows of more than one caller (jobs) — the measure that batching happened."""
+
+    calls: int = 0
+    rows: int = 0
+    merged_calls: int = 0
+    most_callers: int = 0
+
+
+class CrossJobBatcher:
+    """Runs the Whisper calls of concurrent callers in one thread, merging calls that can share
+    a model call. Implements ``asr.WhisperCalls``; thread-safe; idle costs nothing."""
+
+    def __init__(self, name: str = "whisper-batcher") -> None:
+        self._name = name
+        self._waiting: list[_Waiting] = []
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.stats = BatchStats()
+
+    # -------------------------------------------------------------- callers' side
+    def generate(self, model: WhisperModel, features: np.ndarray, call: asr.GenerateCall, max_length: int,
+                 max_rows: int | None) -> list[WhisperGenerationResult]:
+        """``asr.generate`` over ``features``, possibly in one call with other callers' windows;
+        blocks until this caller's rows are decoded."""
+        return self._submit(_Waiting("generate", model, features, call, max_length, max_rows or DEFAULT_MAX_ROWS))
+
+    def detect(self, model: WhisperModel, features: np.ndarray) -> list[list[tuple[str, float]]]:
+        """``asr.detect`` over ``features``, possibly in one call with other callers' windows."""
+        return self._submit(_Waiting("detect", model, features))
+
+    def _submit(self, waiting: _Waiting) -> list[Any]:
+        with self._wakeup:
+            if self._closed:
+                raise RuntimeError("the Whisper batcher is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+            self._waiting.append(waiting)
+            self._wakeup.notify()
+        return waiting.done.result()
+
+    def close(self) -> None:
+        """Stop the thread once the calls already waiting are done."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    # -------------------------------------------------------------- batcher thread
+    def _serve(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._waiting and not self._closed:
+                    self._wakeup.wait()
+                if not self._waiting:
+                    return
+                group = self._take_group()
+            self._run(group)
+
+    def _take_group(self) -> list[_Waiting]:
+        """The oldest waiting call and every later one that can share its model call, up to the
+        oldest call's ``max_rows`` windows; they leave the queue, the others keep their order."""
+        head = self._waiting[0]
+        group, rows = [head], head.rows
+        for waiting in self._waiting[1:]:
+            if waiting.shares_with(head) and rows + waiting.rows <= head.max_rows:
+                group.append(waiting)
+                rows += waiting.rows
+        self._waiting = [w for w in self._waiting if w not in group]
+        return group
+
+    def _run(self, group: list[_Waiting]) -> None:
+        try:
+            results = self._call(group)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].done.set_exception(exc)
+                return
+            logger.warning("a model call merged from %d jobs failed (%s: %s); running them one by one",
+                           len(group), type(exc).__name__, str(exc)[:200])
+            for waiting in group:
+                self._run([waiting])
+            return
+        first = 0
+        for waiting in group:
+            waiting.done.set_result(results[first : first + waiting.rows])
+            first += waiting.rows
+
+    def _call(self, group: list[_Waiting]) -> list[Any]:
+        head = group[0]
+        features = head.features if len(group) == 1 else np.concatenate([w.features for w in group])
+        if head.kind == "detect":
+            results: list[Any] = asr.detect(head.model, features)
+        else:
+            assert head.call is not None
+            results = asr.generate(head.model, features, head.call, max(w.max_length for w in group))
+        stats = self.stats
+        stats.calls += 1
+        stats.rows += int(features.shape[0])
+        if len(group) > 1:
+            stats.merged_calls += 1
+        stats.most_callers = max(stats.most_callers, len(group))
+        return results

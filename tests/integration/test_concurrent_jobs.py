@@ -1,0 +1,89 @@
+"""Jobs in flight together give what they give one at a time (issue 15 #2), on real weights and
+real speech (CPU): the same handler, once job by job and once with every job awaited at once
+through ``serve_job`` (what the RunPod SDK awaits), where the Predictor merges the jobs'
+Whisper calls. Each job keeps its own options, language, warnings, result and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
+from references import FESTVOX, PYANNOTE_SAMPLE
+
+import handler as handler_module
+from logs import setup_logging
+from rp_schema import read_request_env
+
+# Jobs with options that share decoding (merged) and options that must split a batch
+# (beam size, prompt, language, task), a diarized one, a subtitle one and a failing one.
+JOBS = {
+    "c-auto": {"audio_file": str(FESTVOX / "wav" / "ru_0003.wav")},
+    "c-ru": {"audio_file": str(FESTVOX / "wav" / "ru_0006.wav"), "language": "ru"},
+    "c-ru2": {"audio_file": str(FESTVOX / "wav" / "ru_0011.wav"), "language": "ru", "output_format": "srt"},
+    "c-beam1": {"audio_file": str(FESTVOX / "wav" / "ru_0015.wav"), "language": "ru", "beam_size": 1},
+    "c-prompt": {"audio_file": str(FESTVOX / "wav" / "ru_0017.wav"), "initial_prompt": "Литература, история."},
+    "c-en-diarized": {"audio_file": str(PYANNOTE_SAMPLE / "sample.wav"), "diarization": True, "align_output": False},
+    "c-missing": {"audio_file": str(FESTVOX / "wav" / "no_such_clip.wav")},
+}
+COMPARED = ("segments", "detected_language", "language_probability", "warnings", "output", "error")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """``handler`` with a resident CPU Predictor that runs up to 4 jobs at once, logging as the
+    worker does (container log + per-job capture)."""
+    setup_logging(tmp_path_factory.mktemp("logs") / "container_log.txt")
+    with offline_process_env(), pytest.MonkeyPatch.context() as mp:
+        predictor = offline_predictor(preload_align_languages=("ru",), max_concurrent_jobs=4,
+                                      request_env=read_request_env(REQUEST_ENV))
+        mp.setattr(handler_module, "_predictor", predictor)
+        mp.setattr(handler_module, "_job_threads", None)
+        yield predictor
+
+
+def _job(job_id: str) -> dict:
+    return {"id": job_id, "input": {"diarization": False, **JOBS[job_id]}}
+
+
+def _lines(logs: str) -> list[str]:
+    """Log lines without their time stamp, numbers blanked (durations differ run to run)."""
+    return [re.sub(r"\d+(\.\d+)?", "#", line.split(" ", 2)[-1]) for line in logs.splitlines()]
+
+
+async def _all_at_once() -> dict[str, dict]:
+    results = await asyncio.gather(*(handler_module.serve_job(_job(job_id)) for job_id in JOBS))
+    return dict(zip(JOBS, results))
+
+
+def test_concurrent_jobs_answer_as_sequential_ones(worker):
+    assert worker.max_concurrent_jobs == 4
+    sequential = {job_id: handler_module.handler(_job(job_id)) for job_id in JOBS}
+    before = worker.whisper_calls.stats.merged_calls
+    concurrent = asyncio.run(_all_at_once())
+
+    # The Whisper calls of different jobs really shared model calls.
+    assert worker.whisper_calls.stats.merged_calls > before
+    assert worker.whisper_calls.stats.most_callers >= 2
+
+    assert "no_such_clip" in sequential["c-missing"]["error"]
+    assert sequential["c-en-diarized"]["detected_language"] == "en"
+    assert {s.get("speaker") for s in sequential["c-en-diarized"]["segments"]} - {None}
+    assert sequential["c-ru2"]["output"].startswith("1\n")
+    for job_id in JOBS:
+        for key in COMPARED:
+            assert concurrent[job_id].get(key) == sequential[job_id].get(key), (job_id, key)
+
+
+def test_concurrent_jobs_keep_their_own_logs(worker):
+    sequential = {job_id: handler_module.handler(_job(job_id)) for job_id in JOBS}
+    concurrent = asyncio.run(_all_at_once())
+    for job_id in JOBS:
+        logs = concurrent[job_id]["logs"]
+        assert f"job {job_id} started" in logs
+        for other in JOBS:
+            if other != job_id:
+                assert f"job {other} " not in logs, (job_id, other)
+        # The same lines as alone, in the same order: nothing of another job, nothing lost.
+        assert _lines(logs) == _lines(sequential[job_id]["logs"]), job_id
