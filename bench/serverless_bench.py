@@ -90,7 +90,7 @@ def write_audio(folder: Path, sentences: list[np.ndarray], clips: int, long_minu
 
 # ----------------------------------------------------------------------------- worker
 def job(path: Path, args: argparse.Namespace, job_id: str) -> dict:
-    fields: dict = {"audio_file": str(path), "language": args.language, "diarization": not args.no_diarization}
+    fields: dict = {"audio_file": str(path), "language": args.language, "diarization": not args.no_diarization, "debug": True}
     if args.random_weights:
         fields.update(no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
                       temperature_increment_on_fallback=None)
@@ -126,6 +126,8 @@ def child(args: argparse.Namespace) -> None:
     from settings import use_own_temp_dir
 
     use_own_temp_dir()
+    import torch  # noqa: F401  (first: its own cuDNN, not an older one on the lent GPU's LD_LIBRARY_PATH)
+
     cap_decoding(args.tokens_per_second)
     import handler
 
@@ -188,13 +190,29 @@ class NvmlPeak:
         return round(peak / 2**20, 1)
 
 
+STAGE_TIMINGS: list[dict[str, float]] = []  # debug_info timings of the jobs of the current phase
+
+
+def _check(result: dict) -> None:
+    assert "error" not in result, result["error"]
+    STAGE_TIMINGS.append(result["debug_info"]["timings"])
+
+
+def mean_timings() -> dict[str, float]:
+    """Mean seconds per job of each stage over the phase just run; starts a new phase."""
+    keys = sorted({key for timings in STAGE_TIMINGS for key in timings})
+    means = {key: round(statistics.mean(t.get(key, 0.0) for t in STAGE_TIMINGS), 4) for key in keys}
+    STAGE_TIMINGS.clear()
+    return means
+
+
 def one_at_a_time(handler, jobs: list[dict]) -> list[float]:
     latencies = []
     for request in jobs:
         started = now()
         result = handler.handler(request)
         latencies.append(now() - started)
-        assert "error" not in result, result["error"]
+        _check(result)
     return latencies
 
 
@@ -208,7 +226,7 @@ async def in_flight(handler, jobs: list[dict], limit: int) -> list[float]:
             started = now()
             result = await handler.serve_job(request)
             latencies[index] = now() - started
-            assert "error" not in result, result["error"]
+            _check(result)
 
     await asyncio.gather(*(run(i, request) for i, request in enumerate(jobs)))
     return latencies
@@ -239,6 +257,8 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    import torch  # noqa: F401  (first: its own cuDNN, not an older one on the lent GPU's LD_LIBRARY_PATH)
+
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     if args.make_random_whisper:
         args.random_weights = True
@@ -291,6 +311,7 @@ def main() -> None:
     jobs = [job(path, args, f"clip-{k}") for k, path in enumerate(clips)]
     audio_s = 30.0 * len(jobs)
     asyncio.run(in_flight(handler, jobs[: args.in_flight * 2], args.in_flight))  # shapes of merged calls
+    mean_timings()
     if memory:
         memory.take()
 
@@ -301,6 +322,7 @@ def main() -> None:
     report["clips_p50_latency_single_s"] = p50(single)
     report["clips_p90_latency_single_s"] = round(float(np.percentile(single, 90)), 3)
     report["peak_gpu_mib_sequential"] = memory.take() if memory else None
+    report["stage_s_sequential"] = mean_timings()
 
     calls_before = dict(vars(predictor.whisper_calls.stats))
     started = now()
@@ -314,6 +336,7 @@ def main() -> None:
     stats = vars(predictor.whisper_calls.stats)
     report["whisper_calls_concurrent"] = {key: stats[key] - calls_before.get(key, 0) for key in ("calls", "rows", "merged_calls")}
     report["peak_gpu_mib_concurrent"] = memory.take() if memory else None
+    report["stage_s_concurrent"] = mean_timings()
     out.write_text(json.dumps(report, indent=1))
 
     if "long" not in skip:
