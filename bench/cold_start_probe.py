@@ -68,8 +68,8 @@ def probe(args: argparse.Namespace) -> None:
     call = asr.GenerateCall(prompt=(50258, 50263, 50360, 50364), suppress=(), temperature=0.0, beam_size=5, patience=1.0,
                             best_of=1, length_penalty=1.0)
     for rows in (1, 16):
-        step(f"generate_{rows}x_beam5_first", lambda: asr.generate(model, features(rows), call, 24))
-        step(f"generate_{rows}x_beam5_second", lambda: asr.generate(model, features(rows), call, 24))
+        step(f"generate_{rows}x_beam5_first", lambda rows=rows: asr.generate(model, features(rows), call, 24))
+        step(f"generate_{rows}x_beam5_second", lambda rows=rows: asr.generate(model, features(rows), call, 24))
     step("generate_8x_beam5_new_rows", lambda: asr.generate(model, features(8), call, 24))
     step("detect_first", lambda: asr.detect(model, features(1)))
     step("detect_second", lambda: asr.detect(model, features(2)))

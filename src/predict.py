@@ -325,6 +325,14 @@ class Predictor:
             shutil.rmtree(workdir, ignore_errors=True)
             self._job_ended()
 
+    def _batch_fill_chunk_s(self) -> float:
+        """``vad.fill_batch``'s shortest window (seconds) for a job starting its ASR now: 0 (no
+        filling) while more than ``BATCH_FILL_MAX_JOBS`` jobs are in flight, since their
+        windows fill the merged batches instead."""
+        with self._jobs_lock:
+            busy = self._jobs_in_flight > self.settings.batch_fill_max_jobs
+        return 0.0 if busy else self.settings.batch_fill_chunk_s(self.device)
+
     def _job_started(self) -> None:
         """Count the job in; the first of a busy spell resets the GPU peak (``debug_info``'s
         peak is then the spell's: jobs in flight together share the device)."""
@@ -368,7 +376,7 @@ class Predictor:
             scores = self._speech_scores(vad_model, prepared.waveform, state.deadline)
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
-            fill_chunk_s = self.settings.batch_fill_chunk_s(self.device)
+            fill_chunk_s = self._batch_fill_chunk_s()
             windows = vad.fill_batch(scores, windows, vopts, prepared.duration_s, opts.batch_size, fill_chunk_s)
         if not windows:
             state.warn("no speech detected in the audio: the transcript is empty")

@@ -99,6 +99,9 @@ class WorkerSettings:
         them shorter at pauses (``chunk_size`` lowered, but not below this many seconds), so
         one batch decodes them side by side (``BATCH_FILL_MIN_CHUNK_S``; None = 10 s on a GPU and off on a CPU, where more
         windows cost more encoder time; 0 = off).
+    batch_fill_max_jobs: batch filling applies to a job only while at most this many jobs are in
+        flight (``BATCH_FILL_MAX_JOBS``, >= 1). Filling buys one job's latency with more windows
+        of GPU work; with other jobs in flight their windows fill the batch instead.
     asr_decode_cache_mb: GPU memory (MiB) the decoder's cross-attention cache may take in
         one generate call (``ASR_DECODE_CACHE_MB``; 0 = no cap): a batch needing more is
         decoded in consecutive calls. 4096 lets large-v3 decode 16 windows at once (peak
@@ -146,6 +149,7 @@ class WorkerSettings:
     job_timeout_s: float = 0.0
     preload_align_languages: tuple[str, ...] = ("ru",)
     batch_fill_min_chunk_s: float | None = None
+    batch_fill_max_jobs: int = 1
     asr_decode_cache_mb: float = 4096.0
     diarization_side_stream: bool = True
     allowed_models: tuple[str, ...] = ()
@@ -191,6 +195,7 @@ class WorkerSettings:
             preload_align_languages=tuple(
                 lang.strip().lower() for lang in env.get("PRELOAD_ALIGN_LANGUAGES", "ru").split(",") if lang.strip()
             ),
+            batch_fill_max_jobs=_env_min_int(env, "BATCH_FILL_MAX_JOBS", 1, 1),
             asr_decode_cache_mb=_env_float(env, "ASR_DECODE_CACHE_MB", 4096.0),
             diarization_side_stream=_env_bool(env, "DIARIZATION_SIDE_STREAM", True),
             allowed_models=tuple(entry.strip() for entry in env.get("ALLOWED_MODELS", "").split(",") if entry.strip()),
