@@ -94,8 +94,10 @@ def probe(args: argparse.Namespace) -> None:
                                       ("cudnn_on_again", (300, 400, 500, 600, 700), True)):
             torch.backends.cudnn.enabled = cudnn
             for rows in (1, 8):
-                times = [step(f"campplus_{label}_{rows}x{n}", lambda n=n, rows=rows: network(torch.zeros((rows, n, 80), device="cuda")))
-                         for n in lengths]
+                times = []
+                for n in lengths:
+                    step(f"campplus_{label}_{rows}x{n}", lambda n=n, rows=rows: network(torch.zeros((rows, n, 80), device="cuda")))
+                    times.append(STEPS[f"campplus_{label}_{rows}x{n}"])
                 STEPS[f"campplus_{label}_{rows}rows_mean"] = round(float(np.mean(times)), 4)
         torch.backends.cudnn.enabled = True
     if args.aligner:

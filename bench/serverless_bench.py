@@ -200,7 +200,7 @@ def _check(result: dict) -> None:
 
 def mean_timings() -> dict[str, float]:
     """Mean seconds per job of each stage over the phase just run; starts a new phase."""
-    keys = sorted({key for timings in STAGE_TIMINGS for key in timings})
+    keys = sorted({key for timings in STAGE_TIMINGS for key, value in timings.items() if isinstance(value, (int, float))})
     means = {key: round(statistics.mean(t.get(key, 0.0) for t in STAGE_TIMINGS), 4) for key in keys}
     STAGE_TIMINGS.clear()
     return means
