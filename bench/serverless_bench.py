@@ -122,7 +122,8 @@ def cap_decoding(tokens_per_second: float | None) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """The cold-start process: start-up as ``handler.main`` does it, then the first job and warm
-    repeats; prints one line per event, which the parent times as they arrive."""
+    repeats through ``serve_job``; prints one line per event, which the parent times as they
+    arrive."""
     from settings import use_own_temp_dir
 
     use_own_temp_dir()
@@ -136,7 +137,7 @@ def child(args: argparse.Namespace) -> None:
     request = job(Path(args.child_clip), args, "first")
     for label in ("FIRST", "WARM", "WARM", "WARM"):
         started = now()
-        result = handler.handler(request)
+        result = asyncio.run(handler.serve_job(request))  # in a job thread, as RunPod runs it
         print(label, now() - started, json.dumps({"error": result.get("error")}), flush=True)
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
     from torchaudio.models import Wav2Vec2Model
     from transformers import Wav2Vec2ForCTC
-    from whisperx.asr import WhisperModel
+    from faster_whisper import WhisperModel
 
 logger = logging.getLogger(__name__)
 

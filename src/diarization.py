@@ -431,8 +431,8 @@ class DiarizationModels:
         return entry
 
     def warm_up_embeddings(self) -> int:
-        """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded
-        (call from the thread that runs jobs); the number of shapes run."""
+        """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded;
+        the number of forwards run."""
         try:
             entry = self.offline_pipeline()
         except Exception:  # noqa: BLE001 - reported by warm_up and per request

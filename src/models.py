@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from whisperx.asr import WhisperModel
+    from faster_whisper import WhisperModel
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class AsrModels:
                 self._whisper.move_to_end(key)
                 return self._whisper[key], 0.0
             self._evict(key)  # before loading, so the old model's memory is free for the new one
-            from whisperx.asr import WhisperModel
+            from faster_whisper import WhisperModel
 
             started = time.perf_counter()
             logger.info("loading ASR model %s (%s, %s)", model.path, compute_type, self.device)

@@ -317,40 +317,17 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         # A CPU is fastest per frame at a couple of thousand frames per forward.
         return max(1, min(self.embedding_batch_size, CPU_EMBEDDING_FRAMES // length))
 
-    def embedding_shapes(self, row_cap: int, cuda: bool = True) -> list[tuple[int, int]]:
-        """(rows, frames) of every CAM++ forward ``get_embeddings`` can make with at most
-        ``row_cap`` rows: each bucketed length (``CampPlusEmbedding.bucket_length``) of a chunk,
-        times each power-of-two row count up to ``embedding_rows`` (``pad_rows`` rounds the
-        last forward of a length up to one)."""
-        embedding: CampPlusEmbedding = self._embedding
-        specifications = self._segmentation.model.specifications
-        assert isinstance(specifications, Specifications)  # one task: segmentation-3.0 (for mypy)
-        chunk_samples = int(specifications.duration * SAMPLE_RATE)
-        longest = embedding.bucket_length(embedding.num_frames(chunk_samples))
-        lengths = sorted(set(embedding._short_buckets.tolist()) | set(range(300, longest + 1, 100)))
-        shapes = []
-        for length in (n for n in lengths if n >= embedding.min_num_frames):
-            rows = 1
-            while rows <= min(row_cap, self.embedding_rows(length, cuda)):
-                shapes.append((rows, length))
-                rows *= 2
-        return shapes
-
-    def warm_up_embeddings(self, row_cap: int = 64) -> int:
-        """On a GPU, run CAM++ once on each of ``embedding_shapes(row_cap)``. Each new shape
-        costs cuDNN a plan for CAM++'s 2-D convolutions, and noise gives pyannote's
-        segmentation no speech to embed, so a plain warm-up run leaves them all to the first
-        job. Plans are kept per thread: call this from the thread that runs jobs. Returns the
-        number of shapes run (0 on a CPU)."""
+    def warm_up_embeddings(self) -> int:
+        """On a GPU, run CAM++ once, so its kernels are loaded before the first job (its
+        convolutions avoid cuDNN, so no input shape needs a plan of its own:
+        ``campplus._route_convolutions``). Returns the forwards run (0 on a CPU)."""
         embedding: CampPlusEmbedding = self._embedding
         if embedding.device.type != "cuda":
             return 0
-        shapes = self.embedding_shapes(row_cap)
         with torch.inference_mode():
-            for rows, length in shapes:
-                embedding.network(torch.zeros((rows, length, 80), device=embedding.device))
+            embedding.network(torch.zeros((1, embedding.min_num_frames, 80), device=embedding.device))
         torch.cuda.synchronize()
-        return len(shapes)
+        return 1
 
     def _chunk_features(self, waveform: torch.Tensor, bounds: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """fbank frames covering every chunk, and the index of each chunk's first frame.

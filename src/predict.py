@@ -49,13 +49,13 @@ from models import (
     resolve_asr_model,
     whisper_dimensions,
 )
-from settings import WorkerSettings
+from settings import WorkerSettings, use_kernel_cache
 
 if TYPE_CHECKING:
     import torch
     from faster_whisper.tokenizer import Tokenizer
     from pyannote.core import SlidingWindowFeature
-    from whisperx.asr import WhisperModel
+    from faster_whisper import WhisperModel
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
     import diarization
@@ -244,6 +244,11 @@ class Predictor:
         started = time.perf_counter()
         import gpu_check
 
+        # Before CUDA starts: where the driver keeps (and finds) the kernels it compiles.
+        kernel_cache = use_kernel_cache(self.settings.kernel_cache_dir)
+        if kernel_cache:
+            logger.info("CUDA kernel cache: %s", kernel_cache)
+
         # An incomplete CUDA stack (no libcublas.so.12 for CTranslate2) is said clearly at
         # start-up instead of as an obscure error in the first job.
         self.startup_warnings = gpu_check.check_gpu_stack()
@@ -259,12 +264,11 @@ class Predictor:
                                max_cached=self.settings.max_cached_models)
         aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
         self.asr_models, self.aligners = asr_models, aligners
-        self._setup_diarization()
         # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
         self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32)
         warm_up = warmup.WarmUp(
             settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
-            diarizers=self.diarizers, diarization_pool=self._diarization_pool,
+            diarizers=self._setup_diarization, diarization_pool=self._diarization_pool,
             diarization_stream=self._diarization_stream, windows_per_generate=self._windows_per_generate,
             release_gpu_cache=self._release_gpu_cache, timings=self.startup_timings,
         )
@@ -289,15 +293,18 @@ class Predictor:
         """The ``diarization_model`` a request gets without naming one (schema default, ENV)."""
         return {rp_schema.defaults()["diarization_model"], *self.settings.request_env.texts("diarization_model")}
 
-    def _setup_diarization(self) -> None:
+    def _setup_diarization(self) -> diarization.DiarizationModels | None:
+        """Build the diarization registry (imports pyannote: the warm-up runs this in the
+        diarization thread, beside the ASR model's load)."""
         try:
             import diarization
         except ImportError:  # pragma: no cover - module always ships with the worker
-            return
+            return None
         self.diarizers = diarization.DiarizationModels(
             self.device, self.settings.offline_diarization_dir, max_cached=self.settings.max_cached_models,
             kept_models=frozenset(self._default_diarization_models()),
         )
+        return self.diarizers
 
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
@@ -133,6 +133,13 @@ class WorkerSettings:
     max_concurrent_jobs: jobs one worker runs at once (``MAX_CONCURRENT_JOBS``; 0 = chosen from
         the device: ``predict.default_concurrent_jobs``). The handler tells RunPod through the
         SDK's ``concurrency_modifier``; concurrent jobs share Whisper calls (``batching``).
+    kernel_cache_dir: where the CUDA driver keeps the GPU code it compiles from PTX
+        (``KERNEL_CACHE_DIR``; default: a folder on RunPod's network volume when one is mounted
+        at ``/runpod-volume``, else the driver's own default in the container). Set as
+        ``CUDA_CACHE_PATH`` before CUDA starts, unless that is set already: on GPUs for which
+        CTranslate2's wheel ships no machine code (H100/H200, L4, L40S) the first start of an
+        endpoint compiles ~14 s of kernels, and every later cold start that finds them on the
+        volume skips that.
     report_progress: send stage progress to RunPod's job server (set when ``RUNPOD_POD_ID``
         says the process runs on RunPod).
     """
@@ -162,6 +169,7 @@ class WorkerSettings:
     log_path: str = DEFAULT_LOG_PATH
     log_level: str = "INFO"
     max_concurrent_jobs: int = 0
+    kernel_cache_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -211,6 +219,7 @@ class WorkerSettings:
             log_path=env.get("CONTAINER_LOG_PATH", "").strip() or DEFAULT_LOG_PATH,
             log_level=env.get("LOG_LEVEL", "").strip() or "INFO",
             max_concurrent_jobs=_env_min_int(env, "MAX_CONCURRENT_JOBS", 0, 0),
+            kernel_cache_dir=env.get("KERNEL_CACHE_DIR", "").strip() or default_kernel_cache_dir(),
         )
 
     def batch_fill_chunk_s(self, device: str) -> float:
@@ -222,6 +231,33 @@ class WorkerSettings:
     def align_model_for(self, language: str) -> str | None:
         """The configured aligner for ``language``, or None to use whisperX's default."""
         return dict(self.align_model_overrides).get(language)
+
+
+RUNPOD_VOLUME = "/runpod-volume"  # where RunPod mounts an endpoint's network volume
+KERNEL_CACHE_SUBDIR = ".cache/whisperx-worker/cuda-kernels"
+KERNEL_CACHE_MAX_BYTES = 4 * 2**30  # the driver's default cap (256 MiB) holds less than one model's kernels
+
+
+def default_kernel_cache_dir(volume: str = RUNPOD_VOLUME) -> str:
+    """A kernel cache folder on the network volume when one is mounted, else "" (driver default)."""
+    return os.path.join(volume, KERNEL_CACHE_SUBDIR) if os.path.isdir(volume) else ""
+
+
+def use_kernel_cache(folder: str, environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Point the CUDA driver's kernel cache at ``folder`` (call before CUDA starts). Leaves an
+    operator's own ``CUDA_CACHE_PATH`` alone; returns the folder in use, or None."""
+    env = os.environ if environ is None else environ
+    if env.get("CUDA_CACHE_PATH"):
+        return env["CUDA_CACHE_PATH"]
+    if not folder:
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None  # a read-only volume: the driver's default
+    env["CUDA_CACHE_PATH"] = folder
+    env.setdefault("CUDA_CACHE_MAXSIZE", str(KERNEL_CACHE_MAX_BYTES))
+    return folder
 
 
 def fetch_policy_from_env(environ: Mapping[str, str]) -> FetchPolicy:

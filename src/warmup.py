@@ -1,15 +1,23 @@
-"""Start-up warm-up: the order in which the resident models are loaded and first run.
+"""Start-up warm-up: the resident models are loaded and first run in three lanes at once.
 
-The offline diarization pipeline loads (and runs once) in the diarization thread while this
-thread loads the default ASR model and runs one small transcription: start-up takes the
-longer of the two instead of their sum. Then the aligners of ``PRELOAD_ALIGN_LANGUAGES`` load
-and run once. What each step took lands in the Predictor's ``startup_timings``:
+- this thread: the default ASR model, the VAD, and one small transcription. On a GPU whose
+  machine code CTranslate2's wheel lacks (4.8.5 ships sm_53-86 and PTX for compute_86: an
+  H100/H200, L4 or L40S), the first encode compiles its kernels from PTX, ~14 s on the lent
+  H200 with an empty kernel cache (bench/cold_start_probe.py); that compilation sets the
+  length of a cold start;
+- the diarization thread: the diarization registry (pyannote's import), the offline pipeline
+  and one run of it;
+- an aligner thread: the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on every input
+  shape a job can give them.
+
+Start-up takes the longest lane instead of their sum. What each step took lands in the
+Predictor's ``startup_timings``:
 
 - ``model_load_s``: loading the default ASR model (absent when it failed to load);
 - ``warmup_s``: the ASR warm-up (VAD and one transcription; with ``WARMUP`` only);
-- ``diarization_warmup_s``: loading the offline diarization pipeline and, with ``WARMUP``,
-  one run of it and CAM++ over its input shapes (in the diarization thread);
-- ``aligner_warmup_s``: loading (and with ``WARMUP``, running) the preloaded aligners.
+- ``diarization_warmup_s``: the diarization lane (with ``WARMUP``, one run on noise and one
+  CAM++ forward);
+- ``aligner_warmup_s``: the aligner lane.
 
 The Predictor adds ``setup_s``, the whole of ``setup()``.
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,13 +36,16 @@ import numpy as np
 
 import alignment
 import asr
-import rp_schema
 import vad
 from models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 
 if TYPE_CHECKING:
     import diarization
+
+# Windows of the ASR warm-up's one generate call on a GPU: about what a 30 s clip gives
+# (batch filling cuts it at pauses into windows of 10 s or more).
+ASR_WARMUP_WINDOWS = 4
 
 # The Predictor's logger: the start-up lines keep the name they have always been logged under.
 logger = logging.getLogger("predict")
@@ -51,7 +62,9 @@ class WarmUp:
     """Loads the default ASR model and warms up the Predictor's resident models, in order.
 
     settings: the worker's settings (``warmup``, ``models_dir``, ``preload_align_languages``).
-    asr_models, aligners, diarizers: the Predictor's model registries (no diarization: None).
+    asr_models, aligners: the Predictor's model registries.
+    diarizers: builds the Predictor's diarization registry (None: no diarization); called in
+        the diarization thread, since it imports pyannote.
     diarization_pool: the Predictor's one diarization thread: the pipeline's kernels' plans
         must live in the thread that runs the requests' diarization.
     diarization_stream: the Predictor's context manager that puts that thread's kernels on
@@ -66,7 +79,7 @@ class WarmUp:
     device: str
     asr_models: AsrModels
     aligners: alignment.AlignmentModels
-    diarizers: diarization.DiarizationModels | None
+    diarizers: Callable[[], diarization.DiarizationModels | None]
     diarization_pool: ThreadPoolExecutor
     diarization_stream: Callable[[], AbstractContextManager[None]]
     windows_per_generate: Callable[[str, str], int | None]
@@ -74,16 +87,29 @@ class WarmUp:
     timings: dict[str, float]
 
     def run(self, model_name: str, requested_compute_type: str) -> str | None:
-        """Load ``model_name`` (kept resident) and the VAD, and warm everything up.
+        """Load ``model_name`` (kept resident) and the VAD, and warm everything up, in lanes.
 
-        The diarization pipeline's load and warm-up overlap the ASR model's. A failure to
-        load the default model is logged and returned (the worker keeps serving requests
-        that name another model); warm-up failures are logged only.
+        A failure to load the default model is logged and returned (the worker keeps serving
+        requests that name another model); warm-up failures are logged only.
         """
-        # The diarization pipeline loads and warms up in its own thread (where its kernels'
-        # plans must live) while this one loads and warms up the ASR model: start-up takes
-        # the longer of the two instead of their sum.
-        diarization_ready = self._start_diarization()
+        diarization_ready = self.diarization_pool.submit(self._diarization)
+        aligner_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-aligners")
+        try:
+            aligners_ready = aligner_lane.submit(self._aligners)
+            error = self._asr_lane(model_name, requested_compute_type)
+            for lane, future in (("diarization", diarization_ready), ("aligner", aligners_ready)):
+                try:
+                    future.result()
+                except Exception as exc:  # each lane's own failures are reported per request
+                    logger.warning("%s warm-up failed: %s", lane, exc)
+        finally:
+            aligner_lane.shutdown(wait=True)
+        # Here, after every lane: freeing device memory synchronises the device.
+        self.release_gpu_cache()
+        return error
+
+    def _asr_lane(self, model_name: str, requested_compute_type: str) -> str | None:
+        """Load the default model and the VAD, then (``WARMUP``) run them once; the load error."""
         error = None
         compute_type, _ = effective_compute_type(requested_compute_type, self.device)
         try:
@@ -100,24 +126,22 @@ class WarmUp:
                     self._asr(resolved, compute_type)
                 except Exception as exc:  # an OOM here must not stop the worker serving
                     logger.warning("ASR warm-up failed (the first job pays for it): %s", exc)
-                    self.release_gpu_cache()
-        self._wait_for_diarization(diarization_ready)
-        self._aligners()
         return error
 
     def _asr(self, resolved: ResolvedModel, compute_type: str) -> None:
         """Run one tiny transcription so kernels and VAD are initialised before the first job."""
         started = time.perf_counter()
         model, _ = self.asr_models.whisper(resolved, compute_type)
-        # On a GPU, a full batch of 30 s windows with beam search (the shapes and kernels a
-        # real job uses, so the first job does not pay for choosing and loading them), then a
-        # short tail batch, as a long file ends; the VAD over 2 minutes, which fills its own
-        # batches of chunks.
+        # On a GPU, one generate call over a short clip's windows with beam search: the kernels a
+        # job uses are compiled and loaded once, whatever the batch (CTranslate2 plans nothing
+        # per shape); the VAD over 30 s and 2 minutes, one batch of chunks and a full one.
         gpu = self.device == "cuda"
-        seconds, beam, batch, tail = (30.0, 5, rp_schema.defaults()["batch_size"], 3) if gpu else (2.0, 1, 1, 0)
+        seconds, beam, batch = (30.0, 5, ASR_WARMUP_WINDOWS) if gpu else (2.0, 1, 1)
         samples = noise(seconds)
-        vad.speech_scores(self.asr_models.vad(), noise(4 * seconds) if gpu else samples)
-        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * (batch + tail)
+        vad_model = self.asr_models.vad()
+        for length in (seconds, 4 * seconds) if gpu else (seconds,):
+            vad.speech_scores(vad_model, noise(length))
+        windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
         asr.transcribe_windows(model, samples, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
                                max_rows=self.windows_per_generate(resolved.path, compute_type))
@@ -142,39 +166,19 @@ class WarmUp:
                 logger.warning("aligner for %s not preloaded: %s", language, exc)
         self.timings["aligner_warmup_s"] = round(time.perf_counter() - started, 3)
 
-    def _start_diarization(self) -> Future[None] | None:
-        """Submit the offline diarization pipeline's load (and with WARMUP, one run on noise
-        and CAM++ over its input shapes of up to 64 rows) to the diarization thread; a Future,
-        or None."""
-        if self.diarizers is None:
-            return None
-        # On a GPU, more 10 s chunks than one segmentation batch holds.
-        samples = noise(90.0 if self.device == "cuda" else 3.0)
-        return self.diarization_pool.submit(self._diarization, self.diarizers, samples)
-
-    def _wait_for_diarization(self, future: Future[None] | None) -> None:
-        if future is None:
-            return
-        try:
-            future.result()
-        except Exception as exc:  # the pipeline's own failures are reported per request
-            logger.warning("diarization warm-up failed: %s", exc)
-        # Here, not in the diarization thread: freeing device memory synchronises the device,
-        # which would stall the ASR warm-up running meanwhile. Returns the side stream's pool
-        # before the aligner warms up.
-        self.release_gpu_cache()
-
-    def _diarization(self, diarizers: diarization.DiarizationModels, samples: np.ndarray) -> None:
-        """In the diarization thread, on its stream: load the offline pipeline and, with
-        WARMUP, run it once and run CAM++ on its input shapes of up to 64 rows
-        (``warm_up_embeddings``; bigger forwards happen only for lengths of <= 5 s)."""
+    def _diarization(self) -> None:
+        """In the diarization thread, on its stream: build the registry, load the offline
+        pipeline and, with WARMUP, run it once on noise (on a GPU, more 10 s chunks than one
+        segmentation batch holds) and CAM++ once (noise gives it nothing to embed)."""
         started = time.perf_counter()
+        diarizers = self.diarizers()
+        if diarizers is None:
+            return
         diarizers.warm_up()
         if self.settings.warmup:
+            samples = noise(90.0 if self.device == "cuda" else 3.0)
             with self.diarization_stream():
                 diarizers.diarize(samples, model="", token=None, min_speakers=None, max_speakers=None,
                                   num_speakers=None, return_embeddings=False)
-                shapes = diarizers.warm_up_embeddings()
-                if shapes:
-                    logger.info("CAM++ warmed up on %d input shapes (up to 64 rows)", shapes)
+                diarizers.warm_up_embeddings()
         self.timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)

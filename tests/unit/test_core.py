@@ -100,7 +100,7 @@ def test_is_out_of_memory(exc, expected):
 def test_out_of_memory_retries_with_smaller_batch(monkeypatch):
     seen = []
 
-    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None, max_rows=None):
+    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None, max_rows=None, calls=None):
         seen.append(batch_size)
         if batch_size > 4:
             raise RuntimeError("CUDA failed with error out of memory")
@@ -176,6 +176,33 @@ def test_gpu_tuning_settings_from_env():
     assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false"}).diarization_side_stream is False
 
 
+def test_concurrency_settings_from_env():
+    default = WorkerSettings.from_env({})
+    assert default.max_concurrent_jobs == 0 and default.batch_fill_max_jobs == 1  # 0: chosen from the device
+    tuned = WorkerSettings.from_env({"MAX_CONCURRENT_JOBS": "8", "BATCH_FILL_MAX_JOBS": "2"})
+    assert tuned.max_concurrent_jobs == 8 and tuned.batch_fill_max_jobs == 2
+    from predict import default_concurrent_jobs
+
+    assert default_concurrent_jobs("cpu") == 1
+
+
+def test_kernel_cache_goes_to_the_network_volume(tmp_path):
+    """On RunPod with a network volume, the CUDA kernel cache lives on it (later cold starts
+    find the kernels compiled by the first); an operator's CUDA_CACHE_PATH is left alone."""
+    from settings import default_kernel_cache_dir, use_kernel_cache
+
+    assert default_kernel_cache_dir(str(tmp_path / "no-volume")) == ""
+    folder = default_kernel_cache_dir(str(tmp_path))
+    assert folder == str(tmp_path / ".cache" / "whisperx-worker" / "cuda-kernels")
+    env: dict[str, str] = {}
+    assert use_kernel_cache(folder, env) == folder and env["CUDA_CACHE_PATH"] == folder
+    assert int(env["CUDA_CACHE_MAXSIZE"]) >= 2**30 and (tmp_path / ".cache").is_dir()
+    own = {"CUDA_CACHE_PATH": "/mine"}
+    assert use_kernel_cache(folder, own) == "/mine" and own == {"CUDA_CACHE_PATH": "/mine"}
+    assert use_kernel_cache("", {}) is None
+    assert WorkerSettings.from_env({"KERNEL_CACHE_DIR": "/k"}).kernel_cache_dir == "/k"
+
+
 def test_equal_slices_split_a_batch_into_the_fewest_equal_calls():
     def sizes(count, cap):
         return [len(range(count)[part]) for part in asr.equal_slices(count, cap)]
@@ -195,7 +222,8 @@ def test_windows_in_flight_bounds_the_cross_attention_cache():
 
 
 @pytest.mark.parametrize("env", [{"WORKER_DEVICE": "tpu"}, {"WARMUP": "maybe"}, {"JOB_TIMEOUT_S": "soon"}, {"JOB_TIMEOUT_S": "-1"},
-                                 {"LOG_TAIL_CHARS": "lots"}, {"BATCH_FILL_MIN_CHUNK_S": "-2"}, {"ASR_DECODE_CACHE_MB": "big"}])
+                                 {"LOG_TAIL_CHARS": "lots"}, {"BATCH_FILL_MIN_CHUNK_S": "-2"}, {"ASR_DECODE_CACHE_MB": "big"},
+                                 {"MAX_CONCURRENT_JOBS": "-1"}, {"MAX_CONCURRENT_JOBS": "many"}, {"BATCH_FILL_MAX_JOBS": "0"}])
 def test_worker_settings_reject_bad_env(env):
     with pytest.raises(ValueError, match=next(iter(env))):
         WorkerSettings.from_env(env)

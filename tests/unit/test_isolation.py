@@ -94,11 +94,11 @@ class _FakeWhisper:
 def test_asr_cache_drops_least_recently_used_non_default(monkeypatch):
     """MAX_CACHED_MODELS=2: a fourth model drops the least recently used of the non-default
     ones; the preloaded (kept) model is never dropped (issue 13 #3)."""
-    import whisperx.asr
+    import faster_whisper
 
     from models import AsrModels, ResolvedModel
 
-    monkeypatch.setattr(whisperx.asr, "WhisperModel", _FakeWhisper)
+    monkeypatch.setattr(faster_whisper, "WhisperModel", _FakeWhisper)
     models = AsrModels("cpu", "/nonexistent", max_cached=2)
 
     def load(name, compute="int8", keep=False):
