@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -58,12 +58,14 @@ class AlignerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Aligner:
-    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
+    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from.
+    ``forward_lock`` lets concurrent jobs queue its forwards one at a time (``ctc_alignment``)."""
 
     language: str
     model: AlignModel
     metadata: dict
     source: str
+    forward_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 class HalfPrecision:
@@ -209,7 +211,7 @@ def align_with_wav2vec2(
         if check is not None:
             check()
         aligned += ctc_alignment.align_segments(segments[first : first + group], aligner.model, aligner.metadata,
-                                                waveform, device)
+                                                waveform, device, forward_lock=aligner.forward_lock)
     return [_clean_segment(seg) for seg in aligned]
 
 

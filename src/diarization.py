@@ -31,13 +31,14 @@ their speakers in ``speaker_assignment`` (``assign_speakers``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -315,12 +316,43 @@ def _token_key(token: str | None) -> str:
 PipelineT = TypeVar("PipelineT")
 
 
-@dataclass
 class _Entry(Generic[PipelineT]):
-    """One loaded pipeline and the lock that serialises runs on it."""
+    """A loaded pipeline and its replicas. Each run leases one (pyannote pipelines are not
+    documented as re-entrant), so up to ``replicas`` runs go side by side, in as many
+    diarization threads; a replica is loaded (with ``load``) when every loaded one is busy."""
 
-    pipeline: PipelineT
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, pipeline: PipelineT, load: Callable[[], PipelineT] | None = None, replicas: int = 1) -> None:
+        self.pipeline = pipeline
+        self._load = load
+        self._replicas = max(1, replicas) if load is not None else 1
+        self._free = [pipeline]
+        self._count = 1
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[PipelineT]:
+        """A replica for one run, returned when the run ends (waits while all are busy)."""
+        with self._changed:
+            while not self._free and self._count >= self._replicas:
+                self._changed.wait()
+            pipeline = self._free.pop() if self._free else None
+            if pipeline is None:
+                self._count += 1
+        if pipeline is None:
+            assert self._load is not None  # a second replica exists only with a loader
+            try:
+                pipeline = self._load()
+            except BaseException:
+                with self._changed:
+                    self._count -= 1
+                    self._changed.notify()
+                raise
+        try:
+            yield pipeline
+        finally:
+            with self._changed:
+                self._free.append(pipeline)
+                self._changed.notify()
 
 
 class DiarizationModels:
@@ -336,6 +368,8 @@ class DiarizationModels:
     offline_hyper_parameters: clustering and segmentation settings of the offline pipeline.
     max_cached: requested pipelines (other than ``kept_models``) kept resident at once; the
         least recently used one is dropped first (``MAX_CACHED_MODELS``).
+    replicas: copies of the offline pipeline that may run at once (the Predictor's
+        diarization threads); requested pipelines run one request at a time.
     kept_models: pipelines never dropped (the default ``diarization_model``); the offline
         pipeline is never dropped either.
     """
@@ -348,8 +382,10 @@ class DiarizationModels:
         offline_hyper_parameters: OfflineHyperParameters = OFFLINE_HYPER_PARAMETERS,
         max_cached: int = 2,
         kept_models: frozenset[str] = frozenset({DEFAULT_MODEL}),
+        replicas: int = 1,
     ) -> None:
         self.device = device
+        self.replicas = replicas
         self.max_cached = max_cached
         self.kept_models = kept_models
         self.offline_dir = offline_dir
@@ -361,14 +397,14 @@ class DiarizationModels:
         disable_pyannote_telemetry()
 
     # ---- loading
-    def _entry(self, key: tuple[str, str], load: Callable[[], PipelineT]) -> _Entry[PipelineT]:
+    def _entry(self, key: tuple[str, str], load: Callable[[], PipelineT], replicas: int = 1) -> _Entry[PipelineT]:
         """The cached pipeline for ``key``, loading it with ``load()`` on first use."""
         with self._registry_lock:
             entry = self._entries.get(key)
             if entry is None:
                 self._evict(key)  # first, so the dropped pipeline's memory can serve the new one
                 started = time.perf_counter()
-                entry = _Entry(load())
+                entry = _Entry(load(), load, replicas)
                 self._entries[key] = entry
                 logger.info("diarization pipeline %s loaded on %s in %.1f s", key[0], key[1],
                             time.perf_counter() - started)
@@ -397,7 +433,7 @@ class DiarizationModels:
         """The offline pipeline (loaded on first use); raises when its weights are missing."""
         key = (f"{OFFLINE_BACKEND}@{self.offline_dir}", self.device)
         return self._entry(
-            key, lambda: build_offline_pipeline(self.offline_dir, self.device, self.offline_hyper_parameters)
+            key, lambda: build_offline_pipeline(self.offline_dir, self.device, self.offline_hyper_parameters), self.replicas
         )
 
     def requested_pipeline(self, model: str, token: str | None) -> _Entry[DiarizationPipeline]:
@@ -437,8 +473,8 @@ class DiarizationModels:
             entry = self.offline_pipeline()
         except Exception:  # noqa: BLE001 - reported by warm_up and per request
             return 0
-        with entry.lock:
-            return entry.pipeline.warm_up_embeddings()
+        with entry.lease() as pipeline:
+            return pipeline.warm_up_embeddings()
 
     def warm_up(self) -> None:
         """Load the offline pipeline now (start-up), logging instead of raising on failure."""
@@ -485,10 +521,8 @@ class DiarizationModels:
         if token is not None or _is_local_pipeline(model):
             try:
                 entry = self.requested_pipeline(model, token)
-                with entry.lock:
-                    run = run_pyannote_pipeline(
-                        entry.pipeline.model, audio, bounds, return_embeddings, progress_callback
-                    )
+                with entry.lease() as requested:
+                    run = run_pyannote_pipeline(requested.model, audio, bounds, return_embeddings, progress_callback)
                 return self._finish(run, duration, model, bounds, notes)
             except Stopped:
                 raise  # the job is over: no fallback run
@@ -500,9 +534,9 @@ class DiarizationModels:
             reason = f"no Hugging Face token for the gated {model}"
 
         try:
-            entry = self.offline_pipeline()
-            with entry.lock:
-                run = run_pyannote_pipeline(entry.pipeline, audio, bounds, return_embeddings, progress_callback)
+            offline = self.offline_pipeline()
+            with offline.lease() as pipeline:
+                run = run_pyannote_pipeline(pipeline, audio, bounds, return_embeddings, progress_callback)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as DiarizationUnavailable

@@ -158,6 +158,7 @@ class AsrModels:
         self._kept: set[tuple[str, str, str]] = set()
         self._vad: VoiceActivitySegmentation | None = None
         self._lock = threading.Lock()
+        self._vad_lock = threading.Lock()  # apart: the VAD loads while a Whisper model does
 
     def resident(self) -> list[tuple[str, str, str]]:
         """Keys (path, compute type, device) of the resident models, least recently used first."""
@@ -214,7 +215,7 @@ class AsrModels:
         Its output is frame-level speech scores; thresholds are applied per request in
         ``vad.speech_windows``, so one instance serves every option set.
         """
-        with self._lock:
+        with self._vad_lock:
             if self._vad is None:
                 import torch
                 from whisperx.vads.pyannote import load_vad_model

@@ -52,7 +52,6 @@ from models import (
 from settings import WorkerSettings, use_kernel_cache
 
 if TYPE_CHECKING:
-    import torch
     from faster_whisper.tokenizer import Tokenizer
     from pyannote.core import SlidingWindowFeature
     from faster_whisper import WhisperModel
@@ -88,6 +87,20 @@ def default_concurrent_jobs(device: str) -> int:
 
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     return max(1, min(MAX_DEFAULT_JOBS, int(total_gib / GIB_PER_DEFAULT_JOB + 0.5)))
+
+
+# Diarization threads by default on a GPU when several jobs run at once: diarization of a
+# 30 s clip is ~0.25 s of mostly kernel launches, so one thread limits a busy worker
+# (bench/serverless_bench.py).
+DEFAULT_GPU_DIARIZATION_THREADS = 2
+
+
+def default_diarization_threads(device: str, max_concurrent_jobs: int) -> int:
+    """Diarization threads when ``DIARIZATION_THREADS`` is not set: 1 on a CPU or for one job
+    at a time, else ``DEFAULT_GPU_DIARIZATION_THREADS`` (at most one per job)."""
+    if device != "cuda":
+        return 1
+    return max(1, min(DEFAULT_GPU_DIARIZATION_THREADS, max_concurrent_jobs))
 
 
 class UserError(ValueError):
@@ -221,9 +234,11 @@ class Predictor:
         self.aligners: alignment.AlignmentModels | None = None
         self.diarizers: diarization.DiarizationModels | None = None
         self.startup_timings: dict[str, float] = {}
-        # One background thread: diarization of the current job overlaps its ASR.
+        # Background threads: a job's diarization overlaps its ASR (setup() sizes the pool:
+        # ``diarization_threads``; a pool starts its threads only when given work).
+        self.diarization_threads = 1
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
-        self._side_stream: torch.cuda.Stream | None = None  # of the diarization thread (GPU only)
+        self._side_streams = threading.local()  # each diarization thread's CUDA stream (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
         self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
@@ -260,6 +275,10 @@ class Predictor:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = pick_device(self.settings.device)
         self.max_concurrent_jobs = self.settings.max_concurrent_jobs or default_concurrent_jobs(self.device)
+        self.diarization_threads = self.settings.diarization_threads or default_diarization_threads(
+            self.device, self.max_concurrent_jobs)
+        self._diarization_pool.shutdown(wait=False)
+        self._diarization_pool = ThreadPoolExecutor(max_workers=self.diarization_threads, thread_name_prefix="diarize")
         asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
                                max_cached=self.settings.max_cached_models)
         aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
@@ -269,6 +288,7 @@ class Predictor:
         warm_up = warmup.WarmUp(
             settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
             diarizers=self._setup_diarization, diarization_pool=self._diarization_pool,
+            diarization_threads=self.diarization_threads,
             diarization_stream=self._diarization_stream, windows_per_generate=self._windows_per_generate,
             release_gpu_cache=self._release_gpu_cache, timings=self.startup_timings,
         )
@@ -302,7 +322,7 @@ class Predictor:
             return None
         self.diarizers = diarization.DiarizationModels(
             self.device, self.settings.offline_diarization_dir, max_cached=self.settings.max_cached_models,
-            kept_models=frozenset(self._default_diarization_models()),
+            kept_models=frozenset(self._default_diarization_models()), replicas=self.diarization_threads,
         )
         return self.diarizers
 
@@ -648,9 +668,9 @@ class Predictor:
             return
         import torch
 
-        if self._side_stream is None:  # created by the diarization thread, used only there
-            self._side_stream = torch.cuda.Stream()
-        stream = self._side_stream
+        stream = getattr(self._side_streams, "stream", None)
+        if stream is None:  # created by each diarization thread, used only there
+            stream = self._side_streams.stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
             yield
         stream.synchronize()

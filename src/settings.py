@@ -133,6 +133,9 @@ class WorkerSettings:
     max_concurrent_jobs: jobs one worker runs at once (``MAX_CONCURRENT_JOBS``; 0 = chosen from
         the device: ``predict.default_concurrent_jobs``). The handler tells RunPod through the
         SDK's ``concurrency_modifier``; concurrent jobs share Whisper calls (``batching``).
+    diarization_threads: diarizations that run at once, each in its own thread with its own
+        copy of the offline pipeline (``DIARIZATION_THREADS``; 0 = chosen from the device and
+        ``max_concurrent_jobs``: ``predict.default_diarization_threads``).
     kernel_cache_dir: where the CUDA driver keeps the GPU code it compiles from PTX
         (``KERNEL_CACHE_DIR``; default: a folder on RunPod's network volume when one is mounted
         at ``/runpod-volume``, else the driver's own default in the container). Set as
@@ -170,6 +173,7 @@ class WorkerSettings:
     log_level: str = "INFO"
     max_concurrent_jobs: int = 0
     kernel_cache_dir: str = ""
+    diarization_threads: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -220,6 +224,7 @@ class WorkerSettings:
             log_level=env.get("LOG_LEVEL", "").strip() or "INFO",
             max_concurrent_jobs=_env_min_int(env, "MAX_CONCURRENT_JOBS", 0, 0),
             kernel_cache_dir=env.get("KERNEL_CACHE_DIR", "").strip() or default_kernel_cache_dir(),
+            diarization_threads=_env_min_int(env, "DIARIZATION_THREADS", 0, 0),
         )
 
     def batch_fill_chunk_s(self, device: str) -> float:

@@ -1,23 +1,24 @@
 """Start-up warm-up: the resident models are loaded and first run in three lanes at once.
 
-- this thread: the default ASR model, the VAD, and one small transcription. On a GPU whose
+- this thread: the default ASR model and one small transcription. On a GPU whose
   machine code CTranslate2's wheel lacks (4.8.5 ships sm_53-86 and PTX for compute_86: an
   H100/H200, L4 or L40S), the first encode compiles its kernels from PTX, ~14 s on the lent
   H200 with an empty kernel cache (bench/cold_start_probe.py); that compilation sets the
   length of a cold start;
 - the diarization thread: the diarization registry (pyannote's import), the offline pipeline
   and one run of it;
-- an aligner thread: the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on every input
-  shape a job can give them.
+- a torch thread: the VAD, then the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on
+  every input shape a job can give them.
 
 Start-up takes the longest lane instead of their sum. What each step took lands in the
 Predictor's ``startup_timings``:
 
 - ``model_load_s``: loading the default ASR model (absent when it failed to load);
-- ``warmup_s``: the ASR warm-up (VAD and one transcription; with ``WARMUP`` only);
+- ``warmup_s``: the ASR warm-up (one transcription; with ``WARMUP`` only);
+- ``vad_warmup_s``: loading the VAD and, with ``WARMUP``, running it;
 - ``diarization_warmup_s``: the diarization lane (with ``WARMUP``, one run on noise and one
   CAM++ forward);
-- ``aligner_warmup_s``: the aligner lane.
+- ``aligner_warmup_s``: loading (and with ``WARMUP``, running) the aligners.
 
 The Predictor adds ``setup_s``, the whole of ``setup()``.
 """
@@ -25,6 +26,7 @@ The Predictor adds ``setup_s``, the whole of ``setup()``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,10 @@ from settings import WorkerSettings
 
 if TYPE_CHECKING:
     import diarization
+
+# How long a diarization thread's warm-up waits for the others to start (seconds): they are
+# idle at start-up, so they start at once; the bound only keeps a broken pool from hanging.
+DIARIZATION_BARRIER_S = 120.0
 
 # Windows of the ASR warm-up's one generate call on a GPU: about what a 30 s clip gives
 # (batch filling cuts it at pauses into windows of 10 s or more).
@@ -81,6 +87,7 @@ class WarmUp:
     aligners: alignment.AlignmentModels
     diarizers: Callable[[], diarization.DiarizationModels | None]
     diarization_pool: ThreadPoolExecutor
+    diarization_threads: int
     diarization_stream: Callable[[], AbstractContextManager[None]]
     windows_per_generate: Callable[[str, str], int | None]
     release_gpu_cache: Callable[[], None]
@@ -93,30 +100,29 @@ class WarmUp:
         requests that name another model); warm-up failures are logged only.
         """
         diarization_ready = self.diarization_pool.submit(self._diarization)
-        aligner_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-aligners")
+        torch_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-torch")
         try:
-            aligners_ready = aligner_lane.submit(self._aligners)
+            torch_ready = torch_lane.submit(self._torch_models)
             error = self._asr_lane(model_name, requested_compute_type)
-            for lane, future in (("diarization", diarization_ready), ("aligner", aligners_ready)):
+            for lane, future in (("diarization", diarization_ready), ("VAD/aligner", torch_ready)):
                 try:
                     future.result()
                 except Exception as exc:  # each lane's own failures are reported per request
                     logger.warning("%s warm-up failed: %s", lane, exc)
         finally:
-            aligner_lane.shutdown(wait=True)
+            torch_lane.shutdown(wait=True)
         # Here, after every lane: freeing device memory synchronises the device.
         self.release_gpu_cache()
         return error
 
     def _asr_lane(self, model_name: str, requested_compute_type: str) -> str | None:
-        """Load the default model and the VAD, then (``WARMUP``) run them once; the load error."""
+        """Load the default model, then (``WARMUP``) run it once; the load error."""
         error = None
         compute_type, _ = effective_compute_type(requested_compute_type, self.device)
         try:
             resolved = resolve_asr_model(model_name, self.settings.models_dir, None)
             _, seconds = self.asr_models.whisper(resolved, compute_type, keep=True)
             self.timings["model_load_s"] = round(seconds, 3)
-            self.asr_models.vad()
         except ModelLoadError as exc:
             error = str(exc)
             logger.error("default model not loaded at start-up: %s", exc)
@@ -129,23 +135,31 @@ class WarmUp:
         return error
 
     def _asr(self, resolved: ResolvedModel, compute_type: str) -> None:
-        """Run one tiny transcription so kernels and VAD are initialised before the first job."""
+        """Run one tiny transcription so the model's kernels are ready before the first job."""
         started = time.perf_counter()
         model, _ = self.asr_models.whisper(resolved, compute_type)
         # On a GPU, one generate call over a short clip's windows with beam search: the kernels a
         # job uses are compiled and loaded once, whatever the batch (CTranslate2 plans nothing
-        # per shape); the VAD over 30 s and 2 minutes, one batch of chunks and a full one.
+        # per shape).
         gpu = self.device == "cuda"
         seconds, beam, batch = (30.0, 5, ASR_WARMUP_WINDOWS) if gpu else (2.0, 1, 1)
         samples = noise(seconds)
-        vad_model = self.asr_models.vad()
-        for length in (seconds, 4 * seconds) if gpu else (seconds,):
-            vad.speech_scores(vad_model, noise(length))
         windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
         asr.transcribe_windows(model, samples, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
                                max_rows=self.windows_per_generate(resolved.path, compute_type))
         self.timings["warmup_s"] = round(time.perf_counter() - started, 3)
+
+    def _torch_models(self) -> None:
+        """The VAD, then the aligners: load, and with WARMUP run once."""
+        started = time.perf_counter()
+        vad_model = self.asr_models.vad()
+        if self.settings.warmup:
+            # Over 30 s and 2 minutes on a GPU: one batch of chunks and a full one.
+            for seconds in (30.0, 120.0) if self.device == "cuda" else (2.0,):
+                vad.speech_scores(vad_model, noise(seconds))
+        self.timings["vad_warmup_s"] = round(time.perf_counter() - started, 3)
+        self._aligners()
 
     def _aligners(self) -> None:
         """Load (and with WARMUP, run once) the aligners of ``PRELOAD_ALIGN_LANGUAGES``, so the
@@ -167,18 +181,30 @@ class WarmUp:
         self.timings["aligner_warmup_s"] = round(time.perf_counter() - started, 3)
 
     def _diarization(self) -> None:
-        """In the diarization thread, on its stream: build the registry, load the offline
-        pipeline and, with WARMUP, run it once on noise (on a GPU, more 10 s chunks than one
-        segmentation batch holds) and CAM++ once (noise gives it nothing to embed)."""
+        """In a diarization thread: build the registry and load the offline pipeline; with
+        WARMUP, every diarization thread then runs it once at the same time (so each loads a
+        replica and sets up its own per-thread state: cuDNN plans of the segmentation model)."""
         started = time.perf_counter()
         diarizers = self.diarizers()
         if diarizers is None:
             return
         diarizers.warm_up()
         if self.settings.warmup:
-            samples = noise(90.0 if self.device == "cuda" else 3.0)
-            with self.diarization_stream():
-                diarizers.diarize(samples, model="", token=None, min_speakers=None, max_speakers=None,
-                                  num_speakers=None, return_embeddings=False)
-                diarizers.warm_up_embeddings()
+            together = threading.Barrier(self.diarization_threads, timeout=DIARIZATION_BARRIER_S)
+            others = [self.diarization_pool.submit(self._diarization_run, diarizers, together)
+                      for _ in range(self.diarization_threads - 1)]
+            self._diarization_run(diarizers, together)
+            for other in others:
+                other.result()
         self.timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
+
+    def _diarization_run(self, diarizers: diarization.DiarizationModels, together: threading.Barrier) -> None:
+        """One diarization thread's warm-up, on its stream: the pipeline on noise (on a GPU, more
+        10 s chunks than one segmentation batch holds) and CAM++ once (noise gives it nothing to
+        embed). Waits at ``together`` first, so that each thread of the pool takes one."""
+        together.wait()
+        samples = noise(90.0 if self.device == "cuda" else 3.0)
+        with self.diarization_stream():
+            diarizers.diarize(samples, model="", token=None, min_speakers=None, max_speakers=None,
+                              num_speakers=None, return_embeddings=False)
+            diarizers.warm_up_embeddings()

@@ -106,3 +106,43 @@ def test_a_token_pyannote_would_drop_is_named_in_the_error(tmp_path, monkeypatch
     assert message.startswith("cannot get pyannote/speaker-diarization-3.1/config.yaml (not in the local Hugging Face cache")
     assert message.endswith("pyannote uses only tokens that start with hf_")
     assert "not_an_hf_token" not in message
+
+
+def test_replicas_let_runs_go_side_by_side_up_to_their_number():
+    """A pipeline entry with replicas: each run leases one; a second concurrent run gets a
+    second replica (loaded then), a third waits for one to come back; a failed load of a
+    replica frees its place."""
+    import threading
+
+    loads: list[str] = []
+
+    def load() -> str:
+        loads.append(f"replica-{len(loads) + 1}")
+        return loads[-1]
+
+    entry = diarization._Entry(load(), load, replicas=2)
+    with entry.lease() as first, entry.lease() as second:
+        assert {first, second} == {"replica-1", "replica-2"}
+        waiting: list[str] = []
+        third = threading.Thread(target=lambda: waiting.append(entry.lease().__enter__()))
+        third.start()
+        third.join(0.2)
+        assert third.is_alive() and not waiting  # both replicas busy: the third run waits
+    third.join(5)
+    assert waiting and waiting[0] in {"replica-1", "replica-2"} and len(loads) == 2
+
+    broken = diarization._Entry("only", lambda: (_ for _ in ()).throw(RuntimeError("no memory")), replicas=2)
+    with broken.lease():
+        with pytest.raises(RuntimeError, match="no memory"), broken.lease():
+            pass
+        assert broken._count == 1
+    with broken.lease() as again:
+        assert again == "only"
+
+
+def test_default_diarization_threads():
+    from predict import default_diarization_threads
+
+    assert default_diarization_threads("cpu", 8) == 1
+    assert default_diarization_threads("cuda", 1) == 1
+    assert default_diarization_threads("cuda", 8) == 2
