@@ -138,7 +138,8 @@ def child(args: argparse.Namespace) -> None:
     for label in ("FIRST", "WARM", "WARM", "WARM"):
         started = now()
         result = asyncio.run(handler.serve_job(request))  # in a job thread, as RunPod runs it
-        print(label, now() - started, json.dumps({"error": result.get("error")}), flush=True)
+        timings = result.get("debug_info", {}).get("timings")
+        print(label, now() - started, json.dumps({"error": result.get("error"), "timings": timings}), flush=True)
 
 
 def cold_start(args: argparse.Namespace, clip: Path) -> dict:
@@ -157,10 +158,14 @@ def cold_start(args: argparse.Namespace, clip: Path) -> dict:
             report["ready_s"] = round(now() - started, 3)
             report["startup_timings"] = json.loads(rest)
         elif label == "FIRST":
-            report["first_job_s"] = round(float(rest.split()[0]), 3)
+            seconds, _, detail = rest.partition(" ")
+            report["first_job_s"] = round(float(seconds), 3)
             report["first_result_s"] = round(now() - started, 3)
+            report["first_job"] = json.loads(detail)
         elif label == "WARM":
-            report["warm_s"].append(round(float(rest.split()[0]), 3))
+            seconds, _, detail = rest.partition(" ")
+            report["warm_s"].append(round(float(seconds), 3))
+            report["last_warm_job"] = json.loads(detail)
     process.wait()
     report["returncode"] = process.returncode
     return report

@@ -285,6 +285,7 @@ class Predictor:
         self.asr_models, self.aligners = asr_models, aligners
         # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
         self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32)
+        self.startup_timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
         warm_up = warmup.WarmUp(
             settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
             diarizers=self._setup_diarization, diarization_pool=self._diarization_pool,
