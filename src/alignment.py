@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -31,6 +31,7 @@ from asr import WindowTranscript, log_mel_batch
 
 if TYPE_CHECKING:
     import torch
+    from ctc_alignment import ForwardRunner
     from faster_whisper.tokenizer import Tokenizer
     from torchaudio.models import Wav2Vec2Model
     from transformers import Wav2Vec2ForCTC
@@ -58,14 +59,12 @@ class AlignerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Aligner:
-    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from.
-    ``forward_lock`` lets concurrent jobs queue its forwards one at a time (``ctc_alignment``)."""
+    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
 
     language: str
     model: AlignModel
     metadata: dict
     source: str
-    forward_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 class HalfPrecision:
@@ -192,13 +191,14 @@ CHECKED_GROUP_SEGMENTS = 8
 
 def align_with_wav2vec2(
     transcripts: Sequence[WindowTranscript], aligner: Aligner, waveform: np.ndarray, device: str,
-    check: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None, run_forward: ForwardRunner | None = None,
 ) -> list[dict]:
     """wav2vec2 forced alignment of each window's text (whisperX's method and word timings,
     batched: ``ctc_alignment``); segments split into sentences, every word timed.
 
     check: called between groups of ``CHECKED_GROUP_SEGMENTS`` segments (the job's time
     budget: it raises to stop); None aligns all segments in one call.
+    run_forward: where the model's forwards are queued (``ctc_alignment.align_segments``).
     """
     import ctc_alignment
 
@@ -211,7 +211,7 @@ def align_with_wav2vec2(
         if check is not None:
             check()
         aligned += ctc_alignment.align_segments(segments[first : first + group], aligner.model, aligner.metadata,
-                                                waveform, device, forward_lock=aligner.forward_lock)
+                                                waveform, device, run_forward=run_forward)
     return [_clean_segment(seg) for seg in aligned]
 
 

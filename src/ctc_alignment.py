@@ -19,15 +19,14 @@ wav2vec2), ``token`` a kept character of the text (one trellis column).
 from __future__ import annotations
 
 import bisect
-import contextlib
+import functools
 import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -357,18 +356,23 @@ def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 3
     return len(widths)
 
 
+# Runs a batch's forward (a callable) and returns what it returns: in the calling thread, or
+# in a thread that the forwards of every job share (the worker's torch thread).
+ForwardRunner: TypeAlias = "Callable[[Callable[[], _InFlight]], _InFlight]"
+
+
 def _emission_batches(model: AlignModel, jobs: list[_Job], vocabulary: Vocabulary, device: str, options: CtcAlignOptions,
-                      forward_lock: AbstractContextManager[Any] | None = None) -> Iterator[tuple[list[_Job], EmissionBatch]]:
+                      run_forward: ForwardRunner | None = None) -> Iterator[tuple[list[_Job], EmissionBatch]]:
     """Emissions of ``jobs``, batch by batch; the next batch is queued before one is yielded.
-    ``forward_lock`` is held while a batch's forward is queued: concurrent jobs then queue
-    their forwards one after another, so their activations do not pile up on the device."""
+    ``run_forward`` queues each batch's forward (default: in this thread)."""
     padded = uses_padded_batches(model, vocabulary, device, options)
     batches = plan_batches([len(job.samples) for job in jobs], padded, options)
     logger.debug("%d segments in %d forwards (%s)", len(jobs), len(batches), "padded batches" if padded else "one segment per forward")
     pending: _InFlight | None = None
     for batch in batches:
-        with forward_lock or contextlib.nullcontext():
-            launched = _launch(model, [jobs[i] for i in batch], vocabulary, device, padded, options)
+        batch_jobs = [jobs[i] for i in batch]
+        forward = functools.partial(_launch, model, batch_jobs, vocabulary, device, padded, options)
+        launched = run_forward(forward) if run_forward is not None else forward()
         if pending is not None:
             yield pending.jobs, pending.wait()
         pending = launched
@@ -624,7 +628,7 @@ def _align_batch(jobs: list[_Job], emissions: EmissionBatch, vocabulary: Vocabul
 
 
 def align_segments(segments: Sequence[SegmentText], model: AlignModel, metadata: dict, waveform: np.ndarray, device: str,
-                   options: CtcAlignOptions | None = None, forward_lock: AbstractContextManager[Any] | None = None) -> list[dict]:
+                   options: CtcAlignOptions | None = None, run_forward: ForwardRunner | None = None) -> list[dict]:
     """Word-aligned segments ``{"start", "end", "text", "words": [{"word", "start", "end", "score"}]}``.
 
     ``model``/``metadata`` as ``whisperx.load_align_model`` returns them (the model may be
@@ -632,7 +636,7 @@ def align_segments(segments: Sequence[SegmentText], model: AlignModel, metadata:
     segment becomes one output segment per group of its sentences with distinct times, in
     input order. A segment that cannot be aligned (no text, start past the audio, more
     characters than frames) comes back once with its own times and its words untimed.
-    ``forward_lock``: see ``_emission_batches``.
+    ``run_forward``: where each forward is queued (see ``_emission_batches``).
     """
     options = options or CtcAlignOptions()
     vocabulary = Vocabulary.from_metadata(metadata)
@@ -650,7 +654,7 @@ def align_segments(segments: Sequence[SegmentText], model: AlignModel, metadata:
         jobs.append(_Job(index, segment, plan, samples, valid))
     started = time.perf_counter()
     waited = 0.0
-    batches = _emission_batches(model, jobs, vocabulary, device, options, forward_lock)
+    batches = _emission_batches(model, jobs, vocabulary, device, options, run_forward)
     while True:
         ready = time.perf_counter()
         batch = next(batches, None)

@@ -47,10 +47,11 @@ def pin_pyannote() -> list[str]:
         if hasattr(module, "fix_reproducibility"):
             module.fix_reproducibility = keep_precision
             patched.append(name)
+    logger.debug("pyannote's fix_reproducibility pinned in %d modules", len(patched))
     return patched
 
 
-def apply(device: str, allow_tf32: bool) -> bool:
+def apply(device: str, allow_tf32: bool, pin: bool = True) -> bool:
     """Set the process's precision policy for ``device`` and keep pyannote from changing it.
 
     On CUDA: TF32 for float32 matmuls and cuDNN convolutions as ``allow_tf32`` says
@@ -58,6 +59,9 @@ def apply(device: str, allow_tf32: bool) -> bool:
     with it; the aligner runs in float16; docs/BENCHMARKS.md "Precision policy (TF32)"). On CPU: flush denormal
     floats (they make CPU convolutions, VAD and CAM++, up to 10x slower); TF32 does not apply.
     Call it once, before any stage runs in any thread. Returns whether TF32 is on.
+    ``pin``: also ``pin_pyannote`` now. The worker's start-up passes False and pins in each
+    warm-up lane that imports pyannote, before its first pyannote call: importing pyannote
+    takes seconds, which would otherwise hold up every lane.
     """
     import torch
 
@@ -67,7 +71,7 @@ def apply(device: str, allow_tf32: bool) -> bool:
         torch.backends.cudnn.allow_tf32 = tf32
     else:
         torch.set_flush_denormal(True)
-    patched = pin_pyannote()
-    logger.info("precision policy on %s: TF32 %s (pyannote's fix_reproducibility pinned in %d modules)",
-                device, "on" if tf32 else "off", len(patched))
+    logger.info("precision policy on %s: TF32 %s", device, "on" if tf32 else "off")
+    if pin:
+        pin_pyannote()
     return tf32

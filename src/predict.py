@@ -24,7 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float | None], None]
+T = TypeVar("T")
 
 
 # How long a job's cleanup waits for its stopped diarization to end (seconds): a stop takes
@@ -221,10 +222,12 @@ class Predictor:
 
     What concurrent requests share, and how: the Whisper calls go through one
     ``batching.CrossJobBatcher``, which merges the windows of jobs with the same decoding
-    options into one generate call; the VAD runs one request at a time (``_vad_lock``; it
-    patches its inference per call); diarization runs in its one background thread in the
-    order jobs submit it. Everything else a request accumulates lives in its own
-    ``_RequestState``.
+    options into one generate call; the VAD and the aligner's forwards of every job run in one
+    "torch" thread (``_on_torch_thread``), the one where they were warmed up: cuDNN keeps its
+    per-shape plans per thread, one forward's activations are freed before the next one's
+    are taken, and the VAD's per-call patch (``_speech_scores``) cannot race; diarization
+    runs in its threads (``diarization_threads``) in the order jobs submit it. Everything
+    else a request accumulates lives in its own ``_RequestState``.
     """
 
     def __init__(self, settings: WorkerSettings | None = None) -> None:
@@ -244,7 +247,7 @@ class Predictor:
         self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
         self.whisper_calls = batching.CrossJobBatcher()
         self.max_concurrent_jobs = 1  # set by setup(): MAX_CONCURRENT_JOBS, else from the device's memory
-        self._vad_lock = threading.Lock()
+        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         self._jobs_lock = threading.Lock()
         self._jobs_in_flight = 0
 
@@ -284,12 +287,12 @@ class Predictor:
         aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
         self.asr_models, self.aligners = asr_models, aligners
         # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
-        self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32)
+        self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32, pin=False)
         self.startup_timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
         warm_up = warmup.WarmUp(
             settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
             diarizers=self._setup_diarization, diarization_pool=self._diarization_pool,
-            diarization_threads=self.diarization_threads,
+            diarization_threads=self.diarization_threads, torch_thread=self._torch_thread,
             diarization_stream=self._diarization_stream, windows_per_generate=self._windows_per_generate,
             release_gpu_cache=self._release_gpu_cache, timings=self.startup_timings,
         )
@@ -400,8 +403,8 @@ class Predictor:
         diarization_job = self._start_diarization(prepared.waveform, opts, state) if opts.diarization else None
 
         notify("vad", None)
-        with state.timed("vad_s"), self._vad_lock:
-            scores = self._speech_scores(vad_model, prepared.waveform, state.deadline)
+        with state.timed("vad_s"):
+            scores = self._on_torch_thread(functools.partial(self._speech_scores, vad_model, prepared.waveform, state.deadline))
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
             fill_chunk_s = self._batch_fill_chunk_s()
@@ -511,6 +514,11 @@ class Predictor:
         finally:
             vad_model._segmentation = inference
 
+    def _on_torch_thread(self, work: Callable[[], T]) -> T:
+        """``work()`` run in the torch thread, in this job's context (its log lines stay its
+        own); this thread waits for it."""
+        return self._torch_thread.submit(contextvars.copy_context().run, work).result()
+
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
         """Cap on windows per generate call on a GPU (``ASR_DECODE_CACHE_MB``), None for none."""
         budget = self.settings.asr_decode_cache_mb
@@ -574,7 +582,8 @@ class Predictor:
             punkt_note = alignment.ensure_punkt(language)
             if punkt_note:
                 state.warn(punkt_note)
-            return (alignment.align_with_wav2vec2(kept, aligner, waveform, self.device, check=check),
+            return (alignment.align_with_wav2vec2(kept, aligner, waveform, self.device, check=check,
+                                                  run_forward=self._on_torch_thread),
                     f"wav2vec2 ({aligner.source})")
         except alignment.AlignerUnavailable as exc:
             reason = str(exc)

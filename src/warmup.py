@@ -7,7 +7,7 @@
   length of a cold start;
 - the diarization thread: the diarization registry (pyannote's import), the offline pipeline
   and one run of it;
-- a torch thread: the VAD, then the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on
+- the torch thread (where jobs' VAD and aligner forwards run later): the VAD, then the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on
   every input shape a job can give them.
 
 Start-up takes the longest lane instead of their sum. What each step took lands in the
@@ -38,6 +38,7 @@ import numpy as np
 
 import alignment
 import asr
+import precision
 import vad
 from models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
@@ -71,8 +72,10 @@ class WarmUp:
     asr_models, aligners: the Predictor's model registries.
     diarizers: builds the Predictor's diarization registry (None: no diarization); called in
         the diarization thread, since it imports pyannote.
-    diarization_pool: the Predictor's one diarization thread: the pipeline's kernels' plans
-        must live in the thread that runs the requests' diarization.
+    diarization_pool, diarization_threads: the Predictor's diarization threads, each of which
+        runs the pipeline once (per-thread state lives in the threads that run requests).
+    torch_thread: the Predictor's thread for the VAD and the aligners' forwards: they are
+        loaded and run once there.
     diarization_stream: the Predictor's context manager that puts that thread's kernels on
         its CUDA side stream (created there on first use).
     windows_per_generate: the Predictor's cap on windows per generate call, by (model path,
@@ -88,6 +91,7 @@ class WarmUp:
     diarizers: Callable[[], diarization.DiarizationModels | None]
     diarization_pool: ThreadPoolExecutor
     diarization_threads: int
+    torch_thread: ThreadPoolExecutor
     diarization_stream: Callable[[], AbstractContextManager[None]]
     windows_per_generate: Callable[[str, str], int | None]
     release_gpu_cache: Callable[[], None]
@@ -100,17 +104,13 @@ class WarmUp:
         requests that name another model); warm-up failures are logged only.
         """
         diarization_ready = self.diarization_pool.submit(self._diarization)
-        torch_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-torch")
-        try:
-            torch_ready = torch_lane.submit(self._torch_models)
-            error = self._asr_lane(model_name, requested_compute_type)
-            for lane, future in (("diarization", diarization_ready), ("VAD/aligner", torch_ready)):
-                try:
-                    future.result()
-                except Exception as exc:  # each lane's own failures are reported per request
-                    logger.warning("%s warm-up failed: %s", lane, exc)
-        finally:
-            torch_lane.shutdown(wait=True)
+        torch_ready = self.torch_thread.submit(self._torch_models)
+        error = self._asr_lane(model_name, requested_compute_type)
+        for lane, future in (("diarization", diarization_ready), ("VAD/aligner", torch_ready)):
+            try:
+                future.result()
+            except Exception as exc:  # each lane's own failures are reported per request
+                logger.warning("%s warm-up failed: %s", lane, exc)
         # Here, after every lane: freeing device memory synchronises the device.
         self.release_gpu_cache()
         return error
@@ -153,6 +153,7 @@ class WarmUp:
     def _torch_models(self) -> None:
         """The VAD, then the aligners: load, and with WARMUP run once."""
         started = time.perf_counter()
+        precision.pin_pyannote()  # before the VAD's first pyannote call (see precision.apply)
         vad_model = self.asr_models.vad()
         if self.settings.warmup:
             # Over 30 s and 2 minutes on a GPU: one batch of chunks and a full one.
@@ -185,6 +186,7 @@ class WarmUp:
         WARMUP, every diarization thread then runs it once at the same time (so each loads a
         replica and sets up its own per-thread state: cuDNN plans of the segmentation model)."""
         started = time.perf_counter()
+        precision.pin_pyannote()  # before the pipeline's first pyannote call (see precision.apply)
         diarizers = self.diarizers()
         if diarizers is None:
             return

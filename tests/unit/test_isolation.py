@@ -141,7 +141,7 @@ def test_budget_checked_between_alignment_groups(monkeypatch):
     monkeypatch.setattr(ctc_alignment, "align_segments", lambda segments, *a, **k: aligned_groups.append(len(segments)) or [])
     monkeypatch.setattr(alignment, "CHECKED_GROUP_SEGMENTS", 2)
     windows = [SimpleNamespace(start=float(i), end=i + 1.0, text=f"w{i}") for i in range(5)]
-    aligner = SimpleNamespace(model=None, metadata={}, forward_lock=None)
+    aligner = SimpleNamespace(model=None, metadata={})
     checks = []
 
     def check():
