@@ -360,8 +360,12 @@ def main() -> None:
 
 
 def git_commit() -> str:
+    """``BENCH_COMMIT`` when given (the lent GPU's copy of the tree carries stale git metadata:
+    pass the commit from the machine that sent it), else ``git rev-parse HEAD``."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or os.environ.get("BENCH_COMMIT", "unknown")
+    return done.stdout.strip() or "unknown"
 
 
 def print_table(report: dict) -> None:
