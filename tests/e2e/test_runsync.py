@@ -129,3 +129,43 @@ def test_bad_request_gets_clear_error_and_worker_keeps_serving(api, media):
     assert missing["status"] == "FAILED" and "404" in missing["error"]
     good = _ok(api.runsync({"audio_file": media.url("ru_0002.wav"), "diarization": False, "align_output": False}))
     assert good["segments"]
+
+
+def test_jobs_in_flight_through_the_sdk_keep_their_own_results_and_logs(media, tmp_path_factory):
+    """Through the RunPod SDK's own server: a worker with MAX_CONCURRENT_JOBS=3 takes three
+    /runsync requests at once (``serve_job`` runs each in a job thread; Russian and English
+    split the Whisper batches); each answer matches the same request answered alone, with its
+    own logs, and the SDK's event loop keeps answering meanwhile."""
+    import threading
+
+    import requests
+    from fixtures_audio import concat_clips
+
+    root = tmp_path_factory.mktemp("long-media")
+    concat_clips(root / "long.wav", 40.0)
+    inputs = {
+        "long": {"audio_file": None, "language": "ru", "diarization": False},
+        "ru": {"audio_file": media.url("ru_0003.wav"), "diarization": False},
+        "en": {"audio_file": media.url("sample.wav"), "diarization": False, "align_output": False},
+    }
+    with FileServer(root) as long_server, WorkerApi(tmp_path_factory.mktemp("worker3") / "worker.log",
+                                                    MAX_CONCURRENT_JOBS="3") as worker:
+        inputs["long"]["audio_file"] = long_server.url("long.wav")
+        alone = {name: _ok(worker.runsync(job_input)) for name, job_input in inputs.items()}
+        together: dict[str, dict] = {}
+        threads = [threading.Thread(target=lambda n=name, j=job_input: together.__setitem__(n, worker.runsync(j)))
+                   for name, job_input in inputs.items()]
+        for thread in threads:
+            thread.start()
+        # While the jobs run, the SDK's server still answers (its event loop is not blocked).
+        assert requests.get(f"{worker.base}/docs", timeout=30).status_code == 200
+        for thread in threads:
+            thread.join(600)
+    for name, job_input in inputs.items():
+        output = _ok(together[name])
+        assert output["segments"] == alone[name]["segments"], name
+        assert output["detected_language"] == alone[name]["detected_language"]
+        assert job_input["audio_file"] in output["logs"]
+        others = [other["audio_file"] for other_name, other in inputs.items() if other_name != name]
+        assert not any(other in output["logs"] for other in others), name
+    assert alone["en"]["detected_language"] == "en" and alone["ru"]["detected_language"] == "ru"
