@@ -4,7 +4,7 @@ Everything runs through the handler as RunPod runs it (``handler.get_predictor``
 ``handler.handler`` one job at a time, ``handler.serve_job`` awaited with several in flight).
 
     python bench/serverless_bench.py --model DIR --festvox DIR [--make-random-whisper large-v3]
-        [--align-model random-large] [--in-flight 8] [--clips 64] --out docs/benchmarks/serverless_h200.json
+        [--align-model random-large] [--in-flight 8] [--also-in-flight 16] [--clips 64] --out docs/benchmarks/serverless_h200.json
 
 Measured, in this order:
 1. cold start, in a fresh interpreter with an empty CUDA kernel cache (``CUDA_CACHE_PATH``
@@ -104,7 +104,8 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
         "MODELS_DIR": str(model.parent), "PRELOAD_MODEL": model.name, "MODEL": model.name,
         "PRELOAD_COMPUTE_TYPE": args.compute_type, "COMPUTE_TYPE": args.compute_type,
         "OFFLINE_DIARIZATION_DIR": args.offline_diarization_dir, "ALLOW_LOCAL_FILES": "true",
-        "WORKER_DEVICE": args.device, "MAX_CONCURRENT_JOBS": str(args.in_flight), "LOG_LEVEL": "WARNING",
+        "WORKER_DEVICE": args.device, "MAX_CONCURRENT_JOBS": str(max([args.in_flight, *args.also_in_flight])),
+        "LOG_LEVEL": "WARNING",
     }
     if args.align_model:
         env["ALIGN_MODEL_RU"] = args.align_model
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--language", default="ru")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--also-in-flight", default="", help="comma list: the same clips again with these many in flight")
     parser.add_argument("--long-minutes", type=float, default=16.0)
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--skip", default="", help="comma list of: cold, long")
@@ -263,6 +265,7 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    args.also_in_flight = [int(n) for n in args.also_in_flight.split(",") if n.strip()]
     import torch  # noqa: F401  (first: its own cuDNN, not an older one on the lent GPU's LD_LIBRARY_PATH)
 
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -330,20 +333,24 @@ def main() -> None:
     report["peak_gpu_mib_sequential"] = memory.take() if memory else None
     report["stage_s_sequential"] = mean_timings()
 
-    calls_before = dict(vars(predictor.whisper_calls.stats))
-    started = now()
-    together = asyncio.run(in_flight(handler, jobs, args.in_flight))
-    concurrent_s = now() - started
-    report["clips_x_rt_concurrent"] = round(audio_s / concurrent_s, 2)
-    report["clips_p50_latency_concurrent_s"] = p50(together)
-    report["clips_p90_latency_concurrent_s"] = round(float(np.percentile(together, 90)), 3)
-    report["throughput_ratio"] = round(sequential_s / concurrent_s, 3)
-    report["p50_ratio"] = round(statistics.median(together) / statistics.median(single), 3)
-    stats = vars(predictor.whisper_calls.stats)
-    report["whisper_calls_concurrent"] = {key: stats[key] - calls_before.get(key, 0) for key in ("calls", "rows", "merged_calls")}
-    report["peak_gpu_mib_concurrent"] = memory.take() if memory else None
-    report["stage_s_concurrent"] = mean_timings()
-    out.write_text(json.dumps(report, indent=1))
+    for limit in [args.in_flight, *args.also_in_flight]:
+        # The keys for --in-flight; the same keys suffixed "_<N>_in_flight" for the others.
+        suffix = "" if limit == args.in_flight else f"_{limit}_in_flight"
+        calls_before = dict(vars(predictor.whisper_calls.stats))
+        started = now()
+        together = asyncio.run(in_flight(handler, jobs, limit))
+        concurrent_s = now() - started
+        report["clips_x_rt_concurrent" + suffix] = round(audio_s / concurrent_s, 2)
+        report["clips_p50_latency_concurrent_s" + suffix] = p50(together)
+        report["clips_p90_latency_concurrent_s" + suffix] = round(float(np.percentile(together, 90)), 3)
+        report["throughput_ratio" + suffix] = round(sequential_s / concurrent_s, 3)
+        report["p50_ratio" + suffix] = round(statistics.median(together) / statistics.median(single), 3)
+        stats = vars(predictor.whisper_calls.stats)
+        report["whisper_calls_concurrent" + suffix] = {key: stats[key] - calls_before.get(key, 0)
+                                                       for key in ("calls", "rows", "merged_calls")}
+        report["peak_gpu_mib_concurrent" + suffix] = memory.take() if memory else None
+        report["stage_s_concurrent" + suffix] = mean_timings()
+        out.write_text(json.dumps(report, indent=1))
 
     if "long" not in skip:
         request = job(long_path, args, "long")
@@ -353,7 +360,7 @@ def main() -> None:
         report["long_file_s"] = round(now() - started, 3)
         report["long_file_x_rt"] = round(args.long_minutes * 60 / report["long_file_s"], 2)
         report["peak_gpu_mib_long"] = memory.take() if memory else None
-    peaks = [report.get(k) for k in ("peak_gpu_mib_sequential", "peak_gpu_mib_concurrent", "peak_gpu_mib_long")]
+    peaks = [value for key, value in report.items() if key.startswith("peak_gpu_mib_")]
     report["peak_gpu_mib"] = max((p for p in peaks if p is not None), default=None)
     out.write_text(json.dumps(report, indent=1))
     print_table(report)
