@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from run_bench import _NvmlPeak, cap_decoding  # noqa: E402
+
 SAMPLE_RATE = 16000
 GAP_S = 0.5
 
@@ -112,15 +114,6 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def cap_decoding(tokens_per_second: float | None) -> None:
-    """Random weights rarely emit end-of-text: cap the decode length (run_bench.cap_decoding)."""
-    if tokens_per_second:
-        import asr
-
-        asr.MAX_TOKENS_PER_SECOND = tokens_per_second
-        asr.MIN_NEW_TOKENS = 4
-
-
 def child(args: argparse.Namespace) -> None:
     """The cold-start process: start-up as ``handler.main`` does it, then the first job and warm
     repeats through ``serve_job``; prints one line per event, which the parent times as they
@@ -172,29 +165,12 @@ def cold_start(args: argparse.Namespace, clip: Path) -> dict:
     return report
 
 
-class NvmlPeak:
-    """The device's used memory, sampled every 20 ms (torch's counters miss CTranslate2)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        self._read = lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        self.peak = self._read()
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._read())
-
-    def take(self) -> float:
-        """The peak since the last take, in MiB; starts a new period."""
-        peak, self.peak = self.peak, self._read()
-        return round(peak / 2**20, 1)
+def peak_mib(memory: _NvmlPeak) -> float:
+    """The device's peak used memory since the last call (run_bench's NVML sampler), in MiB;
+    starts a new period."""
+    peak = round(memory.peak / 2**20, 1)
+    memory.reset()
+    return peak
 
 
 STAGE_TIMINGS: list[dict[str, float]] = []  # debug_info timings of the jobs of the current phase
@@ -312,7 +288,7 @@ def main() -> None:
 
     setup_logging(tmp / "serverless-bench-container_log.txt", handler.get_settings().log_level)
 
-    memory = NvmlPeak() if args.device == "cuda" else None
+    memory = _NvmlPeak() if args.device == "cuda" else None
     started = now()
     predictor = handler.get_predictor()
     report["in_process_setup_s"] = round(now() - started, 3)
@@ -322,7 +298,7 @@ def main() -> None:
     asyncio.run(in_flight(handler, jobs[: args.in_flight * 2], args.in_flight))  # shapes of merged calls
     mean_timings()
     if memory:
-        memory.take()
+        peak_mib(memory)
 
     started = now()
     single = one_at_a_time(handler, jobs)
@@ -330,7 +306,7 @@ def main() -> None:
     report["clips_x_rt_sequential"] = round(audio_s / sequential_s, 2)
     report["clips_p50_latency_single_s"] = p50(single)
     report["clips_p90_latency_single_s"] = round(float(np.percentile(single, 90)), 3)
-    report["peak_gpu_mib_sequential"] = memory.take() if memory else None
+    report["peak_gpu_mib_sequential"] = peak_mib(memory) if memory else None
     report["stage_s_sequential"] = mean_timings()
 
     for limit in [args.in_flight, *args.also_in_flight]:
@@ -348,7 +324,7 @@ def main() -> None:
         stats = vars(predictor.whisper_calls.stats)
         report["whisper_calls_concurrent" + suffix] = {key: stats[key] - calls_before.get(key, 0)
                                                        for key in ("calls", "rows", "merged_calls")}
-        report["peak_gpu_mib_concurrent" + suffix] = memory.take() if memory else None
+        report["peak_gpu_mib_concurrent" + suffix] = peak_mib(memory) if memory else None
         report["stage_s_concurrent" + suffix] = mean_timings()
         out.write_text(json.dumps(report, indent=1))
 
@@ -359,7 +335,7 @@ def main() -> None:
         one_at_a_time(handler, [request])
         report["long_file_s"] = round(now() - started, 3)
         report["long_file_x_rt"] = round(args.long_minutes * 60 / report["long_file_s"], 2)
-        report["peak_gpu_mib_long"] = memory.take() if memory else None
+        report["peak_gpu_mib_long"] = peak_mib(memory) if memory else None
     peaks = [value for key, value in report.items() if key.startswith("peak_gpu_mib_")]
     report["peak_gpu_mib"] = max((p for p in peaks if p is not None), default=None)
     out.write_text(json.dumps(report, indent=1))

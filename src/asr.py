@@ -404,6 +404,9 @@ def transcribe_windows(
     """
     prompt = _prompt(model, tokenizer, opts)
     suppress = suppressed_tokens(tokenizer, opts.suppress_numerals)
+    # Windows per generate call: the batch, or fewer under the memory cap. Said to ``calls``
+    # too, so a call merged with other jobs' windows never outgrows what this job allows.
+    call_rows = min(max_rows, batch_size) if max_rows else batch_size
     out: list[WindowTranscript | None] = [None] * len(windows)
     for first in range(0, len(windows), batch_size):
         batch = list(range(first, min(first + batch_size, len(windows))))
@@ -415,7 +418,7 @@ def transcribe_windows(
                 break
             features = log_mel_batch(model, waveform, [windows[i] for i in pending], device)
             durations = [windows[i].duration for i in pending]
-            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, durations, max_rows,
+            decoded = _decode_once(model, features, prompt, tokenizer, opts, temperature, suppress, durations, call_rows,
                                    calls)
             still_failing = []
             for index, (tokens, text, avg_logprob, no_speech) in zip(pending, decoded):

@@ -6,8 +6,9 @@ stages, but every Whisper encode + generate (and language-detection) call goes t
 other waiting call that can share it: same model, same kind of call and, for generate, the
 same ``asr.GenerateCall`` (prompt with language and task, suppressed tokens, temperature,
 beam size, patience, ``best_of``, length penalty); options that change decoding therefore
-split a batch. A merged call takes at most the first call's ``max_rows`` windows, so the GPU
-memory of one call stays what ``ASR_DECODE_CACHE_MB`` allows however many jobs wait.
+split a batch. A merged call takes at most the first call's ``max_rows`` windows (its job's
+``batch_size``, or fewer under ``ASR_DECODE_CACHE_MB`` on a GPU), so the memory of one call
+stays what that job allows however many jobs wait.
 
 No timer holds a call back: while the model runs one merged call, the calls of other jobs
 queue up and form the next one, so a lone job waits for nothing and a busy worker fills its
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Windows of one merged call when no caller sets a cap (CPU): the schema's default batch.
+# Windows of one merged call when its first caller sets no cap (``asr.transcribe_windows``
+# always sets one): the schema's default batch.
 DEFAULT_MAX_ROWS = 32
 
 

@@ -7,8 +7,8 @@
   length of a cold start;
 - the diarization thread: the diarization registry (pyannote's import), the offline pipeline
   and one run of it;
-- the torch thread (where jobs' VAD and aligner forwards run later): the VAD, then the aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on
-  every input shape a job can give them.
+- the torch thread, where jobs' VAD and aligner forwards run later: the VAD, then the
+  aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on every input shape a job can give them.
 
 Start-up takes the longest lane instead of their sum. What each step took lands in the
 Predictor's ``startup_timings``:
