@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +86,7 @@ class CrossJobBatcher:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._held = 0
         self.stats = BatchStats()
 
     # -------------------------------------------------------------- callers' side
@@ -108,6 +111,26 @@ class CrossJobBatcher:
             self._wakeup.notify()
         return waiting.done.result()
 
+    @property
+    def waiting_calls(self) -> int:
+        """Calls queued and not yet taken by the batcher thread."""
+        with self._wakeup:
+            return len(self._waiting)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Within the block no new model call starts: callers queue up, and on leaving the
+        queue is served as usual, merging what can be merged. How tests and benchmarks make
+        jobs meet in one call whatever the timing of their other stages."""
+        with self._wakeup:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._wakeup:
+                self._held -= 1
+                self._wakeup.notify()
+
     def close(self) -> None:
         """Stop the thread once the calls already waiting are done."""
         with self._wakeup:
@@ -121,7 +144,7 @@ class CrossJobBatcher:
     def _serve(self) -> None:
         while True:
             with self._wakeup:
-                while not self._waiting and not self._closed:
+                while not self._closed and (not self._waiting or self._held):
                     self._wakeup.wait()
                 if not self._waiting:
                     return

@@ -166,3 +166,26 @@ def test_a_closed_batcher_refuses_calls():
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.detect(object(), _rows(0))
+
+
+def test_held_batcher_starts_no_call_until_released_then_merges(recorder):
+    recorder.release.set()  # the "model" answers at once
+    batcher, model = batching.CrossJobBatcher(), object()
+    answers: list = [None] * 3
+
+    def submit(i: int) -> None:
+        answers[i] = batcher.generate(model, _rows(i), CALL, 10, 16)
+
+    with batcher.held():
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        while batcher.waiting_calls < 3:
+            pass
+        assert recorder.calls == [] and not recorder.busy.is_set()
+    for thread in threads:
+        thread.join(10)
+    assert [rows for rows, _ in recorder.calls] == [[0.0, 1.0, 2.0]]
+    assert answers == [["result-0"], ["result-1"], ["result-2"]]
+    assert batcher.waiting_calls == 0
+    batcher.close()
