@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ class BatchStats:
     rows: int = 0
     merged_calls: int = 0
     most_callers: int = 0
+    busy_s: float = 0.0  # seconds inside model calls (their share of wall time: how busy the model was)
 
 
 class CrossJobBatcher:
@@ -181,6 +183,7 @@ class CrossJobBatcher:
             first += waiting.rows
 
     def _call(self, group: list[_Waiting]) -> list[Any]:
+        started = time.perf_counter()
         head = group[0]
         features = head.features if len(group) == 1 else np.concatenate([w.features for w in group])
         if head.kind == "detect":
@@ -194,4 +197,5 @@ class CrossJobBatcher:
         if len(group) > 1:
             stats.merged_calls += 1
         stats.most_callers = max(stats.most_callers, len(group))
+        stats.busy_s += time.perf_counter() - started
         return results
