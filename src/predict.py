@@ -52,6 +52,7 @@ from models import (
 from settings import WorkerSettings, use_kernel_cache
 
 if TYPE_CHECKING:
+    import torch
     from faster_whisper.tokenizer import Tokenizer
     from pyannote.core import SlidingWindowFeature
     from faster_whisper import WhisperModel
@@ -241,13 +242,14 @@ class Predictor:
         # ``diarization_threads``; a pool starts its threads only when given work).
         self.diarization_threads = 1
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
-        self._side_streams = threading.local()  # each diarization thread's CUDA stream (GPU only)
+        self._side_streams = threading.local()  # each torch-running thread's CUDA stream (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
         self.tf32 = False  # TF32 policy, set once by setup() (precision.apply)
         self.whisper_calls = batching.CrossJobBatcher()
         self.max_concurrent_jobs = 1  # set by setup(): MAX_CONCURRENT_JOBS, else from the device's memory
-        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                                                initializer=self._use_side_stream)
         self._jobs_lock = threading.Lock()
         self._jobs_in_flight = 0
 
@@ -663,24 +665,45 @@ class Predictor:
         except Exception:  # noqa: BLE001 - Stopped or a failure: the job is over either way
             pass
 
+    def _side_stream(self) -> torch.cuda.Stream | None:
+        """The calling thread's own non-blocking CUDA stream (``TORCH_SIDE_STREAMS``), created
+        on first use; None on a CPU or with the setting off.
+
+        CTranslate2 computes on the legacy default stream (torch's default) in the first thread
+        that touches CUDA and on blocking streams elsewhere, which wait for the legacy stream and
+        make it wait for them (its ``cuda/utils.cc``): torch kernels there and CTranslate2's
+        would take turns. On a non-blocking stream they run side by side.
+        """
+        if self.device != "cuda" or not self.settings.torch_side_streams:
+            return None
+        import torch
+
+        stream = getattr(self._side_streams, "stream", None)
+        if stream is None:  # created by each thread, used only there
+            stream = self._side_streams.stream = torch.cuda.Stream()
+        return stream
+
+    def _use_side_stream(self) -> None:
+        """The torch thread's start: its side stream becomes its current stream for good. Its
+        callers read results through host copies (the VAD's scores) or CUDA events (the
+        aligner's emissions), both ordered on that stream, so nothing waits at the end of a call
+        and an aligner forward can run while its job reads the previous one."""
+        stream = self._side_stream()
+        if stream is not None:
+            import torch
+
+            torch.cuda.set_stream(stream)
+
     @contextmanager
     def _diarization_stream(self) -> Iterator[None]:
-        """On a GPU (``DIARIZATION_SIDE_STREAM``), make the calling thread's torch kernels run on
-        a non-blocking CUDA stream of their own.
-
-        CTranslate2 launches on the legacy default stream, which torch also uses by default;
-        kernels there wait for every other kernel on it, so diarization and ASR would only
-        take turns. On a side stream they run side by side. Waits for the stream before
-        returning, so results are complete when the caller reads them.
-        """
-        if self.device != "cuda" or not self.settings.diarization_side_stream:
+        """A diarization run's kernels on its thread's side stream (``_side_stream``); waits for
+        the stream before returning, so results are complete when the caller reads them."""
+        stream = self._side_stream()
+        if stream is None:
             yield
             return
         import torch
 
-        stream = getattr(self._side_streams, "stream", None)
-        if stream is None:  # created by each diarization thread, used only there
-            stream = self._side_streams.stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
             yield
         stream.synchronize()

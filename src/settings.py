@@ -106,10 +106,12 @@ class WorkerSettings:
         one generate call (``ASR_DECODE_CACHE_MB``; 0 = no cap): a batch needing more is
         decoded in consecutive calls. 4096 lets large-v3 decode 16 windows at once (peak
         ~13 GB at batch 32 instead of ~18 GB, for ~15 % more ASR time).
-    diarization_side_stream: on a GPU, run diarization's kernels on a CUDA stream of their
-        own (``DIARIZATION_SIDE_STREAM``, default on). CTranslate2 and torch otherwise both
-        use the legacy default stream, where every kernel waits for the other library's, so
-        the overlapped diarization stretches the ASR stage instead of sharing the GPU.
+    torch_side_streams: on a GPU, the threads that run torch models (the diarization threads
+        and the torch thread of the VAD and the aligners) launch their kernels on CUDA streams
+        of their own (``TORCH_SIDE_STREAMS``, default on; the older name
+        ``DIARIZATION_SIDE_STREAM`` is still read when it is unset). CTranslate2 computes on
+        the legacy default stream (torch's default) or on streams that wait for it: torch
+        kernels there and CTranslate2's take turns instead of sharing the GPU.
     allowed_models: what a request may name as ``model`` / ``diarization_model`` besides
         the defaults (``ALLOWED_MODELS``, comma-separated): a name, ``name:compute_type``
         to allow one compute type only, or ``*`` for any Hub id. Always allowed: the
@@ -161,7 +163,7 @@ class WorkerSettings:
     batch_fill_min_chunk_s: float | None = None
     batch_fill_max_jobs: int = 1
     asr_decode_cache_mb: float = 4096.0
-    diarization_side_stream: bool = True
+    torch_side_streams: bool = True
     allowed_models: tuple[str, ...] = ()
     max_cached_models: int = 2
     torch_allow_tf32: bool = True
@@ -209,7 +211,7 @@ class WorkerSettings:
             ),
             batch_fill_max_jobs=_env_min_int(env, "BATCH_FILL_MAX_JOBS", 1, 1),
             asr_decode_cache_mb=_env_float(env, "ASR_DECODE_CACHE_MB", 4096.0),
-            diarization_side_stream=_env_bool(env, "DIARIZATION_SIDE_STREAM", True),
+            torch_side_streams=_env_bool(env, "TORCH_SIDE_STREAMS", _env_bool(env, "DIARIZATION_SIDE_STREAM", True)),
             allowed_models=tuple(entry.strip() for entry in env.get("ALLOWED_MODELS", "").split(",") if entry.strip()),
             max_cached_models=_env_min_int(env, "MAX_CACHED_MODELS", 2, 1),
             torch_allow_tf32=_env_bool(env, "TORCH_ALLOW_TF32", True),

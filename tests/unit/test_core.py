@@ -172,8 +172,11 @@ def test_gpu_tuning_settings_from_env():
     tuned = WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "0", "ASR_DECODE_CACHE_MB": "0"})
     assert tuned.batch_fill_chunk_s("cuda") == 0.0 and tuned.asr_decode_cache_mb == 0.0
     assert WorkerSettings.from_env({"BATCH_FILL_MIN_CHUNK_S": "8"}).batch_fill_chunk_s("cpu") == 8.0
-    assert default.diarization_side_stream is True
-    assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false"}).diarization_side_stream is False
+    assert default.torch_side_streams is True
+    assert WorkerSettings.from_env({"TORCH_SIDE_STREAMS": "false"}).torch_side_streams is False
+    # The older name still counts, unless the new one is set.
+    assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false"}).torch_side_streams is False
+    assert WorkerSettings.from_env({"DIARIZATION_SIDE_STREAM": "false", "TORCH_SIDE_STREAMS": "true"}).torch_side_streams is True
 
 
 def test_concurrency_settings_from_env():
