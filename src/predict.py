@@ -227,7 +227,9 @@ class Predictor:
     "torch" thread (``_on_torch_thread``), the one where they were warmed up: cuDNN keeps its
     per-shape plans per thread, one forward's activations are freed before the next one's
     are taken, and the VAD's per-call patch (``_speech_scores``) cannot race; diarization
-    runs in its threads (``diarization_threads``) in the order jobs submit it. Everything
+    runs in its threads (``diarization_threads``) in the order jobs submit it. On a GPU every
+    one of these threads, and each job's own, launches torch kernels on a CUDA stream of its
+    own (``_side_stream``), so none of them waits for the others' or CTranslate2's. Everything
     else a request accumulates lives in its own ``_RequestState``.
     """
 
@@ -295,7 +297,7 @@ class Predictor:
             settings=self.settings, device=self.device, asr_models=asr_models, aligners=aligners,
             diarizers=self._setup_diarization, diarization_pool=self._diarization_pool,
             diarization_threads=self.diarization_threads, torch_thread=self._torch_thread,
-            diarization_stream=self._diarization_stream, windows_per_generate=self._windows_per_generate,
+            side_stream_scope=self._side_stream_scope, windows_per_generate=self._windows_per_generate,
             release_gpu_cache=self._release_gpu_cache, timings=self.startup_timings,
         )
         self.startup_error = warm_up.run(*self._preload_choice())
@@ -352,7 +354,11 @@ class Predictor:
         workdir = Path(tempfile.mkdtemp(prefix="whisperx-job-"))
         self._job_started()
         try:
-            return self._run(opts, state, notify, workdir)
+            # The job thread's own torch work (log-mel features) on its side stream: on the
+            # legacy stream, each feature read-back would wait for the Whisper call of other
+            # jobs then running on the GPU.
+            with self._side_stream_scope():
+                return self._run(opts, state, notify, workdir)
         finally:
             self._settle_diarization(state)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -632,7 +638,7 @@ class Predictor:
             state.timings["diarization_queue_s"] = round(started - submitted, 4)
             try:
                 check(0.0)
-                with self._diarization_stream():
+                with self._side_stream_scope():
                     return diarizers.diarize(
                         waveform,
                         model=opts.diarization_model,
@@ -695,9 +701,10 @@ class Predictor:
             torch.cuda.set_stream(stream)
 
     @contextmanager
-    def _diarization_stream(self) -> Iterator[None]:
-        """A diarization run's kernels on its thread's side stream (``_side_stream``); waits for
-        the stream before returning, so results are complete when the caller reads them."""
+    def _side_stream_scope(self) -> Iterator[None]:
+        """The calling thread's torch kernels on its side stream (``_side_stream``) within the
+        block (a job, a diarization run); waits for the stream on leaving, so results are
+        complete when another thread reads them."""
         stream = self._side_stream()
         if stream is None:
             yield

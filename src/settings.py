@@ -106,9 +106,9 @@ class WorkerSettings:
         one generate call (``ASR_DECODE_CACHE_MB``; 0 = no cap): a batch needing more is
         decoded in consecutive calls. 4096 lets large-v3 decode 16 windows at once (peak
         ~13 GB at batch 32 instead of ~18 GB, for ~15 % more ASR time).
-    torch_side_streams: on a GPU, the threads that run torch models (the diarization threads
-        and the torch thread of the VAD and the aligners) launch their kernels on CUDA streams
-        of their own (``TORCH_SIDE_STREAMS``, default on; the older name
+    torch_side_streams: on a GPU, the threads that run torch work (the diarization threads,
+        the torch thread of the VAD and the aligners, and each job's thread for its log-mel
+        features) launch their kernels on CUDA streams of their own (``TORCH_SIDE_STREAMS``, default on; the older name
         ``DIARIZATION_SIDE_STREAM`` is still read when it is unset). CTranslate2 computes on
         the legacy default stream (torch's default) or on streams that wait for it: torch
         kernels there and CTranslate2's take turns instead of sharing the GPU.

@@ -76,8 +76,8 @@ class WarmUp:
         runs the pipeline once (per-thread state lives in the threads that run requests).
     torch_thread: the Predictor's thread for the VAD and the aligners' forwards: they are
         loaded and run once there.
-    diarization_stream: the Predictor's context manager that puts that thread's kernels on
-        its CUDA side stream (created there on first use).
+    side_stream_scope: the Predictor's context manager that puts the calling thread's kernels
+        on its CUDA side stream (created there on first use).
     windows_per_generate: the Predictor's cap on windows per generate call, by (model path,
         compute type), so the ASR warm-up runs the shapes a job runs.
     release_gpu_cache: gives the device's cached blocks back (no-op on CPU).
@@ -92,7 +92,7 @@ class WarmUp:
     diarization_pool: ThreadPoolExecutor
     diarization_threads: int
     torch_thread: ThreadPoolExecutor
-    diarization_stream: Callable[[], AbstractContextManager[None]]
+    side_stream_scope: Callable[[], AbstractContextManager[None]]
     windows_per_generate: Callable[[str, str], int | None]
     release_gpu_cache: Callable[[], None]
     timings: dict[str, float]
@@ -206,7 +206,7 @@ class WarmUp:
         embed). Waits at ``together`` first, so that each thread of the pool takes one."""
         together.wait()
         samples = noise(90.0 if self.device == "cuda" else 3.0)
-        with self.diarization_stream():
+        with self.side_stream_scope():
             diarizers.diarize(samples, model="", token=None, min_speakers=None, max_speakers=None,
                               num_speakers=None, return_embeddings=False)
             diarizers.warm_up_embeddings()
