@@ -322,8 +322,11 @@ def main() -> None:
         report["throughput_ratio" + suffix] = round(sequential_s / concurrent_s, 3)
         report["p50_ratio" + suffix] = round(statistics.median(together) / statistics.median(single), 3)
         stats = vars(predictor.whisper_calls.stats)
-        report["whisper_calls_concurrent" + suffix] = {key: stats[key] - calls_before.get(key, 0)
-                                                       for key in ("calls", "rows", "merged_calls")}
+        calls = {key: stats[key] - calls_before.get(key, 0) for key in ("calls", "rows", "merged_calls", "busy_s")}
+        # Seconds per merged call and the model's busy share tell a slow call from an idle model.
+        calls["seconds_per_call"] = round(calls["busy_s"] / max(calls["calls"], 1), 4)
+        calls["busy_share"] = round(calls.pop("busy_s") / concurrent_s, 3)
+        report["whisper_calls_concurrent" + suffix] = calls
         report["peak_gpu_mib_concurrent" + suffix] = peak_mib(memory) if memory else None
         report["stage_s_concurrent" + suffix] = mean_timings()
         out.write_text(json.dumps(report, indent=1))
