@@ -108,10 +108,11 @@ class WorkerSettings:
         ~13 GB at batch 32 instead of ~18 GB, for ~15 % more ASR time).
     torch_side_streams: on a GPU, the threads that run torch work (the diarization threads,
         the torch thread of the VAD and the aligners, and each job's thread for its log-mel
-        features) launch their kernels on CUDA streams of their own (``TORCH_SIDE_STREAMS``, default on; the older name
-        ``DIARIZATION_SIDE_STREAM`` is still read when it is unset). CTranslate2 computes on
-        the legacy default stream (torch's default) or on streams that wait for it: torch
-        kernels there and CTranslate2's take turns instead of sharing the GPU.
+        features) launch their kernels on CUDA streams of their own (``TORCH_SIDE_STREAMS``,
+        default on; the older name ``DIARIZATION_SIDE_STREAM`` is still read when it is
+        unset). CTranslate2 computes on the legacy default stream (torch's default) or on
+        streams that wait for it: torch kernels there and CTranslate2's take turns instead
+        of sharing the GPU.
     allowed_models: what a request may name as ``model`` / ``diarization_model`` besides
         the defaults (``ALLOWED_MODELS``, comma-separated): a name, ``name:compute_type``
         to allow one compute type only, or ``*`` for any Hub id. Always allowed: the
