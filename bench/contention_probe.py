@@ -32,20 +32,18 @@ from run_bench import cap_decoding  # noqa: E402
 def alone_table(predictor, rows_list: list[int], beams: list[int], seconds: float, repeats: int) -> list[dict]:
     """Seconds of one encode + generate of ``rows`` windows with nothing else running."""
     import asr
-    from faster_whisper.tokenizer import Tokenizer
-
     from models import resolve_asr_model
     from predict import effective_compute_type
 
     name, compute_type = predictor._preload_choice()
     compute_type, _ = effective_compute_type(compute_type, predictor.device)
     model, _ = predictor.asr_models.whisper(resolve_asr_model(name, predictor.settings.models_dir, None), compute_type)
-    tokenizer = Tokenizer(model.hf_tokenizer, True, task="transcribe", language="ru")
-    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+    tokenizer = asr.make_tokenizer(model, "ru", "transcribe")
     rng = np.random.default_rng(0)
     table = []
     for beam in beams:
         opts = asr.DecodeOptions(beam_size=beam)
+        prompt = asr._prompt(model, tokenizer, opts)  # what a job's call carries
         call = asr.generate_call(prompt, opts, 0.0, asr.suppressed_tokens(tokenizer, False))
         max_length = len(prompt) + asr.max_new_tokens(seconds)
         for rows in rows_list:

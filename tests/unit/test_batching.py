@@ -57,7 +57,7 @@ def _run_together(batcher, model, submissions, recorder) -> list:
     rest = [threading.Thread(target=submit, args=(i,)) for i in range(1, len(submissions))]
     for thread in rest:
         thread.start()
-    while len(batcher._waiting) < len(rest):
+    while batcher.waiting_calls < len(rest):
         pass
     return answers, [first, *rest]
 
