@@ -8,7 +8,10 @@ Same model (the offline Whisper base, int8 on CPU), same audio. Three measuremen
   ``WhisperModel.detect_language`` on the same 16 kHz samples. Prints the confusion table of
   both side by side and the clips where one is right and the other wrong.
 - ``wer``: the worker's WER with ``language: null`` against ``language: "ru"`` and plain
-  sequential faster-whisper (``WhisperModel.transcribe``, its defaults) on a split.
+  sequential faster-whisper (``WhisperModel.transcribe``, its defaults) on a split. The
+  worker (language detected) against faster-whisper is also reported clip by clip: the
+  per-clip differences in word errors, the one-sided sign-flip p-value that the worker is
+  worse (tests/quality.py), and a 95 % paired bootstrap interval of the WER difference.
 - ``telephone``: the same three on the split's clips through a 300-3400 Hz band at 8 kHz
   (PCM16 WAV files, which each contender decodes itself).
 
@@ -18,6 +21,7 @@ Splits of festvox-ru (clip number modulo 4): ``dev`` = 1, ``test`` = 3 (never tu
     .venv/bin/python bench/accuracy.py language --split all --out bench/results/language.json
     .venv/bin/python bench/accuracy.py wer --split dev --limit 60
     .venv/bin/python bench/accuracy.py telephone --split test --out bench/results/tel_test.json
+    .venv/bin/python bench/accuracy.py wer --split all --skip-forced --out docs/benchmarks/accuracy_clean_cpu.json
 
 ``--device cuda`` runs both contenders on the GPU (``--compute-type`` defaults to int8 on CPU,
 float16 on CUDA). A festvox clip is read from ``wav/<clip>.wav``, else ``wav/<clip>.flac``
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from quality import bootstrap_wer_difference, sign_flip_p_value, word_errors  # noqa: E402
 from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, require_assets, wer  # noqa: E402
 
 SR = 16_000
@@ -220,19 +225,32 @@ def measure_wer(args, telephone: bool) -> dict:
             if telephone:
                 path = telephone_band(load(path), Path(tmp) / f"{clip}_8k.wav")
             w_auto, w_lang = worker.transcribe(path, None)
-            w_ru, _ = worker.transcribe(path, "ru")
+            w_ru = "" if args.skip_forced else worker.transcribe(path, "ru")[0]
             f_auto, f_lang = fw.transcribe(path, None)
             for key, text in (("worker_auto", w_auto), ("worker_ru", w_ru), ("faster_whisper_auto", f_auto)):
                 hyps[key].append(text)
+            (e_w, words), (e_f, _) = word_errors(refs[clip], w_auto), word_errors(refs[clip], f_auto)
             languages["worker_auto"][str(w_lang)] += 1
             languages["faster_whisper_auto"][str(f_lang)] += 1
             rows.append({"clip": clip, "ref": refs[clip], "worker_auto": w_auto, "worker_lang": w_lang, "worker_ru": w_ru,
                          "faster_whisper": f_auto, "faster_whisper_lang": f_lang,
-                         "wer_worker": round(wer(refs[clip], w_auto), 3), "wer_fw": round(wer(refs[clip], f_auto), 3)})
+                         "words": words, "errors_worker": e_w, "errors_fw": e_f})
+            if len(rows) % 50 == 0:
+                print(f"{len(rows)}/{len(clips)} clips", flush=True)
     references = [refs[c] for c in clips]
+    if args.skip_forced:
+        del hyps["worker_ru"]
+    diffs = [r["errors_worker"] - r["errors_fw"] for r in rows]
+    low, high = bootstrap_wer_difference([r["errors_worker"] for r in rows], [r["errors_fw"] for r in rows],
+                                         [r["words"] for r in rows])
     return {
         "split": args.split, "clips": len(clips), "telephone": telephone,
+        "words": sum(r["words"] for r in rows),
         "wer": {key: round(wer(references, texts), 4) for key, texts in hyps.items()},
+        "paired": {"worker_minus_fw_errors": sum(diffs), "worker_worse_clips": sum(d > 0 for d in diffs),
+                   "worker_better_clips": sum(d < 0 for d in diffs),
+                   "p_worker_worse": round(sign_flip_p_value(diffs), 4),
+                   "wer_difference_ci95": [round(low, 4), round(high, 4)]},
         "languages": {key: dict(c) for key, c in languages.items()},
         "rows": rows,
     }
@@ -244,6 +262,7 @@ def main() -> None:
     parser.add_argument("--split", default="dev", choices=("dev", "test", "rest", "all"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--skip-forced", action="store_true", help="wer/telephone: skip the worker's language: ru run")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both contenders run")
     parser.add_argument("--compute-type", default=None, help="CTranslate2 compute type (default: int8 on CPU, float16 on CUDA)")
     args = parser.parse_args()
@@ -255,7 +274,10 @@ def main() -> None:
         import torch  # noqa: F401
     require_assets()
     result = measure_language(args) if args.what == "language" else measure_wer(args, args.what == "telephone")
-    result["ct2_force_cpu_isa"] = os.environ.get("CT2_FORCE_CPU_ISA", "native")
+    for name in ("CT2_FORCE_CPU_ISA", "CT2_USE_MKL", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        result[name.lower()] = os.environ.get(name, "native")
+    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result["date"] = time.strftime("%Y-%m-%d")
     if args.device != "cpu":
         result["device"], result["compute_type"] = args.device, args.compute_type
     if args.what == "language":
@@ -270,6 +292,10 @@ def main() -> None:
         for key, value in result["wer"].items():
             print(f"  WER {key:22} {value:.4f}")
         print("  languages:", result["languages"])
+        paired = result["paired"]
+        print(f"  worker - faster-whisper: {paired['worker_minus_fw_errors']:+d} errors in {result['words']} words; worse on "
+              f"{paired['worker_worse_clips']} clips, better on {paired['worker_better_clips']}; p(worse) = "
+              f"{paired['p_worker_worse']}; WER difference 95 % CI {paired['wer_difference_ci95']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, ensure_ascii=False, indent=1))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import quality
 
 from fixtures_audio import CLIP, HostileServer, b64, build_media, concat_clips, job_dirs, post_raw, rss_mb, transcript
 from references import BASE_MODEL, LOCAL_MODELS, festvox_transcripts, normalise, require_assets, wer
@@ -407,7 +408,7 @@ def test_long_file_transcribed_with_bounded_memory(api, ctx, long_audio, worker_
     timings = output["debug_info"]["timings"]
     print(f"long file: {seconds:.0f} s of audio, {len(clips)} clips, {elapsed:.1f} s, WER {score:.3f}, "
           f"RSS {before:.0f} -> peak {peak[0]:.0f} MiB; timings {timings}")
-    assert score <= WER_MAX
+    quality.check_bound("long file", "wer", score, WER_MAX)
     assert output["segments"][-1]["end"] >= seconds - 15  # the end of the file was transcribed
     assert output["debug_info"]["audio"]["actual"]["duration_s"] == pytest.approx(seconds, abs=0.1)
     assert peak[0] - before <= LONG_RSS_GROWTH_MAX_MB

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+import quality
 from references import FESTVOX, PYANNOTE_SAMPLE, RU_CLIPS, festvox_transcripts, read_stm, require_assets, wer
 from servers import FileServer, WorkerApi
 
@@ -15,6 +16,10 @@ from servers import FileServer, WorkerApi
 # (8 clips) and 0.195 on pyannote's English sample; bounds leave room for CPU/int8 noise.
 RU_CORPUS_WER_MAX = 0.30
 EN_WER_MAX = 0.30
+
+
+# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
+pytestmark = pytest.mark.quality
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,7 @@ def test_russian_clips_wer(api, media):
                 assert segment["start"] - 0.01 <= word["start"] <= word["end"] <= segment["end"] + 0.01
     score = wer(refs, hyps)
     print(f"festvox-ru corpus WER over {len(RU_CLIPS)} clips: {score:.3f}")
-    assert score <= RU_CORPUS_WER_MAX
+    quality.check_bound("runsync festvox-ru", "corpus_wer", score, RU_CORPUS_WER_MAX)
 
 
 def test_english_sample_wer(api, media):
@@ -72,7 +77,7 @@ def test_english_sample_wer(api, media):
     reference = " ".join(line.text for line in read_stm(PYANNOTE_SAMPLE / "sample.stm"))
     score = wer(reference, _text(output))
     print(f"pyannote sample.wav WER: {score:.3f}")
-    assert score <= EN_WER_MAX
+    quality.check_bound("runsync English sample", "wer", score, EN_WER_MAX)
     assert all("words" not in segment for segment in output["segments"])  # align_output false
 
 
@@ -87,7 +92,7 @@ def test_stereo_44k_mp3_goes_through_ffmpeg_fallback(api, media):
     # One 10-word clip, so each word is 0.1 of WER: measured 0.3 (before the float64 log-mel)
     # and 0.4 ("Skyles" for "Скайлс" splits into two errors); quality itself is
     # test_russian_clips_wer's job, this checks that the fallback path hears the speech.
-    assert wer(festvox_transcripts()["ru_0003"], _text(output)) <= 0.5
+    quality.check_bound("runsync stereo mp3", "wer_ru_0003", wer(festvox_transcripts()["ru_0003"], _text(output)), 0.5)
 
 
 def test_debug_info_sections_and_logs(api, media):

@@ -16,6 +16,7 @@ import statistics
 import sys
 
 import pytest
+import quality
 from references import ROOT, FESTVOX, festvox_edge_words, festvox_transcripts, normalise
 
 import alignment
@@ -29,9 +30,14 @@ from random_models import make_random_wav2vec2  # noqa: E402
 
 # Clips whose comma-delimited phrases match the labelled pauses (about 70 s in all).
 ALIGN_CLIPS = ("ru_0012", "ru_0014", "ru_0016", "ru_0017", "ru_0024", "ru_0032", "ru_0034", "ru_0038")
-# Measured on these clips with Whisper base (int8, CPU): see the printed numbers / README.
+# Measured on these clips with Whisper base (int8, CPU); their spread over the kernel paths
+# of scripts/kernel_paths.py is in docs/BENCHMARKS.md.
 MEDIAN_ERROR_MAX_S = 0.20
 WITHIN_200MS_MIN = 0.50  # measured 0.589 (56 edges), median 0.149 s
+
+
+# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
+pytestmark = pytest.mark.quality
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +106,8 @@ def test_offline_word_timings_accuracy_on_festvox(predictor, env):
     within = sum(e <= 0.2 for e in errors) / len(errors)
     print(json.dumps({"method": "whisper cross-attention", "boundaries": len(errors), "median_abs_error_s": round(median, 3), "within_200ms": round(within, 3)}))
     assert len(errors) >= 40  # most edges matched: the measurement is not vacuous
-    assert median <= MEDIAN_ERROR_MAX_S
-    assert within >= WITHIN_200MS_MIN
+    quality.check_bound("word timings", "median_abs_error_s", median, MEDIAN_ERROR_MAX_S)
+    quality.check_bound("word timings", "within_200ms", within, WITHIN_200MS_MIN, ">=")
 
 
 @pytest.fixture(scope="module")
