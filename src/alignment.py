@@ -3,8 +3,9 @@
 Order of preference for a request with ``align_output``:
 
 1. wav2vec2 CTC forced alignment (whisperX's method and results, re-implemented for speed in
-   ``ctc_alignment``) with the model of the detected language (loaded once per language by
-   whisperX and kept; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
+   ``ctc_alignment``) with the model of the detected language (loaded by whisperX on first
+   use, the ``MAX_CACHED_ALIGNERS`` most recently used kept resident besides the preloaded
+   ones; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
 2. when no aligner exists or loads for the language (no network, unknown language,
    silence detected as a rare language), Whisper's cross-attention word timings computed
    from the ASR model itself, which runs offline with the weights already resident.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from asr import WindowTranscript, log_mel_batch
+from model_cache import SingleFlightCache, release_cuda_cache
 
 if TYPE_CHECKING:
     import torch
@@ -92,31 +94,78 @@ class HalfPrecision:
 
 
 class AlignmentModels:
-    """Resident aligners, one per language; failed loads are remembered for a while."""
+    """Resident aligners, one per language, loaded on first use; thread-safe.
 
-    def __init__(self, device: str, override: Callable[[str], str | None] = lambda _lang: None) -> None:
+    device: "cpu" or "cuda" (on CUDA aligners run in half precision, ``HalfPrecision``).
+    override: language -> local folder or Hub id of its aligner (``ALIGN_MODEL_<LANG>``), or
+        None for whisperX's default.
+    max_cached: aligners kept resident besides the kept ones (``MAX_CACHED_ALIGNERS``); loading
+        one more drops the least recently used non-kept one first (a job still aligning with
+        it keeps its own reference).
+    kept: languages whose aligners are never dropped (``PRELOAD_ALIGN_LANGUAGES``).
+
+    Loads run outside any lock that other languages need (``model_cache.SingleFlightCache``):
+    a job waits only for the aligner of its own language. A failed load is remembered for
+    ``FAILED_LOAD_RETRY_S`` seconds, so a worker without network does not pay the Hub's retry
+    delays on every request.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        override: Callable[[str], str | None] = lambda _lang: None,
+        *,
+        max_cached: int = 4,
+        kept: frozenset[str] = frozenset(),
+    ) -> None:
         self.device = device
         self._override = override
-        self._loaded: dict[str, Aligner] = {}
-        self._failed: dict[str, tuple[float, str]] = {}
-        self._lock = threading.Lock()
+        self.kept = kept
+        self._cache: SingleFlightCache[str, Aligner] = SingleFlightCache(
+            max_cached, kept=kept.__contains__, on_evict=self._evicted)
+        self._failed: dict[str, tuple[float, str]] = {}  # language -> (time.monotonic(), error)
+        self._failed_lock = threading.Lock()
 
-    def get(self, language: str) -> tuple[Aligner, float]:
-        """The aligner for ``language`` and the seconds spent loading it (0 if resident)."""
-        with self._lock:
-            if language in self._loaded:
-                return self._loaded[language], 0.0
+    @property
+    def max_cached(self) -> int:
+        return self._cache.max_cached
+
+    def get(self, language: str, *, wait_check: Callable[[], None] | None = None) -> tuple[Aligner, float]:
+        """The aligner for ``language`` and the seconds this call spent loading it or waiting
+        for another job's load of it (0.0 if resident).
+
+        Raises ``AlignerUnavailable`` when it cannot be loaded (now, or within
+        ``FAILED_LOAD_RETRY_S`` seconds of a failed load). wait_check: called about every
+        0.2 s while another job loads this language's aligner; what it raises (the job was
+        cancelled or ran out of time) ends the wait, not the load.
+        """
+        with self._failed_lock:
             failed = self._failed.get(language)
-            if failed and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
-                raise AlignerUnavailable(failed[1])
-            started = time.perf_counter()
-            try:
-                aligner = self._load(language)
-            except AlignerUnavailable as exc:
+        if failed and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+            raise AlignerUnavailable(failed[1])
+        return self._cache.get(language, lambda: self._load_remembering_failure(language), wait_check=wait_check)
+
+    def resident(self) -> list[str]:
+        """Languages whose aligners are resident, least recently used first."""
+        return self._cache.resident()
+
+    def _load_remembering_failure(self, language: str) -> Aligner:
+        """``_load``, remembering an ``AlignerUnavailable`` (and forgetting it on success)."""
+        try:
+            aligner = self._load(language)
+        except AlignerUnavailable as exc:
+            with self._failed_lock:
                 self._failed[language] = (time.monotonic(), str(exc))
-                raise
-            self._loaded[language] = aligner
-            return aligner, time.perf_counter() - started
+            raise
+        with self._failed_lock:
+            self._failed.pop(language, None)
+        return aligner
+
+    def _evicted(self, languages: list[str]) -> None:
+        for language in languages:
+            logger.info("aligner for %s dropped from the cache (MAX_CACHED_ALIGNERS=%d)", language, self.max_cached)
+        if self.device == "cuda":
+            release_cuda_cache()  # the dropped weights' blocks go back for CTranslate2 to use
 
     def _load(self, language: str) -> Aligner:
         import whisperx

@@ -1,4 +1,4 @@
-"""Turn a fetched audio file into 16 kHz mono float32 samples.
+"""Turn a fetched audio file into 16 kHz mono float32 samples, within bounds.
 
 :func:`fetch.fetch_audio` first materialises the request's source (http(s) URL,
 base64 payload or, when enabled, a local path) as a file in a per-request working
@@ -6,7 +6,21 @@ directory that the caller creates and deletes; then :func:`prepare_audio` probes
 that file and either reads it directly (already a 16 kHz mono WAV/FLAC) or
 decodes/resamples it with ffmpeg, reporting which path it took and why.
 
-Both raise :class:`fetch.AudioError`, defined there so that fetching needs no numpy.
+The file is hostile until proven otherwise. Contract of :func:`prepare_audio`:
+
+* Length: audio over ``max_audio_seconds`` (0 = no cap) is refused from its metadata
+  (the WAV header's data size / byte rate, libsndfile's frame count, ffprobe's duration)
+  before any decoding, and again while decoding: ffmpeg's output is streamed and never
+  kept past the cap (plus one pipe chunk), so a header that lies costs at most that much.
+* No array is sized from a header number that was not checked against the cap and the
+  file's size; absurd sample rates (outside 1 kHz..768 kHz) are refused.
+* ffprobe/ffmpeg read only the one file, with a demuxer from :data:`ffmpeg_tools.INPUT_FORMATS`
+  (no playlist, manifest or file-list demuxer can open other inputs), without stdin, in
+  ``workdir``; see :mod:`ffmpeg_tools`.
+* ``control`` (a :class:`jobs.JobControl`) bounds every step: a cancelled or expired job
+  raises its ``JobCancelled``/``JobTimeout`` and the running tool is killed within ~0.1 s.
+* Every bad input ends as an :class:`fetch.AudioError` (defined there so that fetching
+  needs no numpy) with a short message; peak memory is about one float32 copy of the audio.
 """
 
 from __future__ import annotations
@@ -15,15 +29,16 @@ import json
 import logging
 import math
 import os
-import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+import ffmpeg_tools
 from fetch import AudioError
+from ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
+from jobs import JobControl
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +46,21 @@ TARGET_SAMPLE_RATE = 16_000
 TARGET_CHANNELS = 1
 
 # ffprobe only reads headers; ffmpeg decodes the whole file, which for a
-# multi-hour recording can take a few minutes on a busy CPU.
+# multi-hour recording can take a few minutes on a busy CPU. The job's own
+# time budget (JobControl.remaining) shortens both.
 FFPROBE_TIMEOUT_S = 60.0
 FFMPEG_TIMEOUT_S = 1800.0
+
+# Longest audio accepted when the caller names no limit (the worker passes its
+# MAX_AUDIO_SECONDS setting): hosted ASR APIs accept 4-10 hours per file.
+DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
+# Metadata and resamplers round (encoder padding, a few extra output samples): a file
+# exactly at the limit must pass, so the limit gets this much slack in both checks.
+DURATION_SLACK_S = 0.5
+# Sample rates a real recording can have; a header outside them is broken or hostile
+# (1 Hz upsampled to 16 kHz turns a 5 KB file into gigabytes).
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
 
 # Shortest audio accepted, in seconds: below this there is nothing to transcribe (a Whisper
 # token spans 20 ms, a syllable ~0.1 s), and such a file is almost always a broken upload.
@@ -47,10 +74,14 @@ TRUNCATION_TOLERANCE_FRACTION = 0.01
 _RIFF_UNKNOWN_SIZES = frozenset({0, 0xFFFFFFFF})
 _RIFF_MAX_CHUNKS = 64  # chunks walked before the data chunk; real files have a handful
 
-_STDERR_MAX_CHARS = 300
-# Playlist/concatenation demuxers open further inputs named inside the file;
-# a downloaded file must never make ffmpeg read other resources.
-_REFUSED_FORMATS = frozenset({"hls", "applehttp", "concat", "ffconcat"})
+# The most samples per byte any direct-read format can hold: a FLAC frame of digital silence
+# needs >= 12 bytes for at most 65535 samples (~5500/byte). A frame count above this times the
+# file size is a lie, and is never used to size an array.
+_MAX_SAMPLES_PER_BYTE = 8192
+# Frames read per soundfile call on the direct path, so a stopped job is noticed between blocks.
+_DIRECT_BLOCK_FRAMES = 1 << 20  # ~65 s at 16 kHz
+_STAGE = "audio decoding"  # what JobCancelled/JobTimeout name
+_ESTIMATED_DURATION = "Estimating duration from bitrate"  # ffprobe's warning: not a promise
 # WAV/FLAC are the containers soundfile reads reliably and exactly; anything
 # else (including MP3, which newer libsndfile can read) goes through ffmpeg
 # so decoding behaves the same as in whisperX.
@@ -122,6 +153,43 @@ class _FfprobeResult:
     probe: AudioProbe
     has_audio: bool
     has_video: bool  # a real video stream, not cover art
+    duration_estimated: bool  # ffprobe guessed the duration from the bitrate (may be far off)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """Private: how much audio this job may decode, and the control that may stop it."""
+
+    max_seconds: float  # 0 (or inf) = no cap
+    control: JobControl | None
+
+    @property
+    def capped(self) -> bool:
+        return 0 < self.max_seconds < math.inf
+
+    @property
+    def max_samples(self) -> int | None:
+        """Most 16 kHz samples kept (the cap plus DURATION_SLACK_S); None without a cap."""
+        if not self.capped:
+            return None
+        return math.ceil((self.max_seconds + DURATION_SLACK_S) * TARGET_SAMPLE_RATE)
+
+    def check_duration(self, duration_s: float | None) -> None:
+        """Refuse audio whose metadata says it is over the cap, before decoding any of it."""
+        if self.capped and duration_s is not None and duration_s > self.max_seconds + DURATION_SLACK_S:
+            raise AudioError(
+                f"audio is {duration_s:.1f} s long, over this worker's limit of "
+                f"{self.max_seconds:g} s (MAX_AUDIO_SECONDS)"
+            )
+
+    def too_long(self) -> AudioError:
+        """The error for audio found to be over the cap while decoding (its length is unknown)."""
+        return AudioError(f"audio is longer than this worker's limit of {self.max_seconds:g} s (MAX_AUDIO_SECONDS)")
+
+    def check(self) -> None:
+        """Raise JobCancelled/JobTimeout if the job must stop."""
+        if self.control is not None:
+            self.control.check(_STAGE)
 
 
 # --------------------------------------------------------------------------
@@ -129,18 +197,32 @@ class _FfprobeResult:
 # --------------------------------------------------------------------------
 
 
-def prepare_audio(path: Path, source: str, workdir: Path) -> PreparedAudio:
+def prepare_audio(
+    path: Path,
+    source: str,
+    workdir: Path,
+    *,
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    control: JobControl | None = None,
+) -> PreparedAudio:
     """Probe; if 16 kHz mono WAV/FLAC read directly with soundfile, else decode+resample with ffmpeg.
 
-    ffmpeg runs as ``ffmpeg -nostdin -i in -vn -ac 1 -ar 16000 -f wav out`` (first
-    audio stream only), which also extracts audio from video containers. The
-    result is a float32 16 kHz mono waveform plus a 16 kHz mono PCM16 WAV in
-    ``workdir`` (or the input itself when it already is one).
+    ffmpeg decodes the first audio stream to 16 kHz mono PCM16 (which also extracts audio
+    from video containers), streamed through a pipe into a WAV in ``workdir``. The result is
+    a float32 16 kHz mono waveform plus that WAV (or the input itself when it already is one).
+
+    ``max_audio_seconds``: longest audio accepted (0 = no limit). ``control``: the job's
+    deadline and cancel token (None = unbounded); stopping raises its JobCancelled/JobTimeout.
 
     Refused with an ``AudioError`` naming the problem: an empty file, a WAV whose header
-    promises clearly more audio than the file holds (truncated), audio with no samples, and
-    audio shorter than ``MIN_DURATION_S`` (0.1 s).
+    promises clearly more audio than the file holds (truncated), an absurd sample rate, a
+    container outside the allow-list (playlists, manifests, file lists), audio over
+    ``max_audio_seconds``, audio with no samples, and audio shorter than ``MIN_DURATION_S``.
     """
+    if math.isnan(max_audio_seconds) or max_audio_seconds < 0:
+        raise ValueError(f"max_audio_seconds must be >= 0 (0 = no limit), not {max_audio_seconds!r}")
+    limits = _Limits(float(max_audio_seconds), control)
+    limits.check()
     path = Path(path)
     workdir = Path(workdir)
     try:
@@ -149,9 +231,9 @@ def prepare_audio(path: Path, source: str, workdir: Path) -> PreparedAudio:
         raise AudioError("audio file could not be read") from None
     if size == 0:
         raise AudioError("audio file is empty")
-    _check_wav_not_truncated(path, size)
+    _check_wav_header(path, size, limits)
 
-    prepared = _try_direct(path, source, workdir) or _decode_with_ffmpeg(path, source, workdir)
+    prepared = _try_direct(path, source, workdir, size, limits) or _decode_with_ffmpeg(path, source, workdir, limits)
     _check_long_enough(prepared.duration_s)
     return prepared
 
@@ -164,22 +246,29 @@ def _check_long_enough(duration_s: float) -> None:
         raise AudioError(f"audio is too short: {shown:.3f} s (at least {MIN_DURATION_S:g} s needed)")
 
 
+def _check_sample_rate(rate: int) -> None:
+    """Refuse a sample rate no recording has (resampling 1 Hz to 16 kHz multiplies data 16000x)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"unsupported sample rate: {rate} Hz (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+
+
 @dataclass(frozen=True)
 class _WavLayout:
-    """Private: where a RIFF/WAVE file's samples are and how many its header promises."""
+    """Private: a RIFF/WAVE file's format and where its samples are."""
 
-    declared_bytes: int  # the data chunk's size field
+    declared_bytes: int | None  # the data chunk's size field; None = "unknown" (streamed WAV, RF64)
     present_bytes: int  # bytes after the data chunk header, up to the end of the file
-    bytes_per_second: int  # the fmt chunk's average byte rate
+    bytes_per_second: int | None  # the fmt chunk's average byte rate; None when 0
+    sample_rate: int  # the fmt chunk's sample rate
 
 
 def _read_wav_layout(path: Path, file_size: int) -> _WavLayout | None:
-    """Walk a RIFF/WAVE file's chunks up to ``data``; None when it is not one, has no usable
-    fmt/data chunk, or declares an unknown length (0 or 0xFFFFFFFF: streamed WAVs, RF64).
+    """Walk a RIFF/WAVE file's chunks up to ``data``; None when it is not one or has no
+    fmt chunk before a data chunk.
 
     Only headers are read (seeks over other chunks), so this costs the same for any size.
     """
-    byte_rate = None
+    fmt = None
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -190,28 +279,46 @@ def _read_wav_layout(path: Path, file_size: int) -> _WavLayout | None:
                 return None
             chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
             if chunk_id == b"data":
-                if byte_rate is None or chunk_size in _RIFF_UNKNOWN_SIZES:
+                if fmt is None:
                     return None
-                return _WavLayout(chunk_size, max(0, file_size - f.tell()), byte_rate)
+                return _WavLayout(
+                    declared_bytes=None if chunk_size in _RIFF_UNKNOWN_SIZES else chunk_size,
+                    present_bytes=max(0, file_size - f.tell()),
+                    bytes_per_second=int.from_bytes(fmt[8:12], "little") or None,
+                    sample_rate=int.from_bytes(fmt[4:8], "little"),
+                )
             if chunk_id == b"fmt " and chunk_size >= 16:
                 fmt = f.read(16)
                 if len(fmt) < 16:
                     return None
-                byte_rate = int.from_bytes(fmt[8:12], "little") or None
                 f.seek(chunk_size - 16 + (chunk_size & 1), os.SEEK_CUR)
             else:
                 f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
     return None
 
 
-def _check_wav_not_truncated(path: Path, file_size: int) -> None:
-    """Refuse a WAV whose header promises clearly more audio than the file holds (a cut
-    download or upload): decoding it would give a few ms and a misleading empty transcript."""
+def _check_wav_header(path: Path, file_size: int, limits: _Limits) -> None:
+    """Refuse a WAV with an absurd sample rate, a truncated one, and one over the length cap,
+    from its header alone."""
     layout = _read_wav_layout(path, file_size)
     if layout is None:
         return
-    declared_s = layout.declared_bytes / layout.bytes_per_second
-    present_s = min(layout.present_bytes, layout.declared_bytes) / layout.bytes_per_second
+    _check_sample_rate(layout.sample_rate)
+    if layout.bytes_per_second is None:
+        return
+    if layout.declared_bytes is not None:
+        _check_wav_not_truncated(layout.declared_bytes, layout.present_bytes, layout.bytes_per_second)
+        present = min(layout.present_bytes, layout.declared_bytes)
+    else:
+        present = layout.present_bytes
+    limits.check_duration(present / layout.bytes_per_second)
+
+
+def _check_wav_not_truncated(declared_bytes: int, present_bytes: int, bytes_per_second: int) -> None:
+    """Refuse a WAV whose header promises clearly more audio than the file holds (a cut
+    download or upload): decoding it would give a few ms and a misleading empty transcript."""
+    declared_s = declared_bytes / bytes_per_second
+    present_s = min(present_bytes, declared_bytes) / bytes_per_second
     missing_s = declared_s - present_s
     if missing_s > TRUNCATION_TOLERANCE_S and missing_s > TRUNCATION_TOLERANCE_FRACTION * declared_s:
         promised = f"{declared_s:.1f}" if declared_s >= 1 else f"{declared_s:.3f}"
@@ -228,7 +335,7 @@ def _is_target_format(probe: AudioProbe) -> bool:
     return probe.sample_rate == TARGET_SAMPLE_RATE and probe.channels == TARGET_CHANNELS
 
 
-def _try_direct(path: Path, source: str, workdir: Path) -> PreparedAudio | None:
+def _try_direct(path: Path, source: str, workdir: Path, file_size: int, limits: _Limits) -> PreparedAudio | None:
     """Read a 16 kHz mono WAV/FLAC with soundfile; None if the input needs ffmpeg."""
     try:
         info = sf.info(str(path))
@@ -236,10 +343,14 @@ def _try_direct(path: Path, source: str, workdir: Path) -> PreparedAudio | None:
         return None  # not something libsndfile knows: let ffprobe/ffmpeg decide
     if info.format not in _DIRECT_FORMATS or info.samplerate != TARGET_SAMPLE_RATE or info.channels != 1:
         return None
-    try:
-        samples, _ = sf.read(str(path), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        logger.info("soundfile could not read %s (%s); falling back to ffmpeg", path.name, exc)
+    if not 0 <= info.frames <= file_size * _MAX_SAMPLES_PER_BYTE:
+        # E.g. a FLAC whose STREAMINFO claims 2^36 samples (or "unknown"): never size an array
+        # from it. ffmpeg's streamed decode counts the real samples under the same cap.
+        logger.info("%s claims %d frames in %d bytes; decoding with ffmpeg", path.name, info.frames, file_size)
+        return None
+    limits.check_duration(info.frames / info.samplerate)
+    samples = _read_frames(path, info.frames, limits)
+    if samples is None:
         return None
 
     probe = AudioProbe(
@@ -270,6 +381,30 @@ def _try_direct(path: Path, source: str, workdir: Path) -> PreparedAudio | None:
     )
 
 
+def _read_frames(path: Path, frames: int, limits: _Limits) -> np.ndarray | None:
+    """Read up to ``frames`` (already checked against the cap and the file size) mono float32
+    samples, block by block so a stopped job is noticed; None if libsndfile fails (ffmpeg may
+    still decode the file)."""
+    try:
+        out = np.empty(frames, dtype=np.float32)  # filled in place: one copy of the audio
+    except MemoryError:
+        raise AudioError(f"audio is too long for this worker's memory ({frames / TARGET_SAMPLE_RATE:.1f} s)") from None
+    filled = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while filled < frames:
+                limits.check()
+                wanted = min(_DIRECT_BLOCK_FRAMES, frames - filled)
+                got = f.read(out=out[filled : filled + wanted]).shape[0]
+                filled += got
+                if got < wanted:  # the header promised more than the file holds
+                    break
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        logger.info("soundfile could not read %s (%s); falling back to ffmpeg", path.name, exc)
+        return None
+    return out[:filled]
+
+
 def _finish_waveform(samples: np.ndarray) -> np.ndarray:
     """Make samples a contiguous float32 1-D array in [-1, 1]; raise if there are none."""
     waveform = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
@@ -280,42 +415,24 @@ def _finish_waveform(samples: np.ndarray) -> np.ndarray:
     return waveform
 
 
-def _decode_with_ffmpeg(path: Path, source: str, workdir: Path) -> PreparedAudio:
-    """Probe with ffprobe, then decode the first audio stream to 16 kHz mono PCM16 WAV and read it."""
-    probed = _ffprobe(path)
+def _decode_with_ffmpeg(path: Path, source: str, workdir: Path, limits: _Limits) -> PreparedAudio:
+    """Probe with ffprobe, check what it says, then decode the first audio stream to 16 kHz mono."""
+    probed = _ffprobe(path, workdir, limits)
+    probe = probed.probe
     if not probed.has_audio:
-        container = probed.probe.container or "unknown"
+        container = probe.container or "unknown"
         if probed.has_video:
             raise AudioError(f"no audio stream found in the video (container: {container})")
         raise AudioError(f"could not decode audio: no audio stream found (detected format: {container})")
-    if probed.probe.container in _REFUSED_FORMATS:
-        raise AudioError(f"unsupported input: {probed.probe.container} playlists are not accepted")
+    if probe.sample_rate:  # 0/None: unknown to ffprobe, left to ffmpeg (and the streamed cap)
+        _check_sample_rate(probe.sample_rate)
+    if not probed.duration_estimated:  # a bitrate guess can be far off; decoding will tell
+        limits.check_duration(probe.duration_s)
 
     wav_path = workdir / "audio_16k.wav"
-    _run_tool(
-        [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            # Only plain files may be opened, so a crafted input cannot make ffmpeg fetch URLs.
-            "-protocol_whitelist", "file",
-            "-i", f"file:{path.resolve()}",
-            "-map", "0:a:0",  # the stream ffprobe reported, not ffmpeg's own pick
-            "-vn", "-sn", "-dn", "-map_metadata", "-1",
-            "-ac", str(TARGET_CHANNELS), "-ar", str(TARGET_SAMPLE_RATE),
-            "-c:a", "pcm_s16le", "-f", "wav",
-            f"file:{wav_path.resolve()}",
-        ],
-        timeout_s=FFMPEG_TIMEOUT_S,
-        display_name=path.name,
-    )
-    try:
-        samples, rate = sf.read(str(wav_path), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError):
-        # ffmpeg writes only a header when it decodes nothing; libsndfile may reject that.
-        raise AudioError("audio has no samples") from None
-    if rate != TARGET_SAMPLE_RATE:  # would be an ffmpeg bug; never hand the model wrong-rate audio
-        raise AudioError(f"could not decode audio: ffmpeg produced {rate} Hz instead of 16000 Hz")
+    _decode_to_wav(path, wav_path, workdir, limits)
+    samples, _ = sf.read(str(wav_path), dtype="float32", always_2d=False)  # our own header: trusted
     waveform = _finish_waveform(samples)
-    probe = probed.probe
     return PreparedAudio(
         waveform=waveform,
         wav_path=wav_path,
@@ -327,6 +444,73 @@ def _decode_with_ffmpeg(path: Path, source: str, workdir: Path) -> PreparedAudio
         source=source,
         reason=_fallback_reason(probe, probed.has_video),
     )
+
+
+class _PcmSpool:
+    """Private: ffmpeg's s16le stream, written as it arrives to a 16 kHz mono PCM16 WAV.
+
+    Nothing past ``max_samples`` is ever kept: the chunk that would cross it raises instead,
+    which stops ffmpeg. On disk, not in memory, so a legitimate file needs RAM only for the
+    final float32 read.
+    """
+
+    def __init__(self, wav_path: Path, limits: _Limits) -> None:
+        self._limits = limits
+        self._max_samples = limits.max_samples
+        self._carry = b""  # an odd byte split between two pipe reads
+        self.samples = 0
+        self._file = sf.SoundFile(
+            str(wav_path), mode="w", samplerate=TARGET_SAMPLE_RATE, channels=TARGET_CHANNELS,
+            subtype="PCM_16", format="WAV",
+        )
+
+    def write(self, data: bytes) -> None:
+        data = self._carry + data
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        n = usable // 2
+        if self._max_samples is not None and self.samples + n > self._max_samples:
+            raise self._limits.too_long()
+        # int16 into a PCM_16 file: written exactly, the same bits ffmpeg's own WAV would hold.
+        self._file.write(np.frombuffer(data, dtype="<i2", count=n))
+        self.samples += n
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _decode_to_wav(path: Path, wav_path: Path, workdir: Path, limits: _Limits) -> None:
+    """Decode the first audio stream with ffmpeg to 16 kHz mono PCM16, streamed into ``wav_path``.
+
+    s16le, not f32le, on the pipe: the samples are exactly those of the WAV that tools read,
+    and of whisperX's own loader. Raises (and removes the partial WAV) when the audio is
+    over the cap, has no samples, or the job stops.
+    """
+    spool = _PcmSpool(wav_path, limits)
+    try:
+        _run_tool(
+            [
+                "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+                *ffmpeg_tools.input_args(path),
+                "-map", "0:a:0",  # the stream ffprobe reported, not ffmpeg's own pick
+                "-vn", "-sn", "-dn", "-map_metadata", "-1",
+                "-ac", str(TARGET_CHANNELS), "-ar", str(TARGET_SAMPLE_RATE),
+                "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1",
+            ],
+            cwd=workdir,
+            timeout_s=FFMPEG_TIMEOUT_S,
+            display_name=path.name,
+            control=limits.control,
+            stage=_STAGE,
+            on_stdout=spool.write,
+        )
+        if spool.samples == 0:
+            raise AudioError("audio has no samples")
+    except BaseException:
+        spool.close()
+        wav_path.unlink(missing_ok=True)
+        raise
+    spool.close()
 
 
 def _fallback_reason(probe: AudioProbe, has_video: bool) -> str:
@@ -345,23 +529,26 @@ def _fallback_reason(probe: AudioProbe, has_video: bool) -> str:
     return f"input is 16 kHz mono but {codec} in {probe.container}, not WAV/FLAC: decoded with ffmpeg"
 
 
-def _ffprobe(path: Path) -> _FfprobeResult:
+def _ffprobe(path: Path, workdir: Path, limits: _Limits) -> _FfprobeResult:
     """Describe the file's first audio stream and container with ffprobe (JSON output)."""
-    stdout = _run_tool(
+    output = _run_tool(
         [
-            "ffprobe", "-v", "error", "-protocol_whitelist", "file",
+            "ffprobe", "-v", "warning", "-hide_banner",  # warning: to see "Estimating duration"
             "-show_entries",
             "stream=codec_type,codec_name,sample_rate,channels,duration:stream_disposition=attached_pic"
             ":format=format_name,duration",
             "-of", "json",
-            f"file:{path.resolve()}",
+            *ffmpeg_tools.input_args(path),
         ],
+        cwd=workdir,
         timeout_s=FFPROBE_TIMEOUT_S,
         display_name=path.name,
+        control=limits.control,
+        stage=_STAGE,
     )
     try:
-        info = json.loads(stdout or "{}")
-    except json.JSONDecodeError:
+        info = json.loads(output.stdout or b"{}")
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
         raise AudioError("could not decode audio: unreadable ffprobe output") from None
     streams = info.get("streams") or []
     fmt = info.get("format") or {}
@@ -382,7 +569,12 @@ def _ffprobe(path: Path) -> _FfprobeResult:
         container=container,
         duration_s=duration,
     )
-    return _FfprobeResult(probe=probe, has_audio=audio is not None, has_video=has_video)
+    return _FfprobeResult(
+        probe=probe,
+        has_audio=audio is not None,
+        has_video=has_video,
+        duration_estimated=_ESTIMATED_DURATION in output.stderr,
+    )
 
 
 def _is_still_or_text_format(container: str | None) -> bool:
@@ -404,50 +596,9 @@ def _to_int(value: object) -> int | None:
 
 
 def _to_float(value: object) -> float | None:
-    """Parse an ffprobe float (seconds); None if absent or unparsable."""
+    """Parse an ffprobe float (seconds); None if absent, unparsable or not finite."""
     try:
-        return float(value) if value not in (None, "", "N/A") else None  # type: ignore[arg-type]
+        number = float(value) if value not in (None, "", "N/A") else None  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-
-
-def _run_tool(args: list[str], timeout_s: float, display_name: str) -> str:
-    """Run ffmpeg/ffprobe (argument list, no shell, no stdin) and return stdout.
-
-    Failures become AudioError("could not decode audio: ...") with a short stderr excerpt.
-    """
-    tool = args[0]
-    try:
-        completed = subprocess.run(
-            args,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"could not decode audio: {tool} timed out after {timeout_s:g} s") from None
-    except FileNotFoundError:
-        # A missing binary is a deployment bug, not the user's fault.
-        raise RuntimeError(f"{tool} is not installed or not on PATH") from None
-    if completed.returncode != 0:
-        detail = _trim_stderr(completed.stderr, display_name)
-        logger.info("%s failed on %s (rc=%d): %s", tool, display_name, completed.returncode, detail)
-        raise AudioError(f"could not decode audio: {detail}")
-    return completed.stdout
-
-
-def _trim_stderr(stderr: str, display_name: str) -> str:
-    """Last meaningful stderr line(s), with our temp paths shortened, capped at ~300 chars."""
-    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
-    if not lines:
-        return "unknown error"
-    # The final line usually names the failure ("Invalid data found when processing input").
-    text = " / ".join(lines[-2:])
-    text = re.sub(r"file:\S*?" + re.escape(display_name), display_name, text)
-    text = re.sub(r"\[[^\]]+ @ 0x[0-9a-f]+\] ", "", text)  # "[mov,mp4 @ 0x55..]" noise
-    if len(text) > _STDERR_MAX_CHARS:
-        text = text[: _STDERR_MAX_CHARS - 3] + "..."
-    return text
+    return number if number is not None and math.isfinite(number) else None

@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 logger = logging.getLogger(__name__)
+
+# How often a caller waiting for its rows looks at its job's stop check (seconds).
+WAIT_CHECK_S = 0.2
 
 # Windows of one merged call when its first caller sets no cap (``asr.transcribe_windows``
 # always sets one): the schema's default batch.
@@ -102,7 +106,13 @@ class CrossJobBatcher:
         """``asr.detect`` over ``features``, possibly in one call with other callers' windows."""
         return self._submit(_Waiting("detect", model, features))
 
-    def _submit(self, waiting: _Waiting) -> list[Any]:
+    def for_job(self, check: Callable[[], None]) -> JobCalls:
+        """This batcher as seen by one job: each wait calls ``check`` every ``WAIT_CHECK_S``;
+        when it raises (the job was cancelled or ran out of time) the job's call leaves the
+        queue if no model call has taken it yet, and the exception reaches the job."""
+        return JobCalls(self, check)
+
+    def _submit(self, waiting: _Waiting, check: Callable[[], None] | None = None) -> list[Any]:
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("the Whisper batcher is closed")
@@ -111,7 +121,24 @@ class CrossJobBatcher:
                 self._thread.start()
             self._waiting.append(waiting)
             self._wakeup.notify()
-        return waiting.done.result()
+        if check is None:
+            return waiting.done.result()
+        while True:
+            try:
+                return waiting.done.result(timeout=WAIT_CHECK_S)
+            except FutureTimeout:
+                pass
+            try:
+                check()
+            except BaseException:
+                self._withdraw(waiting)
+                raise
+
+    def _withdraw(self, waiting: _Waiting) -> None:
+        """Take a caller's call out of the queue (no-op once a model call has taken it)."""
+        with self._wakeup:
+            if waiting in self._waiting:
+                self._waiting.remove(waiting)
 
     @property
     def waiting_calls(self) -> int:
@@ -199,3 +226,21 @@ class CrossJobBatcher:
         stats.most_callers = max(stats.most_callers, len(group))
         stats.busy_s += time.perf_counter() - started
         return results
+
+
+class JobCalls:
+    """One job's view of a ``CrossJobBatcher`` (``asr.WhisperCalls``): the same merged calls,
+    with waits that end when the job must stop (``CrossJobBatcher.for_job``)."""
+
+    def __init__(self, batcher: CrossJobBatcher, check: Callable[[], None]) -> None:
+        self._batcher, self._check = batcher, check
+
+    def generate(self, model: WhisperModel, features: np.ndarray, call: asr.GenerateCall, max_length: int,
+                 max_rows: int | None) -> list[WhisperGenerationResult]:
+        self._check()
+        waiting = _Waiting("generate", model, features, call, max_length, max_rows or DEFAULT_MAX_ROWS)
+        return self._batcher._submit(waiting, self._check)
+
+    def detect(self, model: WhisperModel, features: np.ndarray) -> list[list[tuple[str, float]]]:
+        self._check()
+        return self._batcher._submit(_Waiting("detect", model, features), self._check)

@@ -37,7 +37,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from pyannote.audio import Pipeline
 from pyannote.core import Annotation
 
 from campplus import SAMPLE_RATE
+from model_cache import SingleFlightCache
 from offline_diarization import (
     OFFLINE_BACKEND,
     OFFLINE_HYPER_PARAMETERS,
@@ -358,8 +358,9 @@ class _Entry(Generic[PipelineT]):
 class DiarizationModels:
     """Resident registry of diarization pipelines, each loaded once per (model, device).
 
-    Thread-safe: loading happens under one registry lock, and each pipeline runs one request
-    at a time under its own lock (pyannote pipelines are not documented as re-entrant).
+    Thread-safe: each pipeline loads once, outside any lock that other pipelines need (a load
+    stuck on the Hub holds up only the requests for that pipeline: ``model_cache``), and each
+    run leases a replica of its own (pyannote pipelines are not documented as re-entrant).
     Creating the registry turns pyannote's usage telemetry off (see ``disable_pyannote_telemetry``).
 
     device: "cpu" or "cuda".
@@ -390,81 +391,110 @@ class DiarizationModels:
         self.kept_models = kept_models
         self.offline_dir = offline_dir
         self.offline_hyper_parameters = offline_hyper_parameters
-        self._entries: OrderedDict[tuple[str, str], _Entry[Any]] = OrderedDict()  # least recently used first
-        self._registry_lock = threading.Lock()
+        # (model, device) -> its entry
+        self._entries: SingleFlightCache[tuple[str, str], _Entry[Any]] = SingleFlightCache(
+            max_cached, kept=self._kept, on_evict=self._evicted)
+        self._failures_lock = threading.Lock()  # guards _failed_loads only: never held during a load
         # (model, device, token hash) -> (time.monotonic() of the failure, the error)
         self._failed_loads: dict[tuple[str, str, str], tuple[float, str]] = {}
         disable_pyannote_telemetry()
 
     # ---- loading
-    def _entry(self, key: tuple[str, str], load: Callable[[], PipelineT], replicas: int = 1) -> _Entry[PipelineT]:
-        """The cached pipeline for ``key``, loading it with ``load()`` on first use."""
-        with self._registry_lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self._evict(key)  # first, so the dropped pipeline's memory can serve the new one
-                started = time.perf_counter()
-                entry = _Entry(load(), load, replicas)
-                self._entries[key] = entry
-                logger.info("diarization pipeline %s loaded on %s in %.1f s", key[0], key[1],
-                            time.perf_counter() - started)
-            self._entries.move_to_end(key)
+    def _entry(
+        self,
+        key: tuple[str, str],
+        load: Callable[[], PipelineT],
+        replicas: int = 1,
+        *,
+        wait_check: Callable[[], None] | None = None,
+        retry_failed: bool = False,
+    ) -> _Entry[PipelineT]:
+        """The cached pipeline for ``key`` (model, device), loading it with ``load()`` on first use.
+
+        The load runs outside the registry's lock: callers of other keys go on meanwhile, callers
+        of ``key`` wait for it and get its exception when it fails (unless ``retry_failed``:
+        then they load in turn); a failed load is not kept, the next caller loads again.
+        wait_check: called about every 0.2 s while waiting for another caller's load; what it
+        raises ends the wait.
+        """
+
+        def load_entry() -> _Entry[PipelineT]:
+            started = time.perf_counter()
+            entry = _Entry(load(), load, replicas)
+            logger.info("diarization pipeline %s loaded on %s in %.1f s", key[0], key[1], time.perf_counter() - started)
             return entry
+
+        entry, _ = self._entries.get(key, load_entry, wait_check=wait_check, retry_failed=retry_failed)
+        return entry
 
     def _kept(self, key: tuple[str, str]) -> bool:
         return key[0] in self.kept_models or key[0].startswith(f"{OFFLINE_BACKEND}@")
 
-    def _evict(self, newest: tuple[str, str]) -> None:
-        """Drop least recently used pipelines that are not kept, so that with ``newest`` at
-        most ``max_cached`` of them stay (a run in progress keeps its own reference)."""
-        evictable = [key for key in self._entries if not self._kept(key) and key != newest]
-        while evictable and len(evictable) + (not self._kept(newest)) > self.max_cached:
-            key = evictable.pop(0)
-            del self._entries[key]
+    def _evicted(self, keys: list[tuple[str, str]]) -> None:
+        """Dropped from the cache (least recently used beyond ``max_cached``); a run in progress
+        keeps its own reference."""
+        for key in keys:
             logger.info("diarization pipeline %s dropped from the cache (MAX_CACHED_MODELS=%d)", key[0], self.max_cached)
-            _release_cuda_memory()
+        _release_cuda_memory()
 
     def resident(self) -> list[str]:
         """Names of the resident pipelines, least recently used first."""
-        with self._registry_lock:
-            return [key[0] for key in self._entries]
+        return [key[0] for key in self._entries.resident()]
 
-    def offline_pipeline(self) -> _Entry[OfflineSpeakerDiarization]:
-        """The offline pipeline (loaded on first use); raises when its weights are missing."""
+    def offline_pipeline(self, *, wait_check: Callable[[], None] | None = None) -> _Entry[OfflineSpeakerDiarization]:
+        """The offline pipeline (loaded on first use); raises when its weights are missing.
+        wait_check: as for ``_entry``."""
         key = (f"{OFFLINE_BACKEND}@{self.offline_dir}", self.device)
         return self._entry(
-            key, lambda: build_offline_pipeline(self.offline_dir, self.device, self.offline_hyper_parameters), self.replicas
+            key, lambda: build_offline_pipeline(self.offline_dir, self.device, self.offline_hyper_parameters),
+            self.replicas, wait_check=wait_check,
         )
 
-    def requested_pipeline(self, model: str, token: str | None) -> _Entry[DiarizationPipeline]:
+    def requested_pipeline(
+        self, model: str, token: str | None, *, wait_check: Callable[[], None] | None = None
+    ) -> _Entry[DiarizationPipeline]:
         """``whisperx.diarize.DiarizationPipeline`` for a Hub id or local directory (loaded once).
 
         A failed load is remembered for ``FAILED_LOAD_RETRY_S`` (per model, device and token):
-        until then the same request gets the same error at once instead of another round of
-        Hub calls.
+        until then the same request gets ``PipelineLoadFailedEarlier`` at once instead of another
+        round of Hub calls. Requests that arrive while the model loads wait for that load; when
+        it fails, each tries in turn with its own token (one caller's error, which may quote its
+        token, never reaches another), and those with the failed token get
+        ``PipelineLoadFailedEarlier``. wait_check: as for ``_entry``.
         """
         key = (model, self.device)
         failure_key = (model, self.device, _token_key(token))
-        with self._registry_lock:
-            failed = self._failed_loads.get(failure_key)
-            # A resident pipeline serves every token (as before); only a load is refused.
-            if key not in self._entries and failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+
+        def refuse_if_failed_earlier() -> None:
+            with self._failures_lock:
+                failed = self._failed_loads.get(failure_key)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
                 raise PipelineLoadFailedEarlier(f"{failed[1]} (remembered from an earlier request; retried "
                                                 f"{FAILED_LOAD_RETRY_S / 60:.0f} min after it failed)")
-        try:
-            entry = self._entry(key, lambda: load_requested_pipeline(model, token, self.device))
-        except Exception as exc:
-            with self._registry_lock:
-                now = time.monotonic()
-                # Expired failures go first, so one entry per token seen recently at most.
-                for old in [k for k, (when, _) in self._failed_loads.items() if now - when >= FAILED_LOAD_RETRY_S]:
+
+        # A resident pipeline serves every token (as before); only a load is refused.
+        if key not in self._entries:
+            refuse_if_failed_earlier()
+
+        def load() -> DiarizationPipeline:
+            """Run by the one caller that loads: records the outcome for this token."""
+            refuse_if_failed_earlier()  # it may have failed with this token while this call waited
+            try:
+                pipeline = load_requested_pipeline(model, token, self.device)
+            except Exception as exc:
+                with self._failures_lock:
+                    now = time.monotonic()
+                    # Expired failures go first, so one entry per token seen recently at most.
+                    for old in [k for k, (when, _) in self._failed_loads.items() if now - when >= FAILED_LOAD_RETRY_S]:
+                        del self._failed_loads[old]
+                    self._failed_loads[failure_key] = (now, _describe_error(exc, token))
+                raise
+            with self._failures_lock:  # loaded: earlier failures of this model no longer apply
+                for old in [k for k in self._failed_loads if k[:2] == key]:
                     del self._failed_loads[old]
-                self._failed_loads[failure_key] = (now, _describe_error(exc, token))
-            raise
-        with self._registry_lock:  # loaded: earlier failures of this model no longer apply
-            for old in [k for k in self._failed_loads if k[:2] == key]:
-                del self._failed_loads[old]
-        return entry
+            return pipeline
+
+        return self._entry(key, load, wait_check=wait_check, retry_failed=True)
 
     def warm_up_embeddings(self) -> int:
         """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded;

@@ -14,10 +14,12 @@ import re
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from model_cache import SingleFlightCache
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -147,67 +149,75 @@ class AsrModels:
     Models loaded with ``keep=True`` (the preloaded default) stay for the life of the worker;
     of the others at most ``max_cached`` stay resident, the least recently used one being
     dropped first, so requests naming many models cannot fill the GPU for the ones after.
+    A model loads outside any lock that requests for other models need: a request waits only
+    for the load of the model it asked for (``model_cache.SingleFlightCache``).
     """
 
     def __init__(self, device: str, models_dir: str, cpu_threads: int = 0, max_cached: int = 2) -> None:
         self.device = device
         self.models_dir = models_dir
         self.cpu_threads = cpu_threads
-        self.max_cached = max_cached
-        self._whisper: OrderedDict[tuple[str, str, str], WhisperModel] = OrderedDict()  # least recently used first
-        self._kept: set[tuple[str, str, str]] = set()
+        # (path, compute type, device) -> model
+        self._whisper: SingleFlightCache[tuple[str, str, str], WhisperModel] = SingleFlightCache(
+            max_cached, on_evict=self._evicted)
         self._vad: VoiceActivitySegmentation | None = None
-        self._lock = threading.Lock()
         self._vad_lock = threading.Lock()  # apart: the VAD loads while a Whisper model does
+
+    @property
+    def max_cached(self) -> int:
+        """Non-kept models kept resident at once (``MAX_CACHED_MODELS``)."""
+        return self._whisper.max_cached
 
     def resident(self) -> list[tuple[str, str, str]]:
         """Keys (path, compute type, device) of the resident models, least recently used first."""
-        with self._lock:
-            return list(self._whisper)
+        return self._whisper.resident()
 
-    def _evict(self, newest: tuple[str, str, str]) -> None:
-        """Drop least recently used non-kept models beyond ``max_cached`` (never ``newest``)."""
-        evictable = [key for key in self._whisper if key not in self._kept and key != newest]
-        while evictable and len(evictable) + (newest not in self._kept) > self.max_cached:
-            key = evictable.pop(0)
-            del self._whisper[key]  # CTranslate2 frees its memory when the last reference goes
+    def _evicted(self, keys: list[tuple[str, str, str]]) -> None:
+        # CTranslate2 frees a model's memory when its last reference goes (a job in progress
+        # keeps its own).
+        for key in keys:
             logger.info("ASR model %s (%s) dropped from the cache (MAX_CACHED_MODELS=%d)", key[0], key[1], self.max_cached)
 
-    def whisper(self, model: ResolvedModel, compute_type: str, keep: bool = False) -> tuple[WhisperModel, float]:
+    def whisper(
+        self,
+        model: ResolvedModel,
+        compute_type: str,
+        keep: bool = False,
+        *,
+        wait_check: Callable[[], None] | None = None,
+    ) -> tuple[WhisperModel, float]:
         """The resident ``WhisperModel`` for (path, compute_type, device); loads on first use.
 
         keep: never drop this one from the cache (the preloaded default).
-        Returns (model, load_seconds) where load_seconds is 0.0 when it was resident.
+        wait_check: called about every 0.2 s while another request loads this same model; what
+            it raises (the job was cancelled or ran out of time) ends the wait, not the load.
+        Returns (model, load_seconds): the seconds this call spent loading the model or waiting
+        for its load, 0.0 when it was resident. Raises ``ModelLoadError`` when it cannot load.
         """
         key = (model.path, compute_type, self.device)
-        with self._lock:
-            if keep:
-                self._kept.add(key)
-            if key in self._whisper:
-                self._whisper.move_to_end(key)
-                return self._whisper[key], 0.0
-            self._evict(key)  # before loading, so the old model's memory is free for the new one
-            from faster_whisper import WhisperModel
+        if keep:
+            self._whisper.keep(key)
+        return self._whisper.get(key, lambda: self._load(model, compute_type), wait_check=wait_check)
 
-            started = time.perf_counter()
-            logger.info("loading ASR model %s (%s, %s)", model.path, compute_type, self.device)
-            try:
-                instance = WhisperModel(
-                    model.path,
-                    device=self.device,
-                    compute_type=compute_type,
-                    cpu_threads=self.cpu_threads,
-                )
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"could not load model {model.name!r} with compute_type {compute_type}: "
-                    f"{str(exc)[:300]}"
-                ) from None
-            self._whisper[key] = instance
-            self._evict(key)
-            seconds = time.perf_counter() - started
-            logger.info("ASR model loaded in %.2f s", seconds)
-            return instance, seconds
+    def _load(self, model: ResolvedModel, compute_type: str) -> WhisperModel:
+        from faster_whisper import WhisperModel
+
+        started = time.perf_counter()
+        logger.info("loading ASR model %s (%s, %s)", model.path, compute_type, self.device)
+        try:
+            instance = WhisperModel(
+                model.path,
+                device=self.device,
+                compute_type=compute_type,
+                cpu_threads=self.cpu_threads,
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load model {model.name!r} with compute_type {compute_type}: "
+                f"{str(exc)[:300]}"
+            ) from None
+        logger.info("ASR model loaded in %.2f s", time.perf_counter() - started)
+        return instance
 
     def vad(self) -> VoiceActivitySegmentation:
         """whisperX's bundled pyannote VAD (weights ship in the wheel, so it runs offline).

@@ -34,13 +34,16 @@ import audio
 import batching
 import debug_info
 import fetch
+import jobs
 import precision
 import rp_schema
 import speaker_assignment
 import vad
 import warmup
+from fair_turns import FairTurns
 from models import (
     AsrModels,
+    ModelLoadError,
     effective_compute_type,
     in_models_dir,
     is_allowed,
@@ -54,9 +57,7 @@ from settings import WorkerSettings, use_kernel_cache
 if TYPE_CHECKING:
     import torch
     from faster_whisper.tokenizer import Tokenizer
-    from pyannote.core import SlidingWindowFeature
     from faster_whisper import WhisperModel
-    from whisperx.vads.pyannote import VoiceActivitySegmentation
 
     import diarization
 
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float | None], None]
 T = TypeVar("T")
 
+
+# How often a job waiting for the torch thread looks at its stop check (seconds).
+TORCH_WAIT_CHECK_S = 0.2
 
 # How long a job's cleanup waits for its stopped diarization to end (seconds): a stop takes
 # effect after the batch in progress, well under this on CPU and GPU.
@@ -109,30 +113,29 @@ class UserError(ValueError):
     """A problem the caller can fix (bad audio, unknown model); becomes ``{"error": ...}``."""
 
 
-class JobTimeout(UserError):
-    """The job ran past its time budget (``JOB_TIMEOUT_S``)."""
+# The ways a job ends early live with its control (``jobs``); re-exported for callers here.
+JobTimeout = jobs.JobTimeout
+JobCancelled = jobs.JobCancelled
 
 
-class Deadline:
-    """A job's time budget in seconds (0 = none), checked between and inside stages."""
+class WorkerFault(RuntimeError):
+    """A failure that leaves the worker itself suspect (a CUDA error: the context may be
+    corrupt): the job fails and RunPod is asked for a fresh worker (``refresh_worker``)."""
 
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self._ends = time.monotonic() + budget_s if budget_s > 0 else None
 
-    def remaining(self) -> float | None:
-        """Seconds left (>= 0), None when there is no budget."""
-        return None if self._ends is None else max(0.0, self._ends - time.monotonic())
+def is_device_fault(exc: BaseException) -> bool:
+    """True for CUDA errors after which the process's GPU context cannot be trusted."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(marker in text for marker in ("cuda error", "device-side assert", "illegal memory access",
+                                             "cudaerror", "cublas_status_execution_failed", "cudnn_status_execution_failed",
+                                             "unspecified launch failure", "misaligned address"))
 
-    def expired(self) -> bool:
-        return self._ends is not None and time.monotonic() > self._ends
 
-    def error(self, stage: str) -> JobTimeout:
-        return JobTimeout(f"job exceeded its time budget of {self.budget_s:g} s (JOB_TIMEOUT_S) during {stage}")
-
-    def check(self, stage: str) -> None:
-        if self.expired():
-            raise self.error(stage)
+def raise_if_device_fault(exc: BaseException, stage: str) -> None:
+    """Re-raise ``exc`` as ``WorkerFault`` when it is a device fault; stages that turn their
+    failures into warnings call this first, so a corrupt context is never served again."""
+    if is_device_fault(exc) and not is_out_of_memory(exc):
+        raise WorkerFault(f"{stage} hit a GPU fault ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -147,8 +150,9 @@ class _RequestState:
 
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    deadline: Deadline = field(default_factory=lambda: Deadline(0.0))
-    # Set when the job is over (failed, timed out): its diarization stops at the next batch.
+    # The job's deadline and cancel token: every stage, wait and loop checks it.
+    control: jobs.JobControl = field(default_factory=jobs.JobControl)
+    # Set when the job is over (answered, failed): its diarization stops at the next batch.
     stop: threading.Event = field(default_factory=threading.Event)
     diarization_job: Future[diarization.DiarizationOutput] | None = None
     # Speakers the diarization found (before words were assigned), for debug_info.
@@ -244,6 +248,7 @@ class Predictor:
         # ``diarization_threads``; a pool starts its threads only when given work).
         self.diarization_threads = 1
         self._diarization_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize")
+        self._diarization_turns = FairTurns(1)
         self._side_streams = threading.local()  # each torch-running thread's CUDA stream (GPU only)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
@@ -284,11 +289,18 @@ class Predictor:
         self.max_concurrent_jobs = self.settings.max_concurrent_jobs or default_concurrent_jobs(self.device)
         self.diarization_threads = self.settings.diarization_threads or default_diarization_threads(
             self.device, self.max_concurrent_jobs)
+        # A thread (and a pipeline replica) per job that may diarize at once, but only
+        # ``diarization_threads`` of them compute at a time: the turns rotate between batches,
+        # so a clip's diarization is not queued behind a long file's whole run.
+        self._diarization_turns = FairTurns(self.diarization_threads)
         self._diarization_pool.shutdown(wait=False)
-        self._diarization_pool = ThreadPoolExecutor(max_workers=self.diarization_threads, thread_name_prefix="diarize")
+        self._diarization_pool = ThreadPoolExecutor(max_workers=max(self.diarization_threads, self.max_concurrent_jobs),
+                                                    thread_name_prefix="diarize")
         asr_models = AsrModels(self.device, self.settings.models_dir, self.settings.cpu_threads,
                                max_cached=self.settings.max_cached_models)
-        aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for)
+        aligners = alignment.AlignmentModels(self.device, self.settings.align_model_for,
+                                             max_cached=self.settings.max_cached_aligners,
+                                             kept=frozenset(self.settings.preload_align_languages))
         self.asr_models, self.aligners = asr_models, aligners
         # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
         self.tf32 = precision.apply(self.device, self.settings.torch_allow_tf32, pin=False)
@@ -330,24 +342,32 @@ class Predictor:
             return None
         self.diarizers = diarization.DiarizationModels(
             self.device, self.settings.offline_diarization_dir, max_cached=self.settings.max_cached_models,
-            kept_models=frozenset(self._default_diarization_models()), replicas=self.diarization_threads,
+            kept_models=frozenset(self._default_diarization_models()),
+            replicas=max(self.diarization_threads, self.max_concurrent_jobs),
         )
         return self.diarizers
 
     # ------------------------------------------------------------------ request
-    def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None) -> dict:
+    def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None,
+                control: jobs.JobControl | None = None) -> dict:
         """Run one request; returns the response dict (without ``logs``, which the handler adds).
 
+        ``control``: the job's deadline and cancel token (default: a budget of
+        ``JOB_TIMEOUT_S`` from now); the job stops at the next check after either, with
+        ``JobTimeout`` / ``JobCancelled``, except that a deadline reached after transcription
+        returns the transcript with a warning naming the stages skipped.
+
         Raises ``UserError`` / ``fetch.AudioError`` / ``ModelLoadError`` for problems the
-        caller can fix; a failure after ASR becomes a warning and the transcript is kept.
+        caller can fix, ``WorkerFault`` when the GPU context may be corrupt; any other failure
+        after ASR becomes a warning and the transcript is kept.
         """
         if self.asr_models is None:
             self.setup()
-        deadline = Deadline(self.settings.job_timeout_s)
-        state = _RequestState(deadline=deadline)
+        control = control or jobs.JobControl(self.settings.job_timeout_s)
+        state = _RequestState(control=control)
 
         def notify(stage: str, percent: float | None) -> None:
-            deadline.check(stage)
+            control.check(stage)
             if progress is not None:
                 progress(stage, percent)
 
@@ -394,16 +414,23 @@ class Predictor:
         if note:
             state.warn(note)
         self._check_model_fields(opts, compute_type)
+        if self.startup_error and opts.model == self._preload_choice()[0]:
+            # Loading it again would fail the same way (or hang on the same Hub) for every job.
+            raise ModelLoadError(f"model {opts.model!r} could not be loaded at start-up: {self.startup_error}")
         with state.timed("model_load_s"):
             resolved = resolve_asr_model(opts.model, self.settings.models_dir, opts.huggingface_access_token)
-            model, _ = self.asr_models.whisper(resolved, compute_type)
+            model, _ = self.asr_models.whisper(resolved, compute_type,
+                                               wait_check=functools.partial(state.control.check, "model load"))
             vad_model = self.asr_models.vad()
 
         notify("download", None)
+        control = state.control
         with state.timed("audio_load_s"):
             policy = self.settings.fetch
-            path, source = fetch.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy)
-            prepared = audio.prepare_audio(path, source, workdir)
+            path, source = fetch.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy,
+                                             control=control)
+            prepared = audio.prepare_audio(path, source, workdir, max_audio_seconds=self.settings.max_audio_seconds,
+                                           control=control)
         logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)
 
         # Diarization needs only the waveform: start it now, in a second thread, so it overlaps
@@ -412,7 +439,10 @@ class Predictor:
 
         notify("vad", None)
         with state.timed("vad_s"):
-            scores = self._on_torch_thread(functools.partial(self._speech_scores, vad_model, prepared.waveform, state.deadline))
+            # One inference batch per torch-thread item: other jobs' VAD and aligner work runs
+            # between two batches of a long file, and this job can stop between them.
+            scores = vad.speech_scores_in_steps(vad_model, prepared.waveform,
+                                                functools.partial(self._on_torch_thread, control=control, stage="vad"))
             vopts = vad_options(opts)
             windows = vad.speech_windows(scores, vopts, prepared.duration_s)
             fill_chunk_s = self._batch_fill_chunk_s()
@@ -438,18 +468,25 @@ class Predictor:
         segments = [{"start": round(t.start, 3), "end": round(t.end, 3), "text": t.text} for t in kept]
 
         alignment_method = None
-        if opts.align_output and kept:
-            assert language is not None  # kept text comes from speech windows, which always get a language
-            notify("align", None)
-            with state.timed("alignment_s"):
-                segments, alignment_method = self._align(model, tokenizer, prepared.waveform, kept, language, opts, segments, state)
-
         diarization_backend: str | None = None
         embeddings: dict[str, list[float]] | None = None
-        if diarization_job is not None:
-            notify("diarize", None)
-            with state.timed("diarization_wait_s"):
-                segments, diarization_backend, embeddings = self._finish_diarization(diarization_job, segments, state)
+        try:
+            if opts.align_output and kept:
+                assert language is not None  # kept text comes from speech windows, which always get a language
+                notify("align", None)
+                with state.timed("alignment_s"):
+                    segments, alignment_method = self._align(model, tokenizer, prepared.waveform, kept, language, opts,
+                                                             segments, state)
+            if diarization_job is not None:
+                notify("diarize", None)
+                with state.timed("diarization_wait_s"):
+                    segments, diarization_backend, embeddings = self._finish_diarization(diarization_job, segments, state)
+        except jobs.JobTimeout as exc:
+            # The transcript is done: a deadline now costs only the stages after it.
+            skipped = [name for name, wanted, done in (
+                ("alignment", opts.align_output and bool(kept), alignment_method is not None),
+                ("diarization", diarization_job is not None, diarization_backend is not None)) if wanted and not done]
+            state.warn(f"{exc}: the transcript is returned without {' and '.join(skipped) or 'the remaining stages'}")
 
         response: dict = {
             "segments": segments,
@@ -501,31 +538,24 @@ class Predictor:
                 raise UserError(f"diarization_model {name!r} is not allowed on this worker (ALLOWED_MODELS; "
                                 f"allowed: {', '.join(sorted(self._default_diarization_models() | set(allowed)))})")
 
-    @staticmethod
-    def _speech_scores(vad_model: VoiceActivitySegmentation, waveform: np.ndarray, deadline: Deadline) -> SlidingWindowFeature:
-        """``vad.speech_scores``, checking the job's time budget after each batch of chunks.
-
-        whisperX's VAD pipeline passes no hook to its segmentation inference, which is where
-        the time goes (one batch of 32 chunks at a time); for this call the inference gets
-        one that checks the budget. Without a budget the pipeline is called as it is.
-        """
-        if deadline.remaining() is None:
-            return vad.speech_scores(vad_model, waveform)
-        inference = vad_model._segmentation
-
-        def hook(*args: object, **kwargs: object) -> None:
-            deadline.check("vad")
-
-        vad_model._segmentation = functools.partial(inference, hook=hook)
-        try:
-            return vad.speech_scores(vad_model, waveform)
-        finally:
-            vad_model._segmentation = inference
-
-    def _on_torch_thread(self, work: Callable[[], T]) -> T:
+    def _on_torch_thread(self, work: Callable[[], T], control: jobs.JobControl | None = None, stage: str = "torch work") -> T:
         """``work()`` run in the torch thread, in this job's context (its log lines stay its
-        own); this thread waits for it."""
-        return self._torch_thread.submit(contextvars.copy_context().run, work).result()
+        own); this thread waits for it, in turn with other jobs' items (first come, first
+        served). With ``control``, the wait ends when the job must stop: an item not yet
+        started is withdrawn, one already running finishes alone (one batch or segment)."""
+        if control is not None:
+            control.check(stage)
+        future = self._torch_thread.submit(contextvars.copy_context().run, work)
+        if control is None:
+            return future.result()
+        while True:
+            try:
+                return future.result(timeout=TORCH_WAIT_CHECK_S)
+            except FutureTimeout:
+                pass
+            if control.stopped():
+                future.cancel()
+                raise control.error(stage)
 
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
         """Cap on windows per generate call on a GPU (``ASR_DECODE_CACHE_MB``), None for none."""
@@ -543,7 +573,8 @@ class Predictor:
             try:
                 return asr.transcribe_windows(
                     model, waveform, windows, tokenizer, dopts, batch_size, self.device,
-                    progress=lambda pct: notify("transcribe", pct), max_rows=max_rows, calls=self.whisper_calls,
+                    progress=lambda pct: notify("transcribe", pct), max_rows=max_rows,
+                    calls=self.whisper_calls.for_job(functools.partial(state.control.check, "transcription")),
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch_size <= 1:
@@ -565,7 +596,8 @@ class Predictor:
         with state.timed("language_detection_s"):
             detection = asr.detect_language(
                 model, waveform, windows, opts.language_detection_min_prob,
-                opts.language_detection_max_tries, self.device, self.whisper_calls,
+                opts.language_detection_max_tries, self.device,
+                self.whisper_calls.for_job(functools.partial(state.control.check, "language detection")),
             )
         if not detection.met_threshold:
             state.warn(
@@ -583,28 +615,35 @@ class Predictor:
         Whisper's own word timings; never raises."""
         assert self.aligners is not None, "setup() has run"
         language = output_language(language, opts.task)
-        check = None if state.deadline.remaining() is None else (lambda: state.deadline.check("alignment"))
+        control = state.control
+
+        def check() -> None:
+            control.check("alignment")
+
+        run_forward = functools.partial(self._on_torch_thread, control=control, stage="alignment")
         try:
-            aligner, load_s = self.aligners.get(language)
+            aligner, load_s = self.aligners.get(language, wait_check=functools.partial(control.check, "aligner load"))
             state.timings["alignment_model_load_s"] = round(load_s, 4)
             punkt_note = alignment.ensure_punkt(language)
             if punkt_note:
                 state.warn(punkt_note)
             return (alignment.align_with_wav2vec2(kept, aligner, waveform, self.device, check=check,
-                                                  run_forward=self._on_torch_thread),
+                                                  run_forward=run_forward),
                     f"wav2vec2 ({aligner.source})")
         except alignment.AlignerUnavailable as exc:
             reason = str(exc)
-        except JobTimeout:
+        except jobs.JobStopped:
             raise
         except Exception as exc:  # OOM or a bug in the aligner must not lose the transcript
+            raise_if_device_fault(exc, "alignment")
             reason = f"wav2vec2 alignment failed: {type(exc).__name__}: {str(exc)[:200]}"
         try:
             aligned = alignment.whisper_word_timings(model, waveform, kept, tokenizer, opts.batch_size, self.device,
                                                      check=check)
-        except JobTimeout:
+        except jobs.JobStopped:
             raise
         except Exception as exc:
+            raise_if_device_fault(exc, "alignment")
             state.warn(f"word alignment failed ({reason}; whisper timings: {type(exc).__name__}); segments have no word timestamps")
             return segments, None
         state.warn(f"{reason}; word timestamps come from Whisper's cross-attention instead")
@@ -629,28 +668,37 @@ class Predictor:
         def check(percent: float) -> None:
             # Called after each segmentation/embedding batch: a job that is over (failed,
             # or out of its time budget) must not keep the one diarization thread busy.
-            if state.stop.is_set() or state.deadline.expired():
+            if state.stop.is_set() or state.control.stopped():
                 raise diarization.Stopped("the job ended before its diarization did")
 
+        def stop_waiting() -> None:
+            check(0.0)
+
         def run() -> diarization.DiarizationOutput:
-            started = time.perf_counter()
-            # How long this job's diarization waited for the thread (another job's run).
-            state.timings["diarization_queue_s"] = round(started - submitted, 4)
-            try:
-                check(0.0)
-                with self._side_stream_scope():
-                    return diarizers.diarize(
-                        waveform,
-                        model=opts.diarization_model,
-                        token=opts.huggingface_access_token,
-                        min_speakers=opts.min_speakers,
-                        max_speakers=opts.max_speakers,
-                        num_speakers=opts.num_speakers,
-                        return_embeddings=opts.return_speaker_embeddings,
-                        progress_callback=check,
-                    )
-            finally:
-                state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
+            # How long this job's diarization waited for a thread and a turn (other jobs' runs).
+            with self._diarization_turns.turn(stop_waiting) as held:
+                started = time.perf_counter()
+                state.timings["diarization_queue_s"] = round(started - submitted, 4)
+
+                def at_batch(percent: float) -> None:
+                    check(percent)
+                    held.pass_turn()  # a newer run waiting goes first: long files do not hold the turn
+
+                try:
+                    check(0.0)
+                    with self._side_stream_scope():
+                        return diarizers.diarize(
+                            waveform,
+                            model=opts.diarization_model,
+                            token=opts.huggingface_access_token,
+                            min_speakers=opts.min_speakers,
+                            max_speakers=opts.max_speakers,
+                            num_speakers=opts.num_speakers,
+                            return_embeddings=opts.return_speaker_embeddings,
+                            progress_callback=at_batch,
+                        )
+                finally:
+                    state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
 
         state.diarization_job = self._diarization_pool.submit(context.run, run)
         return state.diarization_job
@@ -720,14 +768,21 @@ class Predictor:
         """Wait for diarization and label words and segments; a failure leaves them unlabelled."""
         import diarization
 
+        control = state.control
         try:
-            # Bounded by the job's time budget: a long diarization cannot hold the answer.
-            out = job.result(timeout=state.deadline.remaining())
-        except FutureTimeout:
-            raise state.deadline.error("diarization") from None
+            # Bounded by the job's deadline and cancel: a long diarization cannot hold the answer.
+            while True:
+                try:
+                    out = job.result(timeout=control.wait_time(TORCH_WAIT_CHECK_S))
+                    break
+                except FutureTimeout:
+                    control.check("diarization")
         except diarization.Stopped:
-            raise state.deadline.error("diarization") from None
+            raise control.error("diarization") from None
+        except jobs.JobStopped:
+            raise
         except Exception as exc:  # DiarizationUnavailable, OOM, anything: keep the transcript
+            raise_if_device_fault(exc, "diarization")
             state.warn(f"diarization failed ({type(exc).__name__}: {str(exc)[:200]}); speakers are not labelled")
             return segments, None, None
         for message in out.warnings:

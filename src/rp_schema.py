@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -323,6 +324,46 @@ def _redact_url(location: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# JSON-safe output
+# ---------------------------------------------------------------------------
+
+
+def _safe_text(text: str) -> str:
+    """``text`` with every code point UTF-8 cannot encode (a surrogate that is not half of a
+    pair) replaced by U+FFFD; a surrogate pair becomes the character it stands for."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` made safe for any JSON encoder (``ensure_ascii`` or not, ``allow_nan`` or not).
+
+    Recursively, in dict keys and string values (in dicts, lists and tuples), lone surrogates
+    become U+FFFD (they cannot be encoded as UTF-8: the SDK's ``send_result`` and the local API
+    fail on them), and non-finite floats (NaN, infinities: not JSON) become None. Other values
+    are returned as they are; containers are copied only where something changed.
+    """
+    if isinstance(value, str):
+        return _safe_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        items = [(_safe_text(key) if isinstance(key, str) else key, json_safe(item)) for key, item in value.items()]
+        if all(new_key is key and new_item is item for (new_key, new_item), (key, item) in zip(items, value.items())):
+            return value
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        converted = [json_safe(item) for item in value]
+        if all(new is old for new, old in zip(converted, value)):
+            return value
+        return converted if isinstance(value, list) else tuple(converted)
+    return value
+
+
+# ---------------------------------------------------------------------------
 # Resolution
 # ---------------------------------------------------------------------------
 
@@ -409,11 +450,27 @@ def resolve_options(job_input: Mapping[str, Any], environ: RequestEnv | Mapping[
     return RequestOptions(**values, sources=MappingProxyType(sources))
 
 
+#: How many unknown field names an error lists (a request may send thousands).
+MAX_LISTED_UNKNOWN_KEYS: Final = 20
+_MAX_SHOWN_KEY_CHARS: Final = 64
+
+
+def _shown_key(key: Any) -> str:
+    """A request key as an error message shows it: plain when it is printable text, else escaped
+    (``ascii()``: lone surrogates, control characters), shortened when long."""
+    text = key if isinstance(key, str) else repr(key)
+    if not (text.isprintable() and _invalid_character(text) is None):
+        text = ascii(text)
+    return text if len(text) <= _MAX_SHOWN_KEY_CHARS else text[: _MAX_SHOWN_KEY_CHARS - 3] + "..."
+
+
 def _check_unknown_keys(job_input: Mapping[Any, Any]) -> None:
     """Reject keys that are neither a field nor a request alias, all at once."""
-    unknown = sorted(str(key) for key in job_input if key not in _SPEC_BY_NAME and key not in _ALIAS_TO_FIELD)
+    unknown = sorted(_shown_key(key) for key in job_input if key not in _SPEC_BY_NAME and key not in _ALIAS_TO_FIELD)
     if unknown:
-        raise ValidationError(f"unknown input field(s): {', '.join(unknown)}")
+        listed = ", ".join(unknown[:MAX_LISTED_UNKNOWN_KEYS])
+        more = len(unknown) - MAX_LISTED_UNKNOWN_KEYS
+        raise ValidationError(f"unknown input field(s): {listed}" + (f" and {more} more" if more > 0 else ""))
 
 
 def _resolve_field(spec: _Spec, job_input: Mapping[str, Any], env: RequestEnv) -> tuple[Any, str]:
@@ -511,6 +568,7 @@ def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
         raise problem
     if spec.type is str:
         if isinstance(value, str):
+            _check_characters(spec, value, key)
             return _normalize(spec, value)
         raise problem
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -522,6 +580,27 @@ def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
             return int(value)
         raise problem
     return _finite_float(spec, value, key)
+
+
+_INVALID_CHARACTER: Final = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _invalid_character(text: str) -> str | None:
+    """Describe the first character of ``text`` no transcript may hold ("NUL U+0000", "lone
+    surrogate U+D800"), or None. A JSON body can carry both (``"\\u0000"``, ``"\\ud800"``); a lone
+    surrogate cannot even be encoded as UTF-8, so it breaks every consumer downstream."""
+    found = _INVALID_CHARACTER.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    return "NUL U+0000" if char == "\x00" else f"lone surrogate U+{ord(char):04X}"
+
+
+def _check_characters(spec: _Spec, text: str, key: str) -> None:
+    """Refuse a string holding a NUL or a lone surrogate, naming the field."""
+    found = _invalid_character(text)
+    if found is not None:
+        raise ValidationError(f"{key}: contains an invalid character ({found})", spec.name)
 
 
 def _finite_float(spec: _Spec, value: int | float, where: str) -> float:
@@ -549,6 +628,8 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
     if spec.nullable and text.lower() in _NULL_WORDS:
         return None
     if spec.type is str:
+        # os.environ holds undecodable bytes as lone surrogates.
+        _check_characters(spec, text, f"environment variable {env_name}")
         return _normalize(spec, text)
     parsed = _parse_scalar(spec.type, text)
     if parsed is None:

@@ -9,70 +9,367 @@ module reads ``os.environ`` per request. What it holds:
 - ``results``: where large results go (:class:`ResultDelivery`);
 - ``request_env``: the request fields' ENV aliases (``rp_schema.read_request_env``); the
   fields themselves, their defaults and rules are declared in ``rp_schema``.
+
+Every worker variable is declared once, in :data:`ENV_TABLE` (name, type, default, range,
+meaning): parsing, range checks, error messages, the dataclass defaults and the README's
+table all come from it. Numbers must be finite and in range (``nan``, ``inf`` and negative
+values are refused where they mean nothing); a bad environment raises one
+:class:`SettingsError` that lists every bad variable, so an operator fixes them in one go.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
-from logs import DEFAULT_LOG_PATH
+from logs import DEFAULT_LOG_PATH, redact
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
 from rp_schema import RequestEnv, read_request_env
 
 
-def _env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"ENV {name}={raw!r} is not a boolean (use true/false)")
+class SettingsError(ValueError):
+    """The worker's ENV holds values it cannot run with.
+
+    ``problems`` has one message per bad variable (each names the variable, its value and what
+    is allowed); the message lists them all. Raised at start-up by :meth:`WorkerSettings.from_env`:
+    a deployment bug, which every job should answer with instead of running.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} bad worker settings: " + "; ".join(self.problems)
+        super().__init__(message)
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"ENV {name}={raw!r} is not an integer") from None
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def _env_min_int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    """An integer ENV value of at least ``minimum``."""
-    value = _env_int(environ, name, default)
-    if value < minimum:
-        raise ValueError(f"ENV {name}={value} must be >= {minimum}")
-    return value
+def _number(value: float) -> str:
+    """A bound as an operator writes it: 3600, 0.5, 2147483648 (never 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"ENV {name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ValueError(f"ENV {name}={raw!r} must be >= 0")
-    return value
+class _Bad(Exception):
+    """Private: why one ENV text cannot be used (the message of a SettingsError problem)."""
 
 
+@dataclass(frozen=True)
+class EnvVar:
+    """One worker ENV variable: how it is parsed, checked and documented.
+
+    kind: bool, int, float, str, or tuple (a comma-separated list of strings).
+    default: the value when the variable is unset or blank (a tuple: when unset; set blank = empty).
+    min, max: inclusive bounds of a number (``min_exclusive``: min itself is refused).
+    unit: what a number counts ("seconds", "bytes"), for messages and docs.
+    zero: what 0 means, when it means something special ("no budget", "auto").
+    choices: the allowed values of a str (after ``case`` is applied: "lower" / "upper").
+    older: older names, read (first set wins) when this one is unset.
+    secret: the value is never shown in a message.
+    default_doc: the default as the docs say it, when it is computed at start-up.
+    operator: False for variables RunPod sets itself (not a deployment setting).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    unit: str = ""
+    zero: str = ""
+    choices: tuple[str, ...] = ()
+    case: str = ""
+    older: tuple[str, ...] = ()
+    secret: bool = False
+    default_doc: str = ""
+    operator: bool = True
+
+    # ------------------------------------------------------------------ docs
+    def type_text(self) -> str:
+        """The type as the docs say it: "float (seconds)", "bool", "list", "auto|cuda|cpu"."""
+        if self.choices:
+            return "\\|".join(f"`{choice}`" for choice in self.choices)
+        base = {bool: "bool", int: "int", float: "float", str: "string", tuple: "list"}[self.kind]
+        return f"{base} ({self.unit})" if self.unit else base
+
+    def range_text(self) -> str:
+        """The allowed range, e.g. ">= 0 and <= 604800" ("" when any value of the type goes)."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.min_exclusive else '>='} {_number(self.min)}")
+        if self.max is not None:
+            parts.append(f"<= {_number(self.max)}")
+        return " and ".join(parts)
+
+    def default_text(self) -> str:
+        """The default as the docs say it."""
+        if self.default_doc:
+            return self.default_doc
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, tuple):
+            return ",".join(self.default) or "(empty)"
+        if isinstance(self.default, (int, float)):
+            return _number(self.default)
+        return self.default if self.default else "(unset)"
+
+    def expected(self) -> str:
+        """What a value must be, for error messages: "a finite number of seconds >= 0 (0 = no budget)"."""
+        if self.kind is bool:
+            return "a boolean (true/false, 1/0, yes/no, on/off)"
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.kind is int:
+            text = f"a whole number of {self.unit}" if self.unit else "an integer"
+        else:
+            text = f"a finite number of {self.unit}" if self.unit else "a finite number"
+        if self.range_text():
+            text += f" {self.range_text()}"
+        if self.zero:
+            text += f" (0 = {self.zero})"
+        return text
+
+    # ------------------------------------------------------------------ parsing
+    def problem(self, text: str) -> str:
+        """The message for a bad ``text`` of this variable."""
+        shown = "<hidden>" if self.secret else repr(text)
+        return f"ENV {self.name}={shown} must be {self.expected()}"
+
+    def parse(self, text: str) -> Any:
+        """The typed, checked value of a set ENV ``text`` (stripped); raises :class:`_Bad`."""
+        if self.kind is tuple:
+            items = (item.strip() for item in text.split(","))
+            return tuple(self._case(item) for item in items if item)
+        if self.kind is str:
+            value = self._case(text)
+            if self.choices and value not in self.choices:
+                raise _Bad(self.problem(text))
+            return value
+        if self.kind is bool:
+            word = text.lower()
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+            raise _Bad(self.problem(text))
+        number = self._parse_number(text)
+        if number is None or not self._in_range(number):
+            raise _Bad(self.problem(text))
+        return number
+
+    def _case(self, text: str) -> str:
+        return text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
+
+    def _parse_number(self, text: str) -> int | float | None:
+        """An int (also "2e9", "1_000") or a finite float; None when ``text`` is neither."""
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        if self.kind is float:
+            return number
+        try:
+            return int(text)  # exact for long digit strings
+        except ValueError:
+            return int(number) if number.is_integer() else None
+
+    def _in_range(self, value: float) -> bool:
+        if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):
+            return False
+        return self.max is None or value <= self.max
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """This variable's value in ``environ`` (an older name when it is unset, else the default)."""
+        for name in (self.name, *self.older):
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            text = raw.strip()
+            if not text and self.kind is not tuple:
+                continue  # blank = unset, as many deployment forms send it
+            return self.parse(text)
+        return self.default
+
+
+def _env_var(kind: type, name: str, default: Any, doc: str, **rules: Any) -> EnvVar:
+    """Declare one worker ENV variable (one line of :data:`ENV_TABLE`)."""
+    var = EnvVar(name, kind, default, doc, **rules)
+    if default is not None and kind is not tuple and var.kind in (int, float) and not var._in_range(default):
+        raise AssertionError(f"{name}: default {default!r} is outside {var.range_text()}")
+    return var
+
+
+ONE_DAY_S = 86_400.0
+ONE_WEEK_S = 7 * ONE_DAY_S
+DEFAULT_JOB_TIMEOUT_S = 3600.0
+DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
+DEFAULT_DOWNLOAD_TIMEOUT_S = 600.0
 OFFLINE_DIARIZATION_SUBDIR = "offline-diarization"  # under MODELS_DIR, as builder/fetch_models.py bakes it
 DEFAULT_BATCH_FILL_CHUNK_S = 10.0
 """Smallest chunk size (longest window, seconds) GPU batch filling cuts to: shorter gives Whisper too little context."""
+ALIGN_MODEL_PREFIX = "ALIGN_MODEL_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+BUCKET_ENV = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+
+#: Every worker ENV variable, declared once (``ALIGN_MODEL_<LANG>`` is a family: see
+#: :data:`ALIGN_MODEL_PREFIX`). The request fields' aliases are declared in ``rp_schema``.
+ENV_TABLE: tuple[EnvVar, ...] = (
+    # --- the process -------------------------------------------------------
+    _env_var(str, "MODELS_DIR", "/models", "where `<model>` folders are looked up before the Hub"),
+    _env_var(str, "WORKER_DEVICE", "auto", "device of the models (auto = cuda when CTranslate2 sees a GPU)",
+             choices=("auto", "cuda", "cpu"), case="lower"),
+    _env_var(str, "PRELOAD_MODEL", "", "ASR model loaded at start-up", default_doc="the `model` default"),
+    _env_var(str, "PRELOAD_COMPUTE_TYPE", "", "compute type of the preloaded model", default_doc="the `compute_type` default"),
+    _env_var(bool, "WARMUP", True, "run each stage once at start-up so the first job is not slower"),
+    _env_var(int, "LOG_TAIL_CHARS", 20_000, "cap of a response's `logs`", min=0, max=10_000_000, unit="characters",
+             zero="no logs in responses"),
+    _env_var(str, "CONTAINER_LOG_PATH", DEFAULT_LOG_PATH, "the container log file"),
+    _env_var(str, "LOG_LEVEL", "INFO", "level of the worker's own log", choices=LOG_LEVELS, case="upper"),
+    _env_var(str, "OFFLINE_DIARIZATION_DIR", "", "weights of the token-free diarization pipeline",
+             default_doc="$MODELS_DIR/offline-diarization"),
+    _env_var(str, "KERNEL_CACHE_DIR", "", "the CUDA driver's kernel cache (`CUDA_CACHE_PATH`, unless set)",
+             default_doc="/runpod-volume/.cache/whisperx-worker/cuda-kernels when a network volume is mounted"),
+    _env_var(str, "RUNPOD_POD_ID", "", "set by RunPod: stage progress is sent to its job server", operator=False),
+    # --- models and their resources ----------------------------------------
+    _env_var(tuple, "PRELOAD_ALIGN_LANGUAGES", ("ru",), "aligners loaded (and warmed up) at start-up, comma-separated",
+             case="lower"),
+    _env_var(tuple, "ALLOWED_MODELS", (), "`model` / `diarization_model` values a request may name besides the defaults"),
+    _env_var(int, "MAX_CACHED_MODELS", 2, "non-default models each registry keeps resident", min=1, max=64, unit="models"),
+    _env_var(int, "MAX_CACHED_ALIGNERS", 4, "aligners (one per language) kept resident", min=1, max=64, unit="aligners"),
+    _env_var(int, "CPU_THREADS", 0, "CTranslate2 threads on CPU", min=0, max=1024, unit="threads", zero="the library's default"),
+    _env_var(int, "MAX_CONCURRENT_JOBS", 0, "jobs one worker runs at once", min=0, max=256, unit="jobs",
+             zero="auto from the device"),
+    _env_var(int, "DIARIZATION_THREADS", 0, "diarizations that run at once", min=0, max=64, unit="threads",
+             zero="auto from the device"),
+    _env_var(float, "JOB_TIMEOUT_S", DEFAULT_JOB_TIMEOUT_S, "time budget of one job", min=0, max=ONE_WEEK_S, unit="seconds",
+             zero="no budget"),
+    _env_var(float, "MAX_AUDIO_SECONDS", DEFAULT_MAX_AUDIO_SECONDS, "longest audio a job may send", min=0, max=ONE_WEEK_S,
+             unit="seconds", zero="no cap"),
+    _env_var(float, "BATCH_FILL_MIN_CHUNK_S", None, "shortest window batch filling cuts a short file to", min=0, max=30,
+             unit="seconds", zero="off", default_doc="10 on a GPU, off (0) on a CPU"),
+    _env_var(int, "BATCH_FILL_MAX_JOBS", 1, "batch filling applies only while at most this many jobs are in flight",
+             min=1, max=1024, unit="jobs"),
+    _env_var(float, "ASR_DECODE_CACHE_MB", 4096.0, "GPU memory the decoder's cross-attention cache may use per generate call",
+             min=0, max=1_048_576, unit="MiB", zero="no cap"),
+    _env_var(bool, "TORCH_SIDE_STREAMS", True, "on a GPU, torch work runs on CUDA streams of its own",
+             older=("DIARIZATION_SIDE_STREAM",)),
+    _env_var(bool, "TORCH_ALLOW_TF32", True, "on a GPU, torch's float32 matmuls and convolutions use TF32"),
+    # --- downloads ------------------------------------------------------------
+    _env_var(int, "MAX_AUDIO_BYTES", DEFAULT_MAX_BYTES, "largest audio download or payload", min=1, max=2**40, unit="bytes"),
+    _env_var(float, "DOWNLOAD_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, "connect timeout of a download", min=0,
+             min_exclusive=True, max=600, unit="seconds"),
+    _env_var(float, "DOWNLOAD_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S, "longest wait for the next bytes of a download", min=0,
+             min_exclusive=True, max=3600, unit="seconds"),
+    _env_var(float, "DOWNLOAD_TIMEOUT", DEFAULT_DOWNLOAD_TIMEOUT_S, "total wall time of a download", min=0, max=ONE_DAY_S,
+             unit="seconds", zero="none"),
+    _env_var(bool, "ALLOW_PRIVATE_URLS", False, "allow private or loopback URLs (local runs, tests)"),
+    _env_var(bool, "ALLOW_LOCAL_FILES", False, "allow local paths as `audio_file` / `model` / `diarization_model`"),
+    # --- results --------------------------------------------------------------
+    _env_var(int, "RESULT_INLINE_LIMIT_BYTES", DEFAULT_INLINE_LIMIT_BYTES, "larger results go to the bucket (none: the job fails)",
+             min=0, max=100_000_000, unit="bytes", zero="every result goes to the bucket"),
+    _env_var(str, "BUCKET_ENDPOINT_URL", "", "RunPod's upload ENV: S3 endpoint of the results bucket"),
+    _env_var(str, "BUCKET_ACCESS_KEY_ID", "", "RunPod's upload ENV: access key", secret=True),
+    _env_var(str, "BUCKET_SECRET_ACCESS_KEY", "", "RunPod's upload ENV: secret key", secret=True),
+    _env_var(str, "BUCKET_NAME", "", "RunPod's upload ENV: the bucket large results are uploaded to"),
+)
+ENV_BY_NAME: Mapping[str, EnvVar] = {var.name: var for var in ENV_TABLE}
+_FETCH_ENV = ("MAX_AUDIO_BYTES", "DOWNLOAD_CONNECT_TIMEOUT", "DOWNLOAD_READ_TIMEOUT", "DOWNLOAD_TIMEOUT",
+              "ALLOW_PRIVATE_URLS", "ALLOW_LOCAL_FILES")
+_RESULT_ENV = ("RESULT_INLINE_LIMIT_BYTES", *BUCKET_ENV)
+
+
+def _default(name: str) -> Any:
+    """The declared default of ``name`` (the dataclasses below take theirs from the table)."""
+    return ENV_BY_NAME[name].default
+
+
+def read_env(environ: Mapping[str, str], names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The typed values of the variables ``names`` (default: all of :data:`ENV_TABLE`),
+    cross-checked; raises one :class:`SettingsError` listing every bad variable."""
+    chosen = ENV_TABLE if names is None else tuple(ENV_BY_NAME[name] for name in names)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for var in chosen:
+        try:
+            values[var.name] = var.read(environ)
+        except _Bad as exc:
+            problems.append(str(exc))
+    if all(name in values for name in BUCKET_ENV):
+        problems += _bucket_problems(values)
+    if problems:
+        raise SettingsError(problems)
+    return values
+
+
+def _bucket_problems(values: Mapping[str, Any]) -> list[str]:
+    """RunPod's bucket ENV is all set or all unset; the endpoint is an http(s) URL; a limit of 0 needs it."""
+    given = [name for name in BUCKET_ENV if values[name]]
+    missing = [name for name in BUCKET_ENV if not values[name]]
+    problems = []
+    if values["BUCKET_ENDPOINT_URL"] and not values["BUCKET_NAME"]:
+        problems.append(
+            "BUCKET_ENDPOINT_URL is set but BUCKET_NAME is not: set BUCKET_NAME to the bucket that receives large "
+            "results (RunPod's SDK would upload to a bucket named after the month, e.g. '07-25')"
+        )
+        missing.remove("BUCKET_NAME")
+    if given and missing:
+        problems.append(
+            f"incomplete bucket ENV: {', '.join(given)} {'is' if len(given) == 1 else 'are'} set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not; set all of {', '.join(BUCKET_ENV)} to upload large results, or none"
+        )
+    endpoint = values["BUCKET_ENDPOINT_URL"]
+    if endpoint:
+        try:
+            parts = urlsplit(endpoint)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            problems.append(f"ENV BUCKET_ENDPOINT_URL={redact(endpoint)!r} must be an http(s) URL, e.g. https://s3.us-east-1.amazonaws.com")
+    if values.get("RESULT_INLINE_LIMIT_BYTES") == 0 and not given:
+        problems.append("ENV RESULT_INLINE_LIMIT_BYTES=0 sends every result to the bucket, but no bucket is configured "
+                        f"({', '.join(BUCKET_ENV)})")
+    return problems
+
+
+def check_device(preference: str, cuda_devices: int) -> None:
+    """Refuse ``WORKER_DEVICE=cuda`` when no CUDA device is usable (``cuda_devices``: the count the
+    caller got from CTranslate2), as a :class:`SettingsError` the worker can answer jobs with
+    instead of dying at start-up and being restarted in a loop."""
+    if preference == "cuda" and cuda_devices <= 0:
+        raise SettingsError([
+            "ENV WORKER_DEVICE='cuda' but no CUDA device is usable by CTranslate2: run the worker on a GPU, "
+            "or set WORKER_DEVICE=auto (the CPU when there is no GPU) or cpu"
+        ])
+
+
+def env_table_markdown(operator_only: bool = True) -> str:
+    """The README's worker ENV table, generated from :data:`ENV_TABLE`."""
+    rows = ["| ENV | type | default | range | meaning |", "|---|---|---|---|---|"]
+    for var in ENV_TABLE:
+        if operator_only and not var.operator:
+            continue
+        name = f"`{var.name}`" + "".join(f" (older: `{older}`)" for older in var.older)
+        zero = f"; 0 = {var.zero}" if var.zero else ""
+        rows.append(f"| {name} | {var.type_text()} | {var.default_text()} | {var.range_text() or '—'} | {var.doc}{zero} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
@@ -92,7 +389,12 @@ class WorkerSettings:
         ``/models/offline-diarization`` as in the image, ``.models/offline-diarization`` for a
         local run with ``MODELS_DIR=.models``, which scripts/setup.sh links to the weights).
     cpu_threads: CTranslate2 threads on CPU (0 = library default).
-    job_timeout_s: time budget of one job in seconds (``JOB_TIMEOUT_S``; 0 = none).
+    job_timeout_s: time budget of one job in seconds (``JOB_TIMEOUT_S``; default 3600, one hour:
+        a public endpoint needs a budget; 0 = none).
+    max_audio_seconds: longest audio a job may send, in seconds (``MAX_AUDIO_SECONDS``; default
+        14400 = 4 h; 0 = no cap).
+    max_cached_aligners: aligners (one per language) kept resident at once (``MAX_CACHED_ALIGNERS``,
+        >= 1, default 4).
     preload_align_languages: aligners loaded at start-up (``PRELOAD_ALIGN_LANGUAGES``,
         comma-separated; default ru: the worker is Russian-first).
     batch_fill_min_chunk_s: when a file gives fewer ASR windows than ``batch_size``, cut
@@ -124,11 +426,12 @@ class WorkerSettings:
         (``TORCH_ALLOW_TF32``, default on). Set once at start-up for the whole process
         (``precision.apply``); pyannote may no longer change it.
     fetch: download limits and permissions (``MAX_AUDIO_BYTES``, ``DOWNLOAD_CONNECT_TIMEOUT``,
-        ``DOWNLOAD_READ_TIMEOUT``, ``ALLOW_PRIVATE_URLS``, ``ALLOW_LOCAL_FILES``); the
+        ``DOWNLOAD_READ_TIMEOUT``, ``DOWNLOAD_TIMEOUT`` (total wall time of a download, default
+        600 s, 0 = none), ``ALLOW_PRIVATE_URLS``, ``ALLOW_LOCAL_FILES``); the
         fetcher takes it, and so do the model checks (a local ``model`` path needs
         ``ALLOW_LOCAL_FILES`` like a local ``audio_file``).
     results: inline limit and bucket of large results (``RESULT_INLINE_LIMIT_BYTES``,
-        RunPod's ``BUCKET_*``).
+        RunPod's ``BUCKET_*``: all four or none).
     request_env: the request fields' ENV aliases, parsed and checked once; a request falls
         back to them field by field (``rp_schema.resolve_options``).
     log_path, log_level: the container log file and the root log level (``CONTAINER_LOG_PATH``,
@@ -150,84 +453,83 @@ class WorkerSettings:
         says the process runs on RunPod).
     """
 
-    models_dir: str = "/models"
-    device: str = "auto"
-    preload_model: str = ""
-    preload_compute_type: str = ""
-    warmup: bool = True
-    log_tail_chars: int = 20_000
+    models_dir: str = _default("MODELS_DIR")
+    device: str = _default("WORKER_DEVICE")
+    preload_model: str = _default("PRELOAD_MODEL")
+    preload_compute_type: str = _default("PRELOAD_COMPUTE_TYPE")
+    warmup: bool = _default("WARMUP")
+    log_tail_chars: int = _default("LOG_TAIL_CHARS")
     align_model_overrides: tuple[tuple[str, str], ...] = ()
-    offline_diarization_dir: str = "/models/offline-diarization"
-    cpu_threads: int = 0
-    job_timeout_s: float = 0.0
-    preload_align_languages: tuple[str, ...] = ("ru",)
-    batch_fill_min_chunk_s: float | None = None
-    batch_fill_max_jobs: int = 1
-    asr_decode_cache_mb: float = 4096.0
-    torch_side_streams: bool = True
-    allowed_models: tuple[str, ...] = ()
-    max_cached_models: int = 2
-    torch_allow_tf32: bool = True
+    offline_diarization_dir: str = os.path.join(_default("MODELS_DIR"), OFFLINE_DIARIZATION_SUBDIR)
+    cpu_threads: int = _default("CPU_THREADS")
+    job_timeout_s: float = _default("JOB_TIMEOUT_S")
+    max_audio_seconds: float = _default("MAX_AUDIO_SECONDS")
+    preload_align_languages: tuple[str, ...] = _default("PRELOAD_ALIGN_LANGUAGES")
+    batch_fill_min_chunk_s: float | None = _default("BATCH_FILL_MIN_CHUNK_S")
+    batch_fill_max_jobs: int = _default("BATCH_FILL_MAX_JOBS")
+    asr_decode_cache_mb: float = _default("ASR_DECODE_CACHE_MB")
+    torch_side_streams: bool = _default("TORCH_SIDE_STREAMS")
+    allowed_models: tuple[str, ...] = _default("ALLOWED_MODELS")
+    max_cached_models: int = _default("MAX_CACHED_MODELS")
+    max_cached_aligners: int = _default("MAX_CACHED_ALIGNERS")
+    torch_allow_tf32: bool = _default("TORCH_ALLOW_TF32")
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     results: ResultDelivery = field(default_factory=ResultDelivery)
     request_env: RequestEnv = field(default_factory=RequestEnv)
     report_progress: bool = False
-    log_path: str = DEFAULT_LOG_PATH
-    log_level: str = "INFO"
-    max_concurrent_jobs: int = 0
-    kernel_cache_dir: str = ""
-    diarization_threads: int = 0
+    log_path: str = _default("CONTAINER_LOG_PATH")
+    log_level: str = _default("LOG_LEVEL")
+    max_concurrent_jobs: int = _default("MAX_CONCURRENT_JOBS")
+    kernel_cache_dir: str = _default("KERNEL_CACHE_DIR")
+    diarization_threads: int = _default("DIARIZATION_THREADS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Read and check every worker variable of ``environ`` (default: ``os.environ``) once.
+
+        Raises :class:`SettingsError` (a ValueError) listing every bad variable."""
         env = os.environ if environ is None else environ
+        values = read_env(env)
         overrides = tuple(
             sorted(
-                (key[len("ALIGN_MODEL_") :].lower(), value)
+                (key[len(ALIGN_MODEL_PREFIX) :].lower(), value.strip())
                 for key, value in env.items()
                 if key.startswith("ALIGN_MODEL_") and value.strip()
             )
         )
-        device = env.get("WORKER_DEVICE", "auto").strip().lower() or "auto"
-        if device not in {"auto", "cuda", "cpu"}:
-            raise ValueError(f"ENV WORKER_DEVICE={device!r} must be auto, cuda or cpu")
-        models_dir = env.get("MODELS_DIR", "/models").strip() or "/models"
+        models_dir = values["MODELS_DIR"]
         return cls(
             models_dir=models_dir,
-            device=device,
-            preload_model=env.get("PRELOAD_MODEL", "").strip(),
-            preload_compute_type=env.get("PRELOAD_COMPUTE_TYPE", "").strip(),
-            warmup=_env_bool(env, "WARMUP", True),
-            # A negative cap means no log lines in responses, as 0 does.
-            log_tail_chars=max(0, _env_int(env, "LOG_TAIL_CHARS", 20_000)),
+            device=values["WORKER_DEVICE"],
+            preload_model=values["PRELOAD_MODEL"],
+            preload_compute_type=values["PRELOAD_COMPUTE_TYPE"],
+            warmup=values["WARMUP"],
+            log_tail_chars=values["LOG_TAIL_CHARS"],
             align_model_overrides=overrides,
             # Next to the ASR models by default, so pointing MODELS_DIR at a local folder
             # is enough to find every weight (the image sets both to /models anyway).
-            offline_diarization_dir=env.get("OFFLINE_DIARIZATION_DIR", "").strip()
-            or os.path.join(models_dir, OFFLINE_DIARIZATION_SUBDIR),
-            cpu_threads=_env_int(env, "CPU_THREADS", 0),
-            job_timeout_s=_env_float(env, "JOB_TIMEOUT_S", 0.0),
-            preload_align_languages=tuple(
-                lang.strip().lower() for lang in env.get("PRELOAD_ALIGN_LANGUAGES", "ru").split(",") if lang.strip()
-            ),
-            batch_fill_max_jobs=_env_min_int(env, "BATCH_FILL_MAX_JOBS", 1, 1),
-            asr_decode_cache_mb=_env_float(env, "ASR_DECODE_CACHE_MB", 4096.0),
-            torch_side_streams=_env_bool(env, "TORCH_SIDE_STREAMS", _env_bool(env, "DIARIZATION_SIDE_STREAM", True)),
-            allowed_models=tuple(entry.strip() for entry in env.get("ALLOWED_MODELS", "").split(",") if entry.strip()),
-            max_cached_models=_env_min_int(env, "MAX_CACHED_MODELS", 2, 1),
-            torch_allow_tf32=_env_bool(env, "TORCH_ALLOW_TF32", True),
-            batch_fill_min_chunk_s=(
-                _env_float(env, "BATCH_FILL_MIN_CHUNK_S", 0.0) if env.get("BATCH_FILL_MIN_CHUNK_S", "").strip() else None
-            ),
-            fetch=fetch_policy_from_env(env),
-            results=result_delivery_from_env(env),
+            offline_diarization_dir=values["OFFLINE_DIARIZATION_DIR"] or os.path.join(models_dir, OFFLINE_DIARIZATION_SUBDIR),
+            cpu_threads=values["CPU_THREADS"],
+            job_timeout_s=values["JOB_TIMEOUT_S"],
+            max_audio_seconds=values["MAX_AUDIO_SECONDS"],
+            preload_align_languages=values["PRELOAD_ALIGN_LANGUAGES"],
+            batch_fill_min_chunk_s=values["BATCH_FILL_MIN_CHUNK_S"],
+            batch_fill_max_jobs=values["BATCH_FILL_MAX_JOBS"],
+            asr_decode_cache_mb=values["ASR_DECODE_CACHE_MB"],
+            torch_side_streams=values["TORCH_SIDE_STREAMS"],
+            allowed_models=values["ALLOWED_MODELS"],
+            max_cached_models=values["MAX_CACHED_MODELS"],
+            max_cached_aligners=values["MAX_CACHED_ALIGNERS"],
+            torch_allow_tf32=values["TORCH_ALLOW_TF32"],
+            fetch=_fetch_policy(values),
+            results=_result_delivery(values),
             request_env=read_request_env(env),
-            report_progress=bool(env.get("RUNPOD_POD_ID", "").strip()),
-            log_path=env.get("CONTAINER_LOG_PATH", "").strip() or DEFAULT_LOG_PATH,
-            log_level=env.get("LOG_LEVEL", "").strip() or "INFO",
-            max_concurrent_jobs=_env_min_int(env, "MAX_CONCURRENT_JOBS", 0, 0),
-            kernel_cache_dir=env.get("KERNEL_CACHE_DIR", "").strip() or default_kernel_cache_dir(),
-            diarization_threads=_env_min_int(env, "DIARIZATION_THREADS", 0, 0),
+            report_progress=bool(values["RUNPOD_POD_ID"]),
+            log_path=values["CONTAINER_LOG_PATH"],
+            log_level=values["LOG_LEVEL"],
+            max_concurrent_jobs=values["MAX_CONCURRENT_JOBS"],
+            kernel_cache_dir=values["KERNEL_CACHE_DIR"] or default_kernel_cache_dir(),
+            diarization_threads=values["DIARIZATION_THREADS"],
         )
 
     def batch_fill_chunk_s(self, device: str) -> float:
@@ -268,38 +570,42 @@ def use_kernel_cache(folder: str, environ: MutableMapping[str, str] | None = Non
     return folder
 
 
+def _fetch_policy(values: Mapping[str, Any]) -> FetchPolicy:
+    """The :class:`FetchPolicy` of checked ENV ``values``."""
+    options: dict[str, Any] = dict(
+        max_bytes=values["MAX_AUDIO_BYTES"],
+        connect_timeout_s=values["DOWNLOAD_CONNECT_TIMEOUT"],
+        read_timeout_s=values["DOWNLOAD_READ_TIMEOUT"],
+        allow_private_urls=values["ALLOW_PRIVATE_URLS"],
+        allow_local_files=values["ALLOW_LOCAL_FILES"],
+    )
+    # DOWNLOAD_TIMEOUT reaches the fetcher once its policy has the field.
+    if "download_timeout_s" in FetchPolicy.__dataclass_fields__:
+        options["download_timeout_s"] = values["DOWNLOAD_TIMEOUT"]
+    return FetchPolicy(**options)
+
+
 def fetch_policy_from_env(environ: Mapping[str, str]) -> FetchPolicy:
-    """The download policy from ENV: ``MAX_AUDIO_BYTES`` (bytes), ``DOWNLOAD_CONNECT_TIMEOUT`` and
-    ``DOWNLOAD_READ_TIMEOUT`` (seconds), ``ALLOW_PRIVATE_URLS`` and ``ALLOW_LOCAL_FILES``
-    (true/1/yes/on). Raises ValueError on unparsable values, since that is a deployment bug."""
-    return FetchPolicy(
-        max_bytes=_env_int(environ, "MAX_AUDIO_BYTES", DEFAULT_MAX_BYTES),
-        connect_timeout_s=_env_float(environ, "DOWNLOAD_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
-        read_timeout_s=_env_float(environ, "DOWNLOAD_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S),
-        allow_private_urls=_env_bool(environ, "ALLOW_PRIVATE_URLS", False),
-        allow_local_files=_env_bool(environ, "ALLOW_LOCAL_FILES", False),
+    """The download policy from ENV: ``MAX_AUDIO_BYTES`` (bytes), ``DOWNLOAD_CONNECT_TIMEOUT``,
+    ``DOWNLOAD_READ_TIMEOUT`` and ``DOWNLOAD_TIMEOUT`` (seconds), ``ALLOW_PRIVATE_URLS`` and
+    ``ALLOW_LOCAL_FILES`` (true/1/yes/on). Raises :class:`SettingsError` on bad values."""
+    return _fetch_policy(read_env(environ, _FETCH_ENV))
+
+
+def _result_delivery(values: Mapping[str, Any]) -> ResultDelivery:
+    """The :class:`ResultDelivery` of checked ENV ``values`` (the bucket ENV is all set or all unset)."""
+    return ResultDelivery(
+        inline_limit_bytes=values["RESULT_INLINE_LIMIT_BYTES"],
+        bucket_configured=all(values[name] for name in BUCKET_ENV),
+        bucket_name=values["BUCKET_NAME"] or None,
     )
 
 
 def result_delivery_from_env(environ: Mapping[str, str]) -> ResultDelivery:
-    """Where large results go: ``RESULT_INLINE_LIMIT_BYTES`` (a bad value is logged and the
-    default kept and the problem logged with each result: a result is never lost over it) and RunPod's bucket ENV
-    (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY``, optional
-    ``BUCKET_NAME``), which the SDK's upload helper reads itself."""
-    limit, warning = DEFAULT_INLINE_LIMIT_BYTES, None
-    try:
-        limit = _env_int(environ, "RESULT_INLINE_LIMIT_BYTES", DEFAULT_INLINE_LIMIT_BYTES)
-    except ValueError:
-        raw = environ.get("RESULT_INLINE_LIMIT_BYTES", "").strip()
-        warning = f"RESULT_INLINE_LIMIT_BYTES={raw!r} is not an integer; using {DEFAULT_INLINE_LIMIT_BYTES}"
-    return ResultDelivery(
-        inline_limit_bytes=limit,
-        limit_warning=warning,
-        bucket_configured=all(
-            environ.get(name) for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
-        ),
-        bucket_name=environ.get("BUCKET_NAME") or None,
-    )
+    """Where large results go: ``RESULT_INLINE_LIMIT_BYTES`` and RunPod's bucket ENV
+    (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY``, ``BUCKET_NAME``:
+    all or none), which the SDK's upload helper reads itself. Raises :class:`SettingsError` on bad values."""
+    return _result_delivery(read_env(environ, _RESULT_ENV))
 
 
 PROCESS_TEMP_PREFIX = "whisperx-worker-"

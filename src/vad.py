@@ -8,12 +8,14 @@ that ignores them), all six seed parameters act here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from pyannote.core import SlidingWindowFeature
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
@@ -59,6 +61,90 @@ def speech_scores(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray)
 
     tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
     return vad_pipeline({"waveform": tensor, "sample_rate": SAMPLE_RATE})
+
+
+@dataclass
+class ScorePlan:
+    """``speech_scores`` cut into bounded work items: one inference batch of 5 s chunks each.
+
+    The VAD network slides over the file in chunks (``duration`` / ``step`` of its
+    ``Inference``) and runs them ``batch_size`` at a time; this plan holds the same chunks
+    and batches as pyannote's ``Inference.slide`` and aggregates their outputs the same way,
+    so the scores equal a single call's (tests/integration/test_fairness.py). Whoever runs the
+    plan may put other work between two batches: a long file's VAD no longer holds the
+    model for its whole length, and the job can stop between batches.
+    """
+
+    inference: Any  # pyannote.audio Inference (the VAD pipeline's ``_segmentation``)
+    chunks: torch.Tensor  # (num_chunks, channels, window samples)
+    last_chunk: torch.Tensor | None  # the zero-padded tail chunk, if the file does not end on the grid
+    num_samples: int
+
+    def batches(self) -> list[torch.Tensor]:
+        """The inference batches, in order (the padded tail chunk alone last, as pyannote does)."""
+        size = int(self.inference.batch_size)
+        out = [self.chunks[c : c + size] for c in range(0, self.chunks.shape[0], size)]
+        if self.last_chunk is not None:
+            out.append(self.last_chunk[None])
+        return out
+
+    def run_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """One batch through the network (frames of speech probability per chunk)."""
+        return np.asarray(self.inference.infer(batch))
+
+    def finish(self, outputs: list[np.ndarray]) -> SlidingWindowFeature:
+        """The batches' outputs stacked and aggregated over overlapping chunks, as one call would."""
+        from pyannote.core import Segment, SlidingWindow, SlidingWindowFeature
+
+        inference = self.inference
+        stacked = np.vstack(outputs)
+        chunk_grid = SlidingWindow(start=0.0, duration=inference.duration, step=inference.step)
+        if inference.skip_aggregation or inference.pre_aggregation_hook is not None:
+            raise NotImplementedError("the VAD pipeline aggregates its own way")  # whisperX's never does
+        aggregated = inference.aggregate(SlidingWindowFeature(stacked, chunk_grid), inference.model.receptive_field,
+                                         warm_up=inference.warm_up, hamming=True, missing=0.0)
+        if self.last_chunk is not None:
+            aggregated.data = aggregated.crop(Segment(0.0, self.num_samples / SAMPLE_RATE), mode="loose")
+        return aggregated
+
+
+def plan_speech_scores(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray) -> ScorePlan | None:
+    """The work of ``speech_scores`` as a ``ScorePlan``; None when the pipeline is not the
+    frame-level, single-output kind this plan reproduces (then call ``speech_scores``)."""
+    import torch
+    from pyannote.audio.core.task import Resolution
+
+    inference = getattr(vad_pipeline, "_segmentation", None)
+    specs = getattr(getattr(inference, "model", None), "specifications", None)
+    if inference is None or isinstance(specs, tuple) or specs is None or specs.resolution != Resolution.FRAME:
+        return None
+    if specs.permutation_invariant or inference.skip_aggregation or inference.pre_aggregation_hook is not None:
+        return None
+    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
+    window = int(inference.model.audio.get_num_samples(inference.duration))
+    step = round(inference.step * SAMPLE_RATE)
+    num_samples = tensor.shape[1]
+    if num_samples >= window:
+        chunks = tensor.unfold(1, window, step).permute(1, 0, 2)  # (chunk, channel, frame)
+    else:
+        chunks = tensor.new_zeros((0, 1, window))
+    last = None
+    if num_samples < window or (num_samples - window) % step > 0:
+        tail = tensor[:, chunks.shape[0] * step :]
+        last = torch.nn.functional.pad(tail, (0, window - tail.shape[1]))
+    return ScorePlan(inference, chunks, last, num_samples)
+
+
+def speech_scores_in_steps(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray,
+                           run: Callable[[Callable[[], np.ndarray]], np.ndarray]) -> SlidingWindowFeature:
+    """``speech_scores``, each inference batch handed to ``run`` as a work item of its own
+    (e.g. a shared model thread that serves other jobs between two items, and checks whether
+    this job must stop); identical scores."""
+    plan = plan_speech_scores(vad_pipeline, waveform)
+    if plan is None:
+        return run(lambda: speech_scores(vad_pipeline, waveform))  # type: ignore[return-value,arg-type]
+    outputs = [run(lambda batch=batch: plan.run_batch(batch)) for batch in plan.batches()]  # type: ignore[misc]
+    return plan.finish(outputs)
 
 
 def binarize(scores: SlidingWindowFeature, opts: VadOptions) -> list[tuple[float, float]]:

@@ -1,6 +1,6 @@
 """Large results go to a bucket through the RunPod SDK's upload helper (an S3 server on
-127.0.0.1: moto), small ones stay inline; without a bucket a large one stays inline with a
-warning. Real pipeline, real speech."""
+127.0.0.1: moto), small ones stay inline; without a bucket, or when the upload fails, a large
+one is an error that says so, never an oversized inline response. Real pipeline, real speech."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def test_small_result_stays_inline(worker_env, s3):
     worker_env.setenv("BUCKET_ENDPOINT_URL", s3)
     worker_env.setenv("BUCKET_ACCESS_KEY_ID", "test")
     worker_env.setenv("BUCKET_SECRET_ACCESS_KEY", "test")
+    worker_env.setenv("BUCKET_NAME", "results")
     result = run_job(worker_env)
     assert result["segments"] and "result_url" not in result
 
@@ -77,10 +78,22 @@ def test_large_result_is_uploaded_and_linked(worker_env, s3):
     assert len(json.dumps(full, ensure_ascii=False).encode()) == result["result_bytes"]
 
 
-def test_large_result_without_bucket_stays_inline_with_warning(worker_env):
+def test_large_result_without_bucket_is_an_error(worker_env):
     worker_env.setenv("RESULT_INLINE_LIMIT_BYTES", "500")
     result = run_job(worker_env)
-    assert result["segments"] and any("no bucket is configured" in w for w in result["warnings"])
+    assert "segments" not in result, "an oversized result must not be returned inline"
+    assert "over the inline limit of 500 bytes (RESULT_INLINE_LIMIT_BYTES)" in result["error"]
+    assert "no bucket is configured" in result["error"]
+
+
+def test_large_result_whose_upload_fails_is_an_error(worker_env, s3):
+    worker_env.setenv("BUCKET_ENDPOINT_URL", s3)
+    worker_env.setenv("BUCKET_ACCESS_KEY_ID", "test")
+    worker_env.setenv("BUCKET_SECRET_ACCESS_KEY", "test")
+    worker_env.setenv("BUCKET_NAME", "no-such-bucket")
+    worker_env.setenv("RESULT_INLINE_LIMIT_BYTES", "500")
+    result = run_job(worker_env)
+    assert "segments" not in result and "uploading it to the bucket failed" in result["error"]
 
 
 def test_result_close_to_the_limit_warns(worker_env):

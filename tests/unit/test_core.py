@@ -78,10 +78,16 @@ def test_max_new_tokens_grows_with_duration():
 
 # ---------------------------------------------------------------- deadline and OOM retry
 def test_deadline():
-    predict.Deadline(0).check("anything")  # no budget: never raises
-    expired = predict.Deadline(1e-9)
+    import jobs
+
+    jobs.JobControl(0).check("anything")  # no budget: never raises
+    expired = jobs.JobControl(1e-9)
     with pytest.raises(predict.JobTimeout, match="time budget of .* during transcribe"):
         expired.check("transcribe")
+    cancelled = jobs.JobControl(0)
+    cancelled.cancel("cancelled by RunPod")
+    with pytest.raises(predict.JobCancelled, match="cancelled by RunPod during vad"):
+        cancelled.check("vad")
 
 
 @pytest.mark.parametrize(
@@ -146,6 +152,81 @@ def test_capture_is_capped_and_keeps_the_tail():
         capture.add(f"line {i:02d} " + "x" * 10)
     text = capture.text()
     assert len(text) <= 100 and "line 49" in text and capture.dropped > 0
+
+
+@pytest.mark.parametrize(("line", "secret"), [
+    ("GET https://user:pw@host.example/a.wav done", "user:pw"),
+    ("fetching 'https://s3.example/b/a.wav?X-Amz-Signature=deadbeef&X-Amz-Credential=AKID' failed", "deadbeef"),
+    ("HTTPSConnectionPool(host='h', port=443): Max retries exceeded with url: /a.wav?token=s3cr3t (Caused by x)", "s3cr3t"),
+    ("token hf_abcdefghijklmnop and api_org_abcdefghijkl", "abcdefghij"),
+    ("headers {'Authorization': 'Bearer abcdef123456'}", "abcdef123456"),
+    ("key AKIAIOSFODNN7EXAMPLE used", "AKIAIOSFODNN7EXAMPLE"),
+])
+def test_redact_masks_tokens_url_credentials_and_query_strings(line, secret):
+    masked = logs.redact(line)
+    assert secret not in masked and "***" in masked
+
+
+def test_redact_keeps_what_is_not_secret():
+    line = "job 1 done in 2.0 s: https://host.example/path/a.wav, url: /a.wav, 3 segments"
+    assert logs.redact(line) == line
+    assert logs.redact("https://h/x?sig=1#frag") == "https://h/x?***#frag"
+
+
+def test_bucket_and_token_env_values_are_masked_in_every_line(tmp_path, monkeypatch):
+    key_id, secret = "AKIDBUCKETKEY0001", "bucket/secret+value/0123456789"
+    monkeypatch.setenv("BUCKET_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("BUCKET_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", "tokenwithoutprefix123")
+    # A handler some library put on the root logger before start-up (logging.basicConfig).
+    foreign_path = tmp_path / "foreign.txt"
+    foreign = logging.FileHandler(foreign_path, encoding="utf-8")
+    logging.getLogger().addHandler(foreign)
+    try:
+        logs.setup_logging(tmp_path / "secrets_log.txt")
+        log = logging.getLogger("test.secrets")
+        with logs.capture_request_logs(10_000) as capture:
+            log.warning("client made with %s / %s and tokenwithoutprefix123", key_id, secret)
+            try:
+                raise RuntimeError(f"signature failed for {secret}")
+            except RuntimeError:
+                log.exception("upload failed")
+    finally:
+        logging.getLogger().removeHandler(foreign)
+        foreign.close()
+    for text in (capture.text(), (tmp_path / "secrets_log.txt").read_text(), foreign_path.read_text()):
+        assert "client made with" in text and "signature failed" in text
+        assert key_id not in text and secret not in text and "tokenwithoutprefix123" not in text
+    # Short values would mask ordinary words: they are not registered.
+    logs.register_secrets(["test"])
+    assert logs.redact("a test line") == "a test line"
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, {"RUNPOD_LOG_LEVEL": "INFO"}),
+    ({"RUNPOD_LOG_LEVEL": "debug"}, {"RUNPOD_LOG_LEVEL": "debug"}),  # the operator's choice stays
+    ({"RUNPOD_DEBUG_LEVEL": "ERROR"}, {"RUNPOD_DEBUG_LEVEL": "ERROR"}),  # the SDK's older name counts
+    ({"RUNPOD_LOG_LEVEL": "LOUD"}, {"RUNPOD_LOG_LEVEL": "INFO"}),  # the SDK would raise at import
+    ({"RUNPOD_LOG_LEVEL": ""}, {"RUNPOD_LOG_LEVEL": "INFO"}),
+])
+def test_quiet_sdk_logs_defaults_the_sdk_to_info(environ, expected):
+    logs.quiet_sdk_logs(environ)
+    assert environ == expected
+
+
+def test_quiet_sdk_logs_before_import_keeps_job_outputs_out_of_stdout():
+    """The SDK's default level, DEBUG, prints each job's whole output ("Handler output")."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = (f"import sys, os; sys.path.insert(0, {str(src)!r}); import logs; logs.quiet_sdk_logs(os.environ); "
+            "from runpod.serverless.modules.rp_logger import RunPodLogger; print(RunPodLogger().level)")
+    env = {key: value for key, value in os.environ.items() if key not in ("RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL")}
+    level = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()[-1]
+    assert level == "INFO"
 
 
 # ---------------------------------------------------------------- settings

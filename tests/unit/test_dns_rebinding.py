@@ -1,6 +1,8 @@
 """DNS rebinding (issue 13 #5): the URL check resolves the host, the connection resolves it
 again; a resolver that answers a public address first and loopback second must not get a
-request through to loopback, on the first URL or on any redirect hop."""
+request through to loopback, on the first URL or on any redirect hop. The connection vets
+its own answer before connecting, so not even a TCP connect reaches the rebound address
+(a refusal after the connect would tell an open port from a closed one)."""
 
 from __future__ import annotations
 
@@ -69,20 +71,35 @@ def _rebinding_resolver(monkeypatch, host: str, answers: list[str]) -> list[str]
 POLICY = fetch.FetchPolicy(retries=1, connect_timeout_s=2, read_timeout_s=2)
 
 
-def test_rebinding_to_loopback_is_refused(monkeypatch, tmp_path):
+@pytest.fixture
+def connects(monkeypatch) -> list[tuple[str, int]]:
+    """Every (address, port) a socket of this process tried to connect to during the test."""
+    seen: list[tuple[str, int]] = []
+    real = socket.socket.connect
+
+    def connect(self, address):
+        seen.append((str(address[0]), int(address[1])))
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+def test_rebinding_to_loopback_is_refused(monkeypatch, tmp_path, connects):
     server = _Server("127.0.0.1")
     try:
         given = _rebinding_resolver(monkeypatch, "rebind.test", [PUBLIC, "127.0.0.1"])
         with pytest.raises(fetch.AudioError, match="refused URL host 'rebind.test'.*ALLOW_PRIVATE_URLS"):
             fetch._download(f"http://rebind.test:{server.port}/secret.wav", tmp_path / "a.wav", POLICY)
-        assert given[:2] == [PUBLIC, "127.0.0.1"]  # checked the public answer, connected to the second
+        assert given == [PUBLIC, "127.0.0.1"]  # the URL check's answer, then the connection's own
+        assert connects == []  # the second answer was refused before any connect
         assert server.hits == []  # not a byte of the request reached loopback
         assert not (tmp_path / "a.wav").exists()
     finally:
         server.close()
 
 
-def test_rebinding_on_a_redirect_hop_is_refused(monkeypatch, tmp_path):
+def test_rebinding_on_a_redirect_hop_is_refused(monkeypatch, tmp_path, connects):
     """In this test's world 127.0.0.1 is "public" and 127.0.0.2 is internal: the first hop
     (allowed) redirects to a host that checks as public and connects to the internal one."""
     internal = ipaddress.ip_address("127.0.0.2")
@@ -97,7 +114,7 @@ def test_rebinding_on_a_redirect_hop_is_refused(monkeypatch, tmp_path):
         with pytest.raises(fetch.AudioError, match="refused URL host 'hop.test'"):
             fetch._download(f"http://127.0.0.1:{origin.port}/redirect", tmp_path / "a.wav", POLICY)
         assert origin.hits == ["/redirect"] and given[:2] == ["127.0.0.1", "127.0.0.2"]
-        assert target.hits == []
+        assert target.hits == [] and ("127.0.0.2", target.port) not in connects
     finally:
         origin.close()
         target.close()

@@ -604,6 +604,57 @@ def test_unknown_keys_listed_sorted() -> None:
     assert str(error) == "unknown input field(s): Beam_Size, bar, foo"
 
 
+def test_unknown_key_with_a_lone_surrogate_or_control_character_is_shown_escaped() -> None:
+    message = str(error_of({**AUDIO, "b\ud800d": 1, "nul\x00": 2, "tab\there": 3}))
+    assert message == "unknown input field(s): 'b\\ud800d', 'nul\\x00', 'tab\\there'"
+    message.encode("utf-8")  # a response can carry it
+
+
+def test_unknown_keys_are_listed_up_to_a_cap() -> None:
+    message = str(error_of({**AUDIO, **{f"k{i:03d}": i for i in range(500)}}))
+    assert message.startswith("unknown input field(s): k000, k001, ") and message.endswith(" and 480 more")
+
+
+STRING_FIELDS = sorted(spec.name for spec in rp_schema._SPECS if spec.type is str)
+
+
+@pytest.mark.parametrize("name", STRING_FIELDS)
+@pytest.mark.parametrize(("char", "described"), [("\ud800", "lone surrogate U+D800"), ("\udfff", "lone surrogate U+DFFF"),
+                                                 ("\x00", "NUL U+0000")])
+def test_every_string_field_refuses_lone_surrogates_and_nul(name: str, char: str, described: str) -> None:
+    job_input = {"audio_base64": "UklGRg=="} if name == "audio_file" else dict(AUDIO)
+    if name == "audio_base64":
+        job_input = {}
+    job_input[name] = f"text {char} more"
+    error = error_of(job_input)
+    assert str(error) == f"{name}: contains an invalid character ({described})" and error.field == name
+
+
+def test_valid_non_ascii_text_is_accepted() -> None:
+    assert resolve({"initial_prompt": "Привет, 😀 мир"}).initial_prompt == "Привет, 😀 мир"
+
+
+def test_env_string_with_a_lone_surrogate_is_refused_naming_the_variable() -> None:
+    # os.environ carries bytes that are not UTF-8 as lone surrogates ("surrogateescape").
+    error = error_of(AUDIO, {"MODEL": "model\udcff"})
+    assert str(error) == "environment variable MODEL: contains an invalid character (lone surrogate U+DCFF)"
+
+
+def test_json_safe_replaces_lone_surrogates_in_keys_and_values() -> None:
+    value = {"ok": "fine", "b\ud800d": ["x\udfff", ("\ud83d\ude00", 1)], "n": {"deep\udc00": "v"}, "count": 3}
+    safe = rp_schema.json_safe(value)
+    assert safe == {"ok": "fine", "b\ufffdd": ["x\ufffd", ("\U0001f600", 1)], "n": {"deep\ufffd": "v"}, "count": 3}
+    json.dumps(safe, ensure_ascii=False).encode("utf-8")
+    assert value["b\ud800d"] == ["x\udfff", ("\ud83d\ude00", 1)]  # the input is not changed
+
+
+def test_json_safe_turns_non_finite_numbers_into_null_and_keeps_clean_values() -> None:
+    assert rp_schema.json_safe({"p": float("nan"), "q": [float("inf"), -float("inf"), 0.5]}) == {"p": None, "q": [None, None, 0.5]}
+    clean = {"segments": [{"text": "Привет", "start": 0.0, "words": []}], "flag": True, "none": None}
+    assert rp_schema.json_safe(clean) is clean  # nothing to change: no copy
+    assert rp_schema.json_safe("\ud800") == "\ufffd" and rp_schema.json_safe(7) == 7
+
+
 @pytest.mark.parametrize("job_input", [None, [], "audio.wav", 5, [("audio_file", "x")]])
 def test_input_must_be_an_object(job_input: Any) -> None:
     assert str(error_of(job_input)) == "input must be a JSON object"
