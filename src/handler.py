@@ -37,6 +37,7 @@ if __name__ == "__main__":
 import asyncio  # noqa: E402
 import contextvars  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -246,7 +247,8 @@ def main() -> None:
     try:
         settings = get_settings()
     except ValueError:
-        setup_logging(WorkerSettings.log_path, WorkerSettings.log_level)
+        # The settings are bad, but the log file's path is a plain string: keep the operator's.
+        setup_logging(os.environ.get("CONTAINER_LOG_PATH", "").strip() or WorkerSettings.log_path, "INFO")
     else:
         setup_logging(settings.log_path, settings.log_level)
     import runpod

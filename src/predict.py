@@ -67,6 +67,12 @@ ProgressFn = Callable[[str, float | None], None]
 T = TypeVar("T")
 
 
+# Windows per Whisper call on a CPU that runs several jobs at once. The calls of all jobs take
+# turns at the one model; a CPU gains little from big batches (its cores are busy with one
+# window already), so small calls cost little throughput and bound how long a short clip's
+# call waits behind a long file's (bench/fault_bench.py: short-clip latency beside a long file).
+CPU_SHARED_WINDOWS_PER_CALL = 2
+
 # How often a job waiting for the torch thread looks at its stop check (seconds).
 TORCH_WAIT_CHECK_S = 0.2
 
@@ -558,7 +564,11 @@ class Predictor:
                 raise control.error(stage)
 
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
-        """Cap on windows per generate call on a GPU (``ASR_DECODE_CACHE_MB``), None for none."""
+        """Cap on windows per generate call: on a GPU the decoder cache's (``ASR_DECODE_CACHE_MB``);
+        on a CPU serving several jobs at once ``CPU_SHARED_WINDOWS_PER_CALL``, so that a clip's
+        call waits behind at most a few of a long file's windows; None for none."""
+        if self.device != "cuda":
+            return CPU_SHARED_WINDOWS_PER_CALL if self.max_concurrent_jobs > 1 else None
         budget = self.settings.asr_decode_cache_mb
         dims = whisper_dimensions(model_path) if self.device == "cuda" and budget > 0 else None
         if dims is None:

@@ -197,6 +197,19 @@ def _make_handler(files: dict[str, Path], hits: Counter):
                     self.wfile.write(body[len(body) // 2:])
                 except OSError:
                     pass
+            elif route == "drip":  # the clip one byte a second: every read succeeds, the download never ends
+                body = files["clip.wav"].read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(1.0)
+                except OSError:
+                    pass
             elif route == "nolength":  # /nolength/<file>: body without Content-Length
                 self._send(200, files[segs[1]].read_bytes(), "audio/wav", length=False)
             else:

@@ -18,10 +18,6 @@ RU_CORPUS_WER_MAX = 0.30
 EN_WER_MAX = 0.30
 
 
-# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
-pytestmark = pytest.mark.quality
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     require_assets()
@@ -54,6 +50,7 @@ def _ok(envelope: dict) -> dict:
     return envelope["output"]
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_russian_clips_wer(api, media):
     references = festvox_transcripts()
     hyps, refs = [], []
@@ -71,6 +68,7 @@ def test_russian_clips_wer(api, media):
     quality.check_bound("runsync festvox-ru", "corpus_wer", score, RU_CORPUS_WER_MAX)
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_english_sample_wer(api, media):
     output = _ok(api.runsync({"audio_file": media.url("sample.wav"), "diarization": False, "align_output": False}))
     assert output["detected_language"] == "en"
@@ -81,6 +79,7 @@ def test_english_sample_wer(api, media):
     assert all("words" not in segment for segment in output["segments"])  # align_output false
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_stereo_44k_mp3_goes_through_ffmpeg_fallback(api, media):
     output = _ok(api.runsync({"audio_file": media.url("ru_0003_stereo.mp3"), "diarization": False, "debug": True}))
     audio = output["debug_info"]["audio"]

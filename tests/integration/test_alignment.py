@@ -36,10 +36,6 @@ MEDIAN_ERROR_MAX_S = 0.20
 WITHIN_200MS_MIN = 0.50  # measured 0.589 (56 edges), median 0.149 s
 
 
-# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
-pytestmark = pytest.mark.quality
-
-
 @pytest.fixture(scope="module")
 def env():
     with offline_process_env():
@@ -93,6 +89,7 @@ def boundary_errors(clip: str, result: dict, reference: str) -> list[float]:
     return errors
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_offline_word_timings_accuracy_on_festvox(predictor, env):
     references = festvox_transcripts()
     errors: list[float] = []

@@ -22,10 +22,6 @@ SR = 16_000
 ENV = REQUEST_ENV
 
 
-# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
-pytestmark = pytest.mark.quality
-
-
 @pytest.fixture(scope="module")
 def predictor():
     with offline_process_env():
@@ -61,6 +57,7 @@ def non_speech() -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------ thresholds
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_thresholds_drop_non_speech_windows(predictor):
     """Windows of non-speech (as a VAD with a low onset lets through) hallucinate text
     ("Редактор субтитров ...") when the thresholds are ignored, as whisperX's batched path
@@ -85,6 +82,7 @@ def test_thresholds_drop_non_speech_windows(predictor):
     assert words_on == 0
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_thresholds_cost_no_wer_on_speech(predictor):
     """The screens (no-speech, log-prob, compression thresholds, temperature fallback) cost no
     WER on speech: not significantly worse than without them over 12 clips (sign-flip test,
@@ -107,6 +105,7 @@ def test_silence_gives_empty_transcript_with_warning(predictor, tmp_path):
 
 
 # ------------------------------------------------------------------ language detection
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_language_detected_on_speech_after_leading_music(predictor, tmp_path):
     """25 s of music and noise before Russian speech: detection runs on the speech windows."""
     speech, _ = sf.read(FESTVOX / "wav" / "ru_0005.wav", dtype="float32")

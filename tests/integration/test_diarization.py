@@ -59,10 +59,6 @@ MEETING_CLIPS = {
 SAMPLE_DER_BOUND = 0.10
 
 
-# Measured quality: run on every CPU kernel path by scripts/kernel_paths.py.
-pytestmark = pytest.mark.quality
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _assets() -> None:
     """Fail (never skip) without the offline weights and clips: bash scripts/setup.sh makes them."""
@@ -190,6 +186,7 @@ def sample_output(models, sample) -> DiarizationOutput:
 
 
 # --------------------------------------------------------------------------- quality
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_sample_two_speakers_low_der(sample_output, sample):
     assert sample_output.backend == OFFLINE_BACKEND
     assert sample_output.speakers == ["SPEAKER_00", "SPEAKER_01"]
@@ -206,6 +203,7 @@ def test_no_token_warns_and_uses_offline(sample_output):
     assert all(0.0 <= turn.start < turn.end <= 30.01 for turn in turns)
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 def test_speaker_embeddings(sample_output):
     embeddings = sample_output.speaker_embeddings
     assert embeddings is not None and sorted(embeddings) == sample_output.speakers
@@ -215,6 +213,7 @@ def test_speaker_embeddings(sample_output):
     quality.check_bound("sample embeddings", "cosine", cosine, 0.8, "<")  # two different voices
 
 
+@pytest.mark.quality  # scripts/kernel_paths.py runs it on every CPU kernel path
 @pytest.mark.parametrize("clip", sorted(MEETING_CLIPS))
 def test_meeting_clip_der(models, clip):
     wav_name, rttm_name, bound = MEETING_CLIPS[clip]

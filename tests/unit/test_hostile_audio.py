@@ -17,13 +17,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import audio
 import ffmpeg_tools
 from audio import prepare_audio
 from fetch import AudioError
+from hostile_files import concat, dash, hls, set_flac_total_samples, wav
 from jobs import JobCancelled, JobControl, JobTimeout
 
 LIMIT_RE = r"\(MAX_AUDIO_SECONDS\)$"
@@ -48,27 +48,6 @@ def _sine(out: Path, seconds: float, rate: int, *extra: str) -> Path:
     return _ffmpeg_make(out, "-f", "lavfi", "-i", f"sine=f=440:r={rate}:d={seconds}", *extra)
 
 
-def _wav(rate: int, channels: int, data_bytes: int, byte_rate: int | None = None) -> bytes:
-    """A PCM16 RIFF/WAVE file with the given header values and ``data_bytes`` of a tone."""
-    block = 2 * channels
-    fmt = (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little") \
-        + (byte_rate if byte_rate is not None else rate * block).to_bytes(4, "little") \
-        + block.to_bytes(2, "little") + (16).to_bytes(2, "little")
-    tone = (np.sin(np.arange(data_bytes // 2) / 3.0) * 8000).astype("<i2").tobytes()
-    body = b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"data" + len(tone).to_bytes(4, "little") + tone
-    return b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WAVE" + body
-
-
-def _set_flac_total_samples(path: Path, total: int) -> None:
-    """Overwrite STREAMINFO's 36-bit total-samples field (bytes 18..25 hold rate/channels/bits/total)."""
-    data = bytearray(path.read_bytes())
-    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # first metadata block is STREAMINFO
-    packed = int.from_bytes(data[18:26], "big")
-    packed = (packed & ~((1 << 36) - 1)) | total
-    data[18:26] = packed.to_bytes(8, "big")
-    path.write_bytes(bytes(data))
-
-
 class _ToolSpy:
     """Wraps audio._run_tool: records each run's argv and keyword arguments, and how many
     bytes of stdout reached the decoder's callback."""
@@ -76,6 +55,7 @@ class _ToolSpy:
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], dict]] = []
         self.stdout_bytes = 0
+        self.decoding = threading.Event()  # set when the first decoded bytes arrive
         self._real = audio._run_tool
 
     def __call__(self, args: list[str], **kwargs):  # noqa: ANN204 - mirrors run_tool
@@ -84,6 +64,7 @@ class _ToolSpy:
         if sink is not None:
             def counting(data: bytes) -> None:
                 self.stdout_bytes += len(data)
+                self.decoding.set()
                 sink(data)
             kwargs["on_stdout"] = counting
         return self._real(args, **kwargs)
@@ -130,7 +111,7 @@ def _tool_children() -> list[str]:
 ])
 def test_absurd_wav_sample_rate_refused_from_the_header(tmp_path, spy, rate, channels, data_bytes):
     bomb = tmp_path / "bomb.wav"
-    bomb.write_bytes(_wav(rate, channels, data_bytes))
+    bomb.write_bytes(wav(rate, channels, data_bytes))
     started = time.monotonic()
     with pytest.raises(AudioError, match=rf"^unsupported sample rate: {rate} Hz \(accepted: 1000-768000 Hz\)$"):
         prepare_audio(bomb, "url", tmp_path)
@@ -148,7 +129,7 @@ def test_absurd_sample_rate_refused_from_ffprobe(tmp_path, spy):
 
 def test_lowest_accepted_rate_still_decodes(tmp_path):
     ok = tmp_path / "low_ok.wav"
-    ok.write_bytes(_wav(1000, 1, 4000))  # 2 s at 1 kHz
+    ok.write_bytes(wav(1000, 1, 4000))  # 2 s at 1 kHz
     prepared = prepare_audio(ok, "url", tmp_path, max_audio_seconds=3)
     assert prepared.duration_s == pytest.approx(2.0, abs=0.01)
 
@@ -190,7 +171,7 @@ def test_at_the_cap_or_without_one_accepted(twelve_seconds, tmp_path, name):
 def test_flac_claiming_2_pow_36_samples(tmp_path, spy):
     """STREAMINFO says 2^36-1 samples (a 256 GiB float32 array) in a 1 s, few-KB file."""
     liar = _sine(tmp_path / "liar.flac", 1, 16000)
-    _set_flac_total_samples(liar, (1 << 36) - 1)
+    set_flac_total_samples(liar, (1 << 36) - 1)
     with pytest.raises(AudioError, match=r"^audio is 4294967\.3 s long, over this worker's limit of 3600 s " + LIMIT_RE):
         prepare_audio(liar, "url", tmp_path, max_audio_seconds=3600)
     assert spy.tools == ["ffprobe"]
@@ -201,7 +182,7 @@ def test_flac_claiming_2_pow_36_samples(tmp_path, spy):
 
 def test_flac_claiming_two_hours(tmp_path):
     liar = _sine(tmp_path / "liar.flac", 1, 44100)
-    _set_flac_total_samples(liar, 7200 * 44100)
+    set_flac_total_samples(liar, 7200 * 44100)
     with pytest.raises(AudioError, match=r"^audio is 7200\.0 s long, over this worker's limit of 3600 s " + LIMIT_RE):
         prepare_audio(liar, "url", tmp_path, max_audio_seconds=3600)
 
@@ -212,7 +193,7 @@ def test_over_the_cap_found_while_decoding(tmp_path, spy, kind):
     streamed decode stops at the cap, having kept at most the cap plus one pipe chunk."""
     if kind == "flac_header_says_1s":
         path = _sine(tmp_path / "long.flac", 60, 44100)
-        _set_flac_total_samples(path, 44100)
+        set_flac_total_samples(path, 44100)
     else:
         path = _sine(tmp_path / "long.mp3", 60, 22050, "-write_xing", "0")
     with pytest.raises(AudioError, match=r"^audio is longer than this worker's limit of 5 s " + LIMIT_RE):
@@ -227,7 +208,7 @@ def test_over_the_cap_found_while_decoding(tmp_path, spy, kind):
 def test_wav_byte_rate_claiming_hours_is_refused_not_decoded(tmp_path, spy):
     """A WAV header whose byte rate makes 4 KB last 4000 s: over the cap from the header."""
     liar = tmp_path / "slow.wav"
-    liar.write_bytes(_wav(16000, 1, 4000, byte_rate=1))
+    liar.write_bytes(wav(16000, 1, 4000, byte_rate=1))
     with pytest.raises(AudioError, match=r"^audio is 4000\.0 s long, over this worker's limit of 3600 s " + LIMIT_RE):
         prepare_audio(liar, "url", tmp_path, max_audio_seconds=3600)
     assert spy.tools == []
@@ -235,7 +216,7 @@ def test_wav_byte_rate_claiming_hours_is_refused_not_decoded(tmp_path, spy):
 
 def test_bad_cap_is_a_programming_error(tmp_path):
     wav = tmp_path / "a.wav"
-    wav.write_bytes(_wav(16000, 1, 8000))
+    wav.write_bytes(wav(16000, 1, 8000))
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="max_audio_seconds"):
             prepare_audio(wav, "url", tmp_path, max_audio_seconds=bad)
@@ -253,36 +234,14 @@ def other_job(tmp_path_factory) -> Path:
     return _sine(d / "input.m4a", 3, 44100, "-c:a", "aac")
 
 
-def _hls(target: str) -> str:
-    return (
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
-        f"#EXTINF:3.0,\n{target}\n#EXT-X-ENDLIST\n"
-    )
-
-
-def _dash(target: str) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT3S" '
-        'minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">\n'
-        '<Period><AdaptationSet mimeType="audio/mp4" codecs="mp4a.40.2">'
-        '<Representation id="a" bandwidth="128000" audioSamplingRate="44100">'
-        f"<BaseURL>{target}</BaseURL></Representation></AdaptationSet></Period></MPD>\n"
-    )
-
-
-def _concat(target: str) -> str:
-    return f"ffconcat version 1.0\nfile '{target}'\n"
-
-
 REFERENCES = {  # name of the downloaded file, its text for a target, the demuxer ffmpeg detects
-    "hls_abs": ("playlist.m3u8", lambda t: _hls(t), "hls"),
-    "hls_url": ("playlist.m3u8", lambda t: _hls("file://" + t), "hls"),
-    "hls_as_mp3": ("input.mp3", lambda t: _hls(t), "hls"),
-    "dash_url": ("manifest.mpd", lambda t: _dash("file://" + t), "dash"),
-    "dash_abs": ("manifest.mpd", lambda t: _dash(t), "dash"),
-    "concat": ("list.ffconcat", lambda t: _concat(t), "concat"),
-    "concat_as_wav": ("input.wav", lambda t: _concat(t), "concat"),
+    "hls_abs": ("playlist.m3u8", lambda t: hls(t), "hls"),
+    "hls_url": ("playlist.m3u8", lambda t: hls("file://" + t), "hls"),
+    "hls_as_mp3": ("input.mp3", lambda t: hls(t), "hls"),
+    "dash_url": ("manifest.mpd", lambda t: dash("file://" + t), "dash"),
+    "dash_abs": ("manifest.mpd", lambda t: dash(t), "dash"),
+    "concat": ("list.ffconcat", lambda t: concat(t), "concat"),
+    "concat_as_wav": ("input.wav", lambda t: concat(t), "concat"),
 }
 
 
@@ -335,7 +294,8 @@ def half_hour(tmp_path_factory) -> Path:
     return _sine(d / "long.flac", 1800, 44100, "-c:a", "flac", "-compression_level", "0")
 
 
-def test_cancel_kills_ffmpeg_within_a_second(half_hour, tmp_path, spy):
+def test_cancel_from_another_thread_within_two_seconds(half_hour, tmp_path):
+    """The brief's scenario: cancelled 0.5 s after the call, from another thread."""
     control = JobControl()
     started = time.monotonic()
     timer = threading.Timer(0.5, control.cancel)
@@ -346,6 +306,28 @@ def test_cancel_kills_ffmpeg_within_a_second(half_hour, tmp_path, spy):
     finally:
         timer.cancel()
     assert time.monotonic() - started < 2
+    assert _tool_children() == []
+    assert not list(tmp_path.iterdir())
+
+
+def test_cancel_mid_decode_kills_ffmpeg_within_a_second(half_hour, tmp_path, spy):
+    """Cancelled 0.5 s into ffmpeg's output (so never during ffprobe, however busy the CPU)."""
+    control = JobControl()
+    cancelled_at: list[float] = []
+
+    def cancel_once_decoding() -> None:
+        if spy.decoding.wait(30):
+            time.sleep(0.5)
+            cancelled_at.append(time.monotonic())
+            control.cancel()
+
+    canceller = threading.Thread(target=cancel_once_decoding, daemon=True)
+    canceller.start()
+    with pytest.raises(JobCancelled, match="during audio decoding"):
+        prepare_audio(half_hour, "url", tmp_path, control=control)
+    raised_at = time.monotonic()
+    canceller.join(5)
+    assert cancelled_at and raised_at - cancelled_at[0] < 1
     assert spy.tools == ["ffprobe", "ffmpeg"]
     assert 0 < spy.stdout_bytes < 1800 * 16000 * 2 // 2  # stopped mid-decode
     assert _tool_children() == []
