@@ -215,11 +215,11 @@ def test_wav_byte_rate_claiming_hours_is_refused_not_decoded(tmp_path, spy):
 
 
 def test_bad_cap_is_a_programming_error(tmp_path):
-    wav = tmp_path / "a.wav"
-    wav.write_bytes(wav(16000, 1, 8000))
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav(16000, 1, 8000))
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="max_audio_seconds"):
-            prepare_audio(wav, "url", tmp_path, max_audio_seconds=bad)
+            prepare_audio(path, "url", tmp_path, max_audio_seconds=bad)
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class _RecordingAligners:
     def __init__(self):
         self.asked: list[str] = []
 
-    def get(self, language):
+    def get(self, language, wait_check=None):
         import alignment
 
         self.asked.append(language)
