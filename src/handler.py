@@ -49,7 +49,7 @@ import rp_schema  # noqa: E402
 from fetch import AudioError  # noqa: E402
 from logs import capture_request_logs, quiet_sdk_logs, redact, setup_logging  # noqa: E402
 from models import ModelLoadError  # noqa: E402
-from predict import ProgressFn, Predictor, UserError, WorkerFault, is_device_fault  # noqa: E402
+from predict import ProgressFn, Predictor, UserError  # noqa: E402
 from settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("handler")
@@ -184,7 +184,7 @@ def _handle(job: dict, control: jobs.JobControl | None) -> dict:
             logger.exception("job failed")
             response: dict[str, Any] = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"),
                                         "logs": capture.text()}
-            if isinstance(exc, WorkerFault) or is_device_fault(exc):
+            if jobs.is_device_fault(exc):
                 # A CUDA context after a device-side error cannot be trusted: ask RunPod for
                 # a fresh worker once this job is answered.
                 response["error"] = redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}")

@@ -1,4 +1,5 @@
-"""One job's life: its deadline, its cancel token and the ways it can end early.
+"""One job's life: its deadline, its cancel token and the ways it can end early (stopped:
+timed out or cancelled; or a worker fault that asks for a fresh worker).
 
 Every stage, every wait (for the Whisper batcher, the torch thread, a diarization thread, a
 download, ffmpeg) and every loop over windows, chunks or batches of a job consults the job's
@@ -32,6 +33,34 @@ class JobCancelled(JobStopped):
     """Nobody waits for the job any more (RunPod cancelled it, the client went away)."""
 
     kind = "cancelled"
+
+
+class WorkerFault(RuntimeError):
+    """A failure that leaves the worker itself suspect (a CUDA error: the context may be
+    corrupt): the job fails and RunPod is asked for a fresh worker (``refresh_worker``)."""
+
+    kind = "worker fault"
+
+
+_DEVICE_FAULT_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "cudaerror",
+                         "cublas_status_execution_failed", "cudnn_status_execution_failed",
+                         "unspecified launch failure", "misaligned address")
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """True for GPU errors after which the process's CUDA context cannot be trusted (an
+    out-of-memory error is not one: the context survives it)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "out of memory" in text:
+        return False
+    return isinstance(exc, WorkerFault) or any(marker in text for marker in _DEVICE_FAULT_MARKERS)
+
+
+def raise_if_device_fault(exc: BaseException, stage: str) -> None:
+    """Re-raise ``exc`` as ``WorkerFault`` when it is a device fault; stages that turn their
+    failures into warnings call this first, so a suspect context is never served again."""
+    if is_device_fault(exc):
+        raise WorkerFault(f"{stage} hit a GPU fault ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 class JobControl:

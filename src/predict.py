@@ -122,26 +122,9 @@ class UserError(ValueError):
 # The ways a job ends early live with its control (``jobs``); re-exported for callers here.
 JobTimeout = jobs.JobTimeout
 JobCancelled = jobs.JobCancelled
-
-
-class WorkerFault(RuntimeError):
-    """A failure that leaves the worker itself suspect (a CUDA error: the context may be
-    corrupt): the job fails and RunPod is asked for a fresh worker (``refresh_worker``)."""
-
-
-def is_device_fault(exc: BaseException) -> bool:
-    """True for CUDA errors after which the process's GPU context cannot be trusted."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    return any(marker in text for marker in ("cuda error", "device-side assert", "illegal memory access",
-                                             "cudaerror", "cublas_status_execution_failed", "cudnn_status_execution_failed",
-                                             "unspecified launch failure", "misaligned address"))
-
-
-def raise_if_device_fault(exc: BaseException, stage: str) -> None:
-    """Re-raise ``exc`` as ``WorkerFault`` when it is a device fault; stages that turn their
-    failures into warnings call this first, so a corrupt context is never served again."""
-    if is_device_fault(exc) and not is_out_of_memory(exc):
-        raise WorkerFault(f"{stage} hit a GPU fault ({type(exc).__name__}: {str(exc)[:200]})") from exc
+WorkerFault = jobs.WorkerFault
+is_device_fault = jobs.is_device_fault
+raise_if_device_fault = jobs.raise_if_device_fault
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
