@@ -7,7 +7,7 @@ Phases, one worker process (offline base model, CPU by default, ``MAX_CONCURRENT
    while it runs: their latency beside it, and the long file's own time;
 3. ``hostile``: decode bombs (1 Hz WAV, a FLAC claiming 2^36 samples, a WAV whose byte rate
    claims hours), files naming other files (DASH, HLS), SSRF tricks, invalid Unicode, a
-   download that drips one byte a second (ends at ``JOB_TIMEOUT_S``), normal clips between;
+   download that drips one byte a second (ends at ``DOWNLOAD_TIMEOUT``, 10 s), normal clips between;
 4. ``cancel``: long jobs stopped by RunPod mid-transcription: seconds from the stop signal to
    the job's thread ending (its "cancelled" log line) and to the next job starting.
 
@@ -46,7 +46,7 @@ from servers import worker_env  # noqa: E402
 FAST = {"diarization": False, "align_output": False, "language": "ru"}
 KINDS = (  # error kind -> pattern of its message
     ("sample rate", r"sample rate"), ("length cap", r"MAX_AUDIO_SECONDS"), ("container", r"unsupported container"),
-    ("refused URL", r"refused"), ("deadline", r"time budget"), ("invalid text", r"invalid character|unknown input field"),
+    ("refused URL", r"refused"), ("deadline", r"time budget|took longer than"), ("invalid text", r"invalid character|unknown input field"),
     ("internal error", r"internal error"),
 )
 
@@ -133,7 +133,8 @@ def main() -> None:
     result: dict = {"device": args.device, "max_concurrent_jobs": args.jobs, "long_file_s": round(long_s, 1)}
     with RunPodStub() as stub, HostileServer(media) as server:
         env = worker_env(**stub.env(), ALLOW_LOCAL_FILES="true", CONTAINER_LOG_PATH=str(container_log),
-                         MAX_CONCURRENT_JOBS=str(args.jobs), JOB_TIMEOUT_S="20", MAX_AUDIO_SECONDS="3600",
+                         MAX_CONCURRENT_JOBS=str(args.jobs), JOB_TIMEOUT_S="900", DOWNLOAD_TIMEOUT="10",
+                         MAX_AUDIO_SECONDS="3600",
                          WORKER_DEVICE=args.device, TMPDIR=str(folder))
         with open(folder / "stdout.txt", "wb") as out:
             proc = subprocess.Popen([sys.executable, "-u", "src/handler.py"], cwd=ROOT, env=env, stdout=out,

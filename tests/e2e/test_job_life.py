@@ -59,12 +59,12 @@ class SdkWorker:
 @pytest.fixture(scope="module")
 def long_file(tmp_path_factory) -> Path:
     require_assets()
-    path, _, _ = concat_clips(tmp_path_factory.mktemp("long") / "long.wav", 240.0)
+    path, _, _ = concat_clips(tmp_path_factory.mktemp("long") / "long.wav", 150.0)
     return path
 
 
 def test_cancel_stops_the_job_and_frees_its_slot(tmp_path, long_file):
-    """RunPod stops a 4-minute job during its transcription: the job's thread ends with
+    """RunPod stops a 2.5-minute job during its transcription: the job's thread ends with
     "cancelled" (no "done"), posts no progress after that, and with one slot the next job
     starts only after that, and is answered."""
     with RunPodStub() as stub, SdkWorker(stub, tmp_path, MAX_CONCURRENT_JOBS="1", WARMUP="false") as worker:
@@ -86,7 +86,7 @@ def test_cancel_stops_the_job_and_frees_its_slot(tmp_path, long_file):
 
 
 def test_short_clip_is_not_held_behind_a_long_file(tmp_path, long_file):
-    """Two jobs at once on a CPU worker: a clip submitted while a 4-minute file (with
+    """Two jobs at once on a CPU worker: a clip submitted while a 2.5-minute file (with
     diarization) is transcribed is answered before the long file."""
     with RunPodStub() as stub, SdkWorker(stub, tmp_path, MAX_CONCURRENT_JOBS="2", WARMUP="false"):
         stub.submit("long-2", {"audio_file": str(long_file), "language": "ru"})
