@@ -23,20 +23,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
+from aligners import Aligner as Aligner
+from aligners import AlignerUnavailable as AlignerUnavailable
+from aligners import HalfPrecision as HalfPrecision
 from asr import WindowTranscript, log_mel_batch
 from model_cache import SingleFlightCache, release_cuda_cache
 
 if TYPE_CHECKING:
-    import torch
     from ctc_alignment import ForwardRunner
     from faster_whisper.tokenizer import Tokenizer
-    from torchaudio.models import Wav2Vec2Model
-    from transformers import Wav2Vec2ForCTC
     from faster_whisper import WhisperModel
 
 logger = logging.getLogger(__name__)
@@ -48,49 +48,6 @@ FAILED_LOAD_RETRY_S = 600.0
 # Punctuation merged into the neighbouring word, as Whisper does.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-«"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、»"
-
-
-# A wav2vec2 aligner as ``whisperx.load_align_model`` returns it (a Hugging Face model or a
-# torchaudio bundle), on a GPU behind ``HalfPrecision``.
-AlignModel: TypeAlias = "Wav2Vec2ForCTC | Wav2Vec2Model | HalfPrecision"
-
-
-class AlignerUnavailable(RuntimeError):
-    """No wav2vec2 aligner could be loaded for a language; message says why."""
-
-
-@dataclass(frozen=True)
-class Aligner:
-    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
-
-    language: str
-    model: AlignModel
-    metadata: dict
-    source: str
-
-
-class HalfPrecision:
-    """Runs a wav2vec2 aligner in float16 on the GPU behind its float32 interface.
-
-    whisperX feeds float32 audio and reads float32 emissions; half precision halves the
-    aligner's weights and activations (xlsr-53-large: 1.2 GB -> 0.6 GB) and roughly doubles
-    its speed on tensor cores; CTC emissions are log-softmaxed in float32 afterwards.
-    """
-
-    def __init__(self, inner: Wav2Vec2ForCTC | Wav2Vec2Model) -> None:
-        self.inner = inner.half()
-
-    def __call__(self, waveform: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(waveform.half(), *args, **kwargs)
-        if hasattr(out, "logits"):  # transformers Wav2Vec2ForCTC
-            out.logits = out.logits.float()
-            return out
-        if isinstance(out, tuple):  # torchaudio bundles: (emissions, lengths)
-            return (out[0].float(), *out[1:])
-        return out.float()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class AlignmentModels:

@@ -34,7 +34,7 @@ import torch
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    from alignment import AlignModel
+    from aligners import AlignModel
 
 logger = logging.getLogger(__name__)
 
