@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import asr
-import audio
+from stages import asr
+from stages import audio
 import rp_schema
-import vad
-from models import ResolvedModel, whisper_dimensions
+from stages import vad
+from resident.models import ResolvedModel, whisper_dimensions
 
 
 @dataclass(frozen=True)

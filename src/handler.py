@@ -46,9 +46,9 @@ from typing import Any  # noqa: E402
 import jobs  # noqa: E402
 import result_store  # noqa: E402
 import rp_schema  # noqa: E402
-from fetch import AudioError  # noqa: E402
+from stages.fetch import AudioError  # noqa: E402
 from logs import capture_request_logs, quiet_sdk_logs, redact, setup_logging  # noqa: E402
-from models import ModelLoadError  # noqa: E402
+from resident.models import ModelLoadError  # noqa: E402
 from predict import ProgressFn, Predictor, UserError  # noqa: E402
 from settings import WorkerSettings  # noqa: E402
 

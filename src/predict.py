@@ -28,20 +28,20 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-import alignment
-import asr
-import audio
-import batching
+from stages import alignment
+from stages import asr
+from stages import audio
+from resident import batching
 import debug_info
-import fetch
+from stages import fetch
 import jobs
-import precision
+from resident import precision
 import rp_schema
-import speaker_assignment
-import vad
-import warmup
-from fair_turns import FairTurns
-from models import (
+from stages import speaker_assignment
+from stages import vad
+from resident import warmup
+from resident.fair_turns import FairTurns
+from resident.models import (
     AsrModels,
     ModelLoadError,
     effective_compute_type,
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper import WhisperModel
 
-    import diarization
+    from stages import diarization
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Predictor:
         keeps serving requests that name another model.
         """
         started = time.perf_counter()
-        import gpu_check
+        from resident import gpu_check
 
         # Before CUDA starts: where the driver keeps (and finds) the kernels it compiles.
         kernel_cache = use_kernel_cache(self.settings.kernel_cache_dir)
@@ -326,7 +326,7 @@ class Predictor:
         """Build the diarization registry (imports pyannote: the warm-up runs this in the
         diarization thread, beside the ASR model's load)."""
         try:
-            import diarization
+            from stages import diarization
         except ImportError:  # pragma: no cover - module always ships with the worker
             return None
         self.diarizers = diarization.DiarizationModels(
@@ -653,7 +653,7 @@ class Predictor:
         if diarizers is None:
             state.warn("diarization is not available in this worker; speakers are not labelled")
             return None
-        import diarization
+        from stages import diarization
 
         context = contextvars.copy_context()
         submitted = time.perf_counter()
@@ -759,7 +759,7 @@ class Predictor:
     def _finish_diarization(self, job: Future[diarization.DiarizationOutput], segments: list[dict],
                             state: _RequestState) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
         """Wait for diarization and label words and segments; a failure leaves them unlabelled."""
-        import diarization
+        from stages import diarization
 
         control = state.control
         try:
@@ -791,7 +791,7 @@ class Predictor:
         if opts.output_format == "json":
             return
         try:
-            import formats
+            from stages import formats
         except ImportError:
             state.warn(f"output_format {opts.output_format!r} is not available in this build")
             return

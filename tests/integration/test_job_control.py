@@ -14,7 +14,7 @@ import pytest
 from fixtures_audio import CLIP, festvox_wav
 from references import BASE_MODEL
 
-import alignment
+from stages import alignment
 import handler
 import jobs
 import predict

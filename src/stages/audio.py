@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import ffmpeg_tools
-from fetch import AudioError
-from ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
+from stages import ffmpeg_tools
+from stages.fetch import AudioError
+from stages.ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
 from jobs import JobControl
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audio")  # the bare name: log lines read as before the move
 
 TARGET_SAMPLE_RATE = 16_000
 TARGET_CHANNELS = 1

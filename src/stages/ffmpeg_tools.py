@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetch import AudioError
+from stages.fetch import AudioError
 from jobs import JobControl
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ffmpeg_tools")  # the bare name: log lines read as before the move
 
 # Demuxers a downloaded file may be read with: plain containers whose samples all live in
 # the file itself. Names are ffmpeg's demuxer names; "mov" also matches ffmpeg's

@@ -56,7 +56,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util import parse_url
 
-import url_guard
+from stages import url_guard
 from jobs import JobControl
 
 # Logged as "audio", the name these lines have always had in the job logs and container log.

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import asr
+from stages import asr
 
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
     from faster_whisper import WhisperModel
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("batching")  # the bare name: log lines read as before the move
 
 # How often a caller waiting for its rows looks at its job's stop check (seconds).
 WAIT_CHECK_S = 0.2

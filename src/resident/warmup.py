@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import alignment
-import asr
-import precision
-import vad
-from models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
+from stages import alignment
+from stages import asr
+from resident import precision
+from stages import vad
+from resident.models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 
 if TYPE_CHECKING:
-    import diarization
+    from stages import diarization
 
 # How long a diarization thread's warm-up waits for the others to start (seconds): they are
 # idle at start-up, so they start at once; the bound only keeps a broken pool from hanging.

@@ -27,19 +27,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
-from aligners import Aligner as Aligner
-from aligners import AlignerUnavailable as AlignerUnavailable
-from aligners import HalfPrecision as HalfPrecision
-from asr import WindowTranscript, log_mel_batch
+from stages.aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
+from stages.aligners import Aligner as Aligner
+from stages.aligners import AlignerUnavailable as AlignerUnavailable
+from stages.aligners import HalfPrecision as HalfPrecision
+from stages.asr import WindowTranscript, log_mel_batch
 from model_cache import SingleFlightCache, release_cuda_cache
 
 if TYPE_CHECKING:
-    from ctc_alignment import ForwardRunner
+    from stages.ctc_alignment import ForwardRunner
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper import WhisperModel
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("alignment")  # the bare name: log lines read as before the move
 
 # A failed aligner load (offline, unknown language) is not retried for this long, so a
 # worker without network does not pay the Hub's retry delays on every request.
@@ -206,7 +206,7 @@ def align_with_wav2vec2(
     budget: it raises to stop); None aligns all segments in one call.
     run_forward: where the model's forwards are queued (``ctc_alignment.align_segments``).
     """
-    import ctc_alignment
+    from stages import ctc_alignment
 
     segments = [ctc_alignment.SegmentText(t.start, t.end, t.text) for t in transcripts if t.text]
     if not segments:
@@ -225,7 +225,7 @@ def warm_up_aligner(aligner: Aligner, waveform: np.ndarray, device: str) -> int:
     """Run ``aligner`` once on every input shape a job can give it (GPU padded batches; see
     ``ctc_alignment.warm_up``) and align one segment of ``waveform`` end to end (text
     planning, trellis, sentence splitter). Returns the number of shapes warmed."""
-    import ctc_alignment
+    from stages import ctc_alignment
 
     shapes = ctc_alignment.warm_up(aligner.model, aligner.metadata, device)
     seconds = len(waveform) / ctc_alignment.SAMPLE_RATE
