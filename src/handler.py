@@ -11,7 +11,7 @@ Several jobs run at once (``MAX_CONCURRENT_JOBS``, told to RunPod through the SD
 thread of its own, so the SDK's event loop is never blocked; each thread carries its job's
 log capture (a context variable), and the Predictor merges the jobs' Whisper calls.
 
-Each job has one ``jobs.JobControl`` (deadline ``JOB_TIMEOUT_S`` and cancel token), made
+Each job has one ``job_control.JobControl`` (deadline ``JOB_TIMEOUT_S`` and cancel token), made
 when the job arrives: when RunPod stops a job (the SDK cancels ``serve_job``'s task), the
 control is cancelled and the job's thread stops at its next check, freeing its slot.
 
@@ -43,7 +43,7 @@ import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from typing import Any  # noqa: E402
 
-import jobs  # noqa: E402
+import job_control  # noqa: E402
 import result_store  # noqa: E402
 import rp_schema  # noqa: E402
 from stages.fetch import AudioError  # noqa: E402
@@ -54,7 +54,7 @@ from settings import WorkerSettings  # noqa: E402
 
 logger = logging.getLogger("handler")
 
-USER_ERRORS = (rp_schema.ValidationError, AudioError, ModelLoadError, UserError, jobs.JobStopped,
+USER_ERRORS = (rp_schema.ValidationError, AudioError, ModelLoadError, UserError, job_control.JobStopped,
                result_store.ResultError)
 
 # A response's log tail when the settings cannot be read (a bad ENV value): the default cap.
@@ -149,7 +149,7 @@ def _job_id(job: object) -> str:
     return str(job.get("id", "-")) if isinstance(job, dict) else "-"
 
 
-def handler(job: dict, control: jobs.JobControl | None = None) -> dict:
+def handler(job: dict, control: job_control.JobControl | None = None) -> dict:
     """Run one RunPod job; always returns a JSON-safe dict (``{"error": ...}`` on failure).
 
     ``control``: the job's deadline and cancel token (``serve_job`` makes one per job; by
@@ -158,14 +158,14 @@ def handler(job: dict, control: jobs.JobControl | None = None) -> dict:
     return rp_schema.json_safe(_handle(job, control))
 
 
-def _handle(job: dict, control: jobs.JobControl | None) -> dict:
+def _handle(job: dict, control: job_control.JobControl | None) -> dict:
     with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
         job_id = _job_id(job)
         try:
             predictor = _start_up()
             settings = predictor.settings
-            control = control or jobs.JobControl(settings.job_timeout_s, job_id)
+            control = control or job_control.JobControl(settings.job_timeout_s, job_id)
             job_input = job.get("input") if isinstance(job, dict) else None
             if job_input is None:
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
@@ -184,7 +184,7 @@ def _handle(job: dict, control: jobs.JobControl | None) -> dict:
             logger.exception("job failed")
             response: dict[str, Any] = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"),
                                         "logs": capture.text()}
-            if jobs.is_device_fault(exc):
+            if job_control.is_device_fault(exc):
                 # A CUDA context after a device-side error cannot be trusted: ask RunPod for
                 # a fresh worker once this job is answered.
                 response["error"] = redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}")
@@ -230,7 +230,7 @@ async def serve_job(job: dict) -> dict:
     cancelled, so its thread stops at its next check and its slot frees up.
     """
     loop = asyncio.get_running_loop()
-    control = jobs.JobControl(_budget_s(), _job_id(job))
+    control = job_control.JobControl(_budget_s(), _job_id(job))
     # A copy of this task's context: the job's log capture, set in the thread, stays its own.
     running = loop.run_in_executor(_threads(), contextvars.copy_context().run, handler, job, control)
     try:

@@ -34,7 +34,7 @@ from stages import audio
 from resident import batching
 import debug_info
 from stages import fetch
-import jobs
+import job_control
 from resident import precision
 import rp_schema
 from stages import speaker_assignment
@@ -119,12 +119,12 @@ class UserError(ValueError):
     """A problem the caller can fix (bad audio, unknown model); becomes ``{"error": ...}``."""
 
 
-# The ways a job ends early live with its control (``jobs``); re-exported for callers here.
-JobTimeout = jobs.JobTimeout
-JobCancelled = jobs.JobCancelled
-WorkerFault = jobs.WorkerFault
-is_device_fault = jobs.is_device_fault
-raise_if_device_fault = jobs.raise_if_device_fault
+# The ways a job ends early live with its control (``job_control``); re-exported for callers here.
+JobTimeout = job_control.JobTimeout
+JobCancelled = job_control.JobCancelled
+WorkerFault = job_control.WorkerFault
+is_device_fault = job_control.is_device_fault
+raise_if_device_fault = job_control.raise_if_device_fault
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -140,7 +140,7 @@ class _RequestState:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     # The job's deadline and cancel token: every stage, wait and loop checks it.
-    control: jobs.JobControl = field(default_factory=jobs.JobControl)
+    control: job_control.JobControl = field(default_factory=job_control.JobControl)
     # Set when the job is over (answered, failed): its diarization stops at the next batch.
     stop: threading.Event = field(default_factory=threading.Event)
     diarization_job: Future[diarization.DiarizationOutput] | None = None
@@ -338,7 +338,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None,
-                control: jobs.JobControl | None = None) -> dict:
+                control: job_control.JobControl | None = None) -> dict:
         """Run one request; returns the response dict (without ``logs``, which the handler adds).
 
         ``control``: the job's deadline and cancel token (default: a budget of
@@ -352,7 +352,7 @@ class Predictor:
         """
         if self.asr_models is None:
             self.setup()
-        control = control or jobs.JobControl(self.settings.job_timeout_s)
+        control = control or job_control.JobControl(self.settings.job_timeout_s)
         state = _RequestState(control=control)
 
         def notify(stage: str, percent: float | None) -> None:
@@ -470,7 +470,7 @@ class Predictor:
                 notify("diarize", None)
                 with state.timed("diarization_wait_s"):
                     segments, diarization_backend, embeddings = self._finish_diarization(diarization_job, segments, state)
-        except jobs.JobTimeout as exc:
+        except job_control.JobTimeout as exc:
             # The transcript is done: a deadline now costs only the stages after it.
             skipped = [name for name, wanted, done in (
                 ("alignment", opts.align_output and bool(kept), alignment_method is not None),
@@ -527,7 +527,7 @@ class Predictor:
                 raise UserError(f"diarization_model {name!r} is not allowed on this worker (ALLOWED_MODELS; "
                                 f"allowed: {', '.join(sorted(self._default_diarization_models() | set(allowed)))})")
 
-    def _on_torch_thread(self, work: Callable[[], T], control: jobs.JobControl | None = None, stage: str = "torch work") -> T:
+    def _on_torch_thread(self, work: Callable[[], T], control: job_control.JobControl | None = None, stage: str = "torch work") -> T:
         """``work()`` run in the torch thread, in this job's context (its log lines stay its
         own); this thread waits for it, in turn with other jobs' items (first come, first
         served). With ``control``, the wait ends when the job must stop: an item not yet
@@ -625,7 +625,7 @@ class Predictor:
                     f"wav2vec2 ({aligner.source})")
         except alignment.AlignerUnavailable as exc:
             reason = str(exc)
-        except jobs.JobStopped:
+        except job_control.JobStopped:
             raise
         except Exception as exc:  # OOM or a bug in the aligner must not lose the transcript
             raise_if_device_fault(exc, "alignment")
@@ -633,7 +633,7 @@ class Predictor:
         try:
             aligned = alignment.whisper_word_timings(model, waveform, kept, tokenizer, opts.batch_size, self.device,
                                                      check=check)
-        except jobs.JobStopped:
+        except job_control.JobStopped:
             raise
         except Exception as exc:
             raise_if_device_fault(exc, "alignment")
@@ -772,7 +772,7 @@ class Predictor:
                     control.check("diarization")
         except diarization.Stopped:
             raise control.error("diarization") from None
-        except jobs.JobStopped:
+        except job_control.JobStopped:
             raise
         except Exception as exc:  # DiarizationUnavailable, OOM, anything: keep the transcript
             raise_if_device_fault(exc, "diarization")

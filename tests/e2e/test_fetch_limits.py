@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from stages.fetch import AudioError, FetchPolicy, fetch_audio
-from jobs import JobCancelled, JobControl, JobTimeout
+from job_control import JobCancelled, JobControl, JobTimeout
 
 POLICY = FetchPolicy(allow_private_urls=True, connect_timeout_s=5, read_timeout_s=30, retries=3, backoff_s=0.05)
 

@@ -78,13 +78,13 @@ def test_max_new_tokens_grows_with_duration():
 
 # ---------------------------------------------------------------- deadline and OOM retry
 def test_deadline():
-    import jobs
+    import job_control
 
-    jobs.JobControl(0).check("anything")  # no budget: never raises
-    expired = jobs.JobControl(1e-9)
+    job_control.JobControl(0).check("anything")  # no budget: never raises
+    expired = job_control.JobControl(1e-9)
     with pytest.raises(predict.JobTimeout, match="time budget of .* during transcribe"):
         expired.check("transcribe")
-    cancelled = jobs.JobControl(0)
+    cancelled = job_control.JobControl(0)
     cancelled.cancel("cancelled by RunPod")
     with pytest.raises(predict.JobCancelled, match="cancelled by RunPod during vad"):
         cancelled.check("vad")

@@ -24,7 +24,7 @@ from stages import ffmpeg_tools
 from stages.audio import prepare_audio
 from stages.fetch import AudioError
 from hostile_files import concat, dash, hls, set_flac_total_samples, wav
-from jobs import JobCancelled, JobControl, JobTimeout
+from job_control import JobCancelled, JobControl, JobTimeout
 
 LIMIT_RE = r"\(MAX_AUDIO_SECONDS\)$"
 
