@@ -16,6 +16,7 @@ from references import BASE_MODEL
 
 from stages import alignment
 import handler
+import jobs
 import job_control
 import predict
 import rp_schema
@@ -93,7 +94,7 @@ def test_gpu_fault_in_alignment_replaces_the_worker(predictor, monkeypatch):
     monkeypatch.setattr(alignment, "align_with_wav2vec2", fault)
     with pytest.raises(predict.WorkerFault, match="alignment hit a GPU fault"):
         predictor.predict(_options(diarization=False, align_output=True))
-    monkeypatch.setattr(handler, "_start_up", lambda: predictor)
+    monkeypatch.setattr(jobs, "start_up", lambda: predictor)  # the job runner starts the worker
     answer = handler.handler({"id": "fault-1", "input": {"audio_file": str(festvox_wav(CLIP)), "language": "ru",
                                                          "diarization": False, "model": BASE_MODEL}})
     assert answer.get("refresh_worker") is True and "GPU fault" in answer["error"], answer
