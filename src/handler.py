@@ -47,6 +47,7 @@ from jobs import get_settings as get_settings  # noqa: E402  (re-exported: local
 from logs import quiet_sdk_logs, setup_logging  # noqa: E402
 from predict import ProgressFn  # noqa: E402
 from settings import WorkerSettings  # noqa: E402
+import transcript  # noqa: E402
 
 logger = logging.getLogger("handler")
 
@@ -88,7 +89,8 @@ def handler(job: dict, control: job_control.JobControl | None = None) -> dict:
     """
     job_input = job.get("input") if isinstance(job, dict) else None
     return rp_schema.json_safe(jobs.run_job(_job_id(job), job_input, control,
-                                            progress=lambda settings: _progress_sender(job, settings)))
+                                            progress=lambda settings: _progress_sender(job, settings),
+                                            render=transcript.response_dict))
 
 
 def concurrency_modifier(current: int) -> int:

@@ -32,6 +32,7 @@ from predict import Predictor, ProgressFn, UserError
 from resident.models import ModelLoadError
 from settings import WorkerSettings
 from stages.fetch import AudioError
+from transcript import Transcript, response_dict
 
 logger = logging.getLogger("handler")  # a job's log lines read as they did when the handler ran jobs
 
@@ -102,13 +103,15 @@ def _log_tail_chars() -> int:
 
 
 def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None = None,
-            progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None) -> dict:
+            progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None,
+            render: Callable[[Transcript], dict] = response_dict) -> dict:
     """Run one job; always returns a dict: the transcript with ``logs``, or ``{"error": ...,
     "logs": ...}`` (and ``refresh_worker: true`` after a GPU fault).
 
     job_id: "-" when the door has none. control: the job's deadline and cancel token (default:
     a budget of ``JOB_TIMEOUT_S`` from now). progress: the door's progress reporter for this
-    job, given the worker's settings (None: no reports).
+    job, given the worker's settings (None: no reports). render: the door's shape of the
+    Predictor's ``Transcript`` (default: today's response, ``transcript.response_dict``).
     """
     with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
@@ -120,7 +123,7 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
             options = rp_schema.resolve_options(job_input, settings.request_env)
             logger.info("job %s started: %r", job_id, options)
-            result = predictor.predict(options, progress=progress(settings), control=control)
+            result = render(predictor.transcribe(options, progress=progress(settings), control=control))
             logger.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
             result = result_store.deliver(result, job_id if job_id != "-" else "local", settings.results)
         except WorkerUnavailable as exc:

@@ -33,6 +33,7 @@ from resident import batching, lanes, startup
 from resident.models import AsrModels, ModelLoadError, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 from stages import alignment, asr, audio, fetch, vad
+from transcript import Transcript, response_dict
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -96,17 +97,16 @@ def output_language(language: str, task: str) -> str:
     return "en" if task == "translate" else language
 
 
-def attach_formats(response: dict, opts: rp_schema.RequestOptions, state: _RequestState) -> None:
-    """Subtitle/text renderings next to ``segments`` when ``output_format`` asks for one."""
-    response["output_format"] = opts.output_format
+def render_output(segments: list[dict], opts: rp_schema.RequestOptions, state: _RequestState) -> str | None:
+    """The subtitle/text rendering of ``segments`` when ``output_format`` asks for one."""
     if opts.output_format == "json":
-        return
+        return None
     try:
         from stages import formats
     except ImportError:
         state.warn(f"output_format {opts.output_format!r} is not available in this build")
-        return
-    response["output"] = formats.render(response["segments"], opts.output_format)
+        return None
+    return formats.render(segments, opts.output_format)
 
 
 class Predictor:
@@ -166,7 +166,12 @@ class Predictor:
     # ------------------------------------------------------------------ request
     def predict(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None,
                 control: job_control.JobControl | None = None) -> dict:
-        """Run one request; returns the response dict (without ``logs``, which the handler adds).
+        """``transcribe``, rendered as the worker's response dict (``transcript.response_dict``)."""
+        return response_dict(self.transcribe(opts, progress, control))
+
+    def transcribe(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None,
+                   control: job_control.JobControl | None = None) -> Transcript:
+        """Run one request through the stages; its ``Transcript``.
 
         ``control``: the job's deadline and cancel token (default: a budget of
         ``JOB_TIMEOUT_S`` from now); the job stops at the next check after either, with
@@ -207,7 +212,7 @@ class Predictor:
         busy = self.lanes.jobs_in_flight() > self.settings.batch_fill_max_jobs
         return 0.0 if busy else self.settings.batch_fill_chunk_s(self.device)
 
-    def _run(self, opts: rp_schema.RequestOptions, state: _RequestState, notify: ProgressFn, workdir: Path) -> dict:
+    def _run(self, opts: rp_schema.RequestOptions, state: _RequestState, notify: ProgressFn, workdir: Path) -> Transcript:
         assert self.asr_models is not None, "setup() has run (predict() runs it)"
         compute_type, note = effective_compute_type(opts.compute_type, self.device)
         if note:
@@ -289,15 +294,12 @@ class Predictor:
                 ("diarization", diarization_job is not None, diarization_backend is not None)) if wanted and not done]
             state.warn(f"{exc}: the transcript is returned without {' and '.join(skipped) or 'the remaining stages'}")
 
-        response: dict = {
-            "segments": segments,
-            "detected_language": language,
-            "language_probability": None if detection is None else round(detection.probability, 4),
-            "warnings": state.warnings,
-        }
-        if embeddings is not None:
-            response["speaker_embeddings"] = embeddings
-        attach_formats(response, opts, state)
+        transcript = Transcript(
+            segments=segments, language=language,
+            language_probability=None if detection is None else round(detection.probability, 4),
+            warnings=state.warnings, output_format=opts.output_format, speaker_embeddings=embeddings,
+        )
+        transcript.output = render_output(segments, opts, state)
         if opts.debug:
             stages = debug_info.StageResults(
                 prepared=prepared, model=resolved, compute_type=compute_type, n_mels=asr.mel_bins(model),
@@ -308,8 +310,8 @@ class Predictor:
             )
             runtime = debug_info.Runtime(device=self.device, tf32=self.tf32, gpu_stack_warnings=self.startup_warnings,
                                          startup_timings=self.startup_timings)
-            response["debug_info"] = debug_info.build(opts, dopts, vopts, stages, runtime)
-        return response
+            transcript.debug_info = debug_info.build(opts, dopts, vopts, stages, runtime)
+        return transcript
 
     # ------------------------------------------------------------------ stages
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:

@@ -24,7 +24,7 @@ MAX_CLASS_LINES = 300
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("doors", ("handler", "local_run")),
     ("job runner", ("jobs",)),
-    ("predict", ("predict", "debug_info", "job_diarization", "job_state", "model_policy")),
+    ("predict", ("predict", "transcript", "debug_info", "job_diarization", "job_state", "model_policy")),
     ("resident", ("resident.*",)),
     # Settings build the stages' policy objects (``fetch.FetchPolicy``) from ENV, so they sit
     # just above the stages; no stage reads ENV or imports the settings.
