@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from stages import asr
-from stages import audio
 import rp_schema
-from stages import vad
 from resident.models import ResolvedModel, whisper_dimensions
+from stages import asr, audio, vad
 
 
 @dataclass(frozen=True)

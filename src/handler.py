@@ -42,12 +42,12 @@ import time  # noqa: E402
 import job_control  # noqa: E402
 import jobs  # noqa: E402
 import rp_schema  # noqa: E402
+import transcript  # noqa: E402
 from jobs import get_predictor as get_predictor  # noqa: E402  (re-exported: benches start the worker here)
 from jobs import get_settings as get_settings  # noqa: E402  (re-exported: local_run reads them here)
 from logs import quiet_sdk_logs, setup_logging  # noqa: E402
 from predict import ProgressFn  # noqa: E402
 from settings import WorkerSettings  # noqa: E402
-import transcript  # noqa: E402
 
 logger = logging.getLogger("handler")
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from stages.fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 from logs import DEFAULT_LOG_PATH, redact
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
 from rp_schema import RequestEnv, read_request_env
+from stages.fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 
 
 class SettingsError(ValueError):

@@ -36,12 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages import alignment
-from stages import asr
 from resident import precision
-from stages import vad
 from resident.models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
+from stages import alignment, asr, vad
 
 if TYPE_CHECKING:
     from stages import diarization

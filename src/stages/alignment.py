@@ -27,17 +27,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
+from model_cache import SingleFlightCache, release_cuda_cache
 from stages.aligners import Aligner as Aligner
 from stages.aligners import AlignerUnavailable as AlignerUnavailable
+from stages.aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
 from stages.aligners import HalfPrecision as HalfPrecision
 from stages.asr import WindowTranscript, log_mel_batch
-from model_cache import SingleFlightCache, release_cuda_cache
 
 if TYPE_CHECKING:
-    from stages.ctc_alignment import ForwardRunner
-    from faster_whisper.tokenizer import Tokenizer
     from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
+
+    from stages.ctc_alignment import ForwardRunner
 
 logger = logging.getLogger("alignment")  # the bare name: log lines read as before the move
 

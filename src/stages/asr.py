@@ -28,8 +28,8 @@ from stages.vad import SAMPLE_RATE, SpeechWindow
 
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
-    from faster_whisper.tokenizer import Tokenizer
     from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
 
 logger = logging.getLogger("asr")  # the bare name: log lines read as before the move
 

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from job_control import JobControl
 from stages import ffmpeg_tools
 from stages.fetch import AudioError
 from stages.ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
-from job_control import JobControl
 
 logger = logging.getLogger("audio")  # the bare name: log lines read as before the move
 

@@ -48,8 +48,10 @@ import torch
 from pyannote.audio import Pipeline
 from pyannote.core import Annotation
 
-from stages.campplus import SAMPLE_RATE
 from model_cache import SingleFlightCache
+
+from stages import offline_diarization as _offline_diarization  # bound to its bare name below
+from stages.campplus import SAMPLE_RATE
 from stages.offline_diarization import (
     OFFLINE_BACKEND,
     OFFLINE_HYPER_PARAMETERS,
@@ -57,14 +59,11 @@ from stages.offline_diarization import (
     UnusedPLDA,
     build_offline_pipeline,
 )
-
 # Re-exported: local pipeline config.yaml files name ``diarization.OfflineSpeakerDiarization``
 # (pyannote imports the class by that name).
-from stages import offline_diarization as _offline_diarization
 from stages.offline_diarization import OfflineSpeakerDiarization as OfflineSpeakerDiarization
 from stages.pyannote_telemetry import disable_pyannote_telemetry
 from stages.speaker_assignment import SpeakerTurn, clip_turns
-
 
 if TYPE_CHECKING:
     from whisperx.diarize import DiarizationPipeline
@@ -286,8 +285,9 @@ def load_requested_pipeline(model: str, token: str | None, device: str) -> Diari
     unused PLDA: pyannote 4.0.7 otherwise loads community-1's PLDA files for it (pyannote
     #2044), and an operator who accepted only the repositories 3.1 uses could not load it.
     """
-    from stages import pyannote_hub
     from whisperx.diarize import DiarizationPipeline
+
+    from stages import pyannote_hub
 
     # pyannote hands the Hub only tokens that start with "hf_" (others are taken for pyannoteAI
     # keys): check the files with the token pyannote will use, and say so when it drops one.

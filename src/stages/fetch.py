@@ -56,8 +56,8 @@ from urllib3.exceptions import (
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util import parse_url
 
-from stages import url_guard
 from job_control import JobControl
+from stages import url_guard
 
 # Logged as "audio", the name these lines have always had in the job logs and container log.
 logger = logging.getLogger("audio")

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.fetch import AudioError
 from job_control import JobControl
+from stages.fetch import AudioError
 
 logger = logging.getLogger("ffmpeg_tools")  # the bare name: log lines read as before the move
 
