@@ -64,7 +64,7 @@ ENV MODELS_DIR=/models \
 # Which models are baked (see builder/fetch_models.py --help). OFFLINE_TEST_ASSETS, a folder
 # inside builder/ of the build context, bakes the small offline test models instead.
 # DIARIZATION_MODELS: the gated pyannote pipelines baked (comma/blank separated), each with
-# every file its config.yaml names (src/pyannote_hub.py lists them). HUB_MIRROR, a Hugging
+# every file its config.yaml names (src/stages/pyannote_hub.py lists them). HUB_MIRROR, a Hugging
 # Face cache folder inside builder/, stands in for the Hub (the image test's production ids).
 # MODELS_REFRESH: change it to re-run the fetch when nothing else changed (the hf_token
 # secret is not part of the build cache key, so adding a token alone reuses the old layer).
@@ -81,7 +81,7 @@ ARG MODELS_REFRESH=0
 # The Hugging Face token is a BuildKit secret: a file under /run/secrets during this RUN
 # only, never in a layer, a build argument or `docker history`.
 RUN --mount=type=bind,source=builder,target=/tmp/builder \
-    --mount=type=bind,source=src/pyannote_hub.py,target=/tmp/src/pyannote_hub.py \
+    --mount=type=bind,source=src/stages/pyannote_hub.py,target=/tmp/src/stages/pyannote_hub.py \
     --mount=type=secret,id=hf_token \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then \
@@ -99,7 +99,7 @@ RUN --mount=type=bind,source=builder,target=/tmp/builder \
       ${HUB_MIRROR:+--hub-mirror "/tmp/builder/${HUB_MIRROR}"}
 
 # ctranslate2 4.x dlopens libcublas.so.12 (and cuDNN 9) by name: make the pip-installed
-# copies findable. src/gpu_check.py reports at start-up when they are not.
+# copies findable. src/resident/gpu_check.py reports at start-up when they are not.
 ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -110,7 +110,7 @@ class Worker:
     def __init__(self, device: str = "cpu", compute_type: str = "int8") -> None:
         os.environ.setdefault("ALLOW_LOCAL_FILES", "true")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from fetch import FetchPolicy
+        from stages.fetch import FetchPolicy
         from predict import Predictor
         from settings import WorkerSettings
 
@@ -132,10 +132,10 @@ class Worker:
         return " ".join(s["text"] for s in out["segments"]), out["detected_language"]
 
     def detect(self, samples: np.ndarray) -> tuple[str | None, float]:
-        import asr
-        import vad
+        from stages import asr
+        from stages import vad
 
-        from models import resolve_asr_model
+        from resident.models import resolve_asr_model
 
         model, _ = self.predictor.asr_models.whisper(resolve_asr_model(BASE_MODEL, str(LOCAL_MODELS), None), self.compute_type)
         scores = vad.speech_scores(self.predictor.asr_models.vad(), samples)

@@ -29,9 +29,9 @@ def main() -> None:
 
     import torch  # noqa: F401 - first, so its CUDA libraries are the ones loaded
 
-    import asr
+    from stages import asr
     import run_bench
-    import vad
+    from stages import vad
     from faster_whisper import WhisperModel
 
     run_bench.cap_decoding(args.tokens_per_second)

@@ -49,7 +49,7 @@ def probe(args: argparse.Namespace) -> None:
 
     from whisperx.asr import WhisperModel
 
-    import asr
+    from stages import asr
 
     model = step("asr_load", lambda: WhisperModel(args.model, device="cuda", compute_type="float16"))
     rng = np.random.default_rng(0)
@@ -74,15 +74,15 @@ def probe(args: argparse.Namespace) -> None:
     step("detect_first", lambda: asr.detect(model, features(1)))
     step("detect_second", lambda: asr.detect(model, features(2)))
 
-    import vad
-    from models import AsrModels
+    from stages import vad
+    from resident.models import AsrModels
 
     vad_model = step("vad_load", lambda: AsrModels("cuda", ".", 0).vad())
     step("vad_30s_first", lambda: vad.speech_scores(vad_model, noise))
     step("vad_30s_second", lambda: vad.speech_scores(vad_model, noise[::-1].copy()))
     step("vad_120s", lambda: vad.speech_scores(vad_model, np.tile(noise, 4)))
 
-    from offline_diarization import build_offline_pipeline
+    from stages.offline_diarization import build_offline_pipeline
 
     pipeline = step("diarization_load", lambda: build_offline_pipeline(args.offline_diarization_dir, "cuda"))
     step("diarization_30s_first", lambda: pipeline({"waveform": torch.from_numpy(noise)[None], "sample_rate": 16000}))

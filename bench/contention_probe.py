@@ -31,8 +31,8 @@ from run_bench import cap_decoding  # noqa: E402
 
 def alone_table(predictor, rows_list: list[int], beams: list[int], seconds: float, repeats: int) -> list[dict]:
     """Seconds of one encode + generate of ``rows`` windows with nothing else running."""
-    import asr
-    from models import resolve_asr_model
+    from stages import asr
+    from resident.models import resolve_asr_model
     from predict import effective_compute_type
 
     name, compute_type = predictor._preload_choice()

@@ -44,9 +44,9 @@ from pyannote.core import Annotation, Segment, Timeline  # noqa: E402
 from pyannote.database.util import load_rttm  # noqa: E402
 from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 
-import diarization  # noqa: E402
-import offline_diarization  # noqa: E402
-import speaker_assignment  # noqa: E402
+from stages import diarization  # noqa: E402
+from stages import offline_diarization  # noqa: E402
+from stages import speaker_assignment  # noqa: E402
 
 logger = logging.getLogger("bench.diarization_quality")
 

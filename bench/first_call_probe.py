@@ -59,11 +59,11 @@ def main() -> None:
 
     import soundfile as sf
 
-    import alignment
-    import asr
-    import diarization
-    import vad
-    from models import AsrModels
+    from stages import alignment
+    from stages import asr
+    from stages import diarization
+    from stages import vad
+    from resident.models import AsrModels
     from random_models import make_random_wav2vec2
 
     waveform, rate = sf.read(args.audio, dtype="float32")

@@ -40,7 +40,7 @@ def main() -> None:
     from references import normalise, wer
 
     import rp_schema
-    from fetch import FetchPolicy
+    from stages.fetch import FetchPolicy
     from predict import Predictor
     from settings import WorkerSettings
 

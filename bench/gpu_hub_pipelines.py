@@ -45,7 +45,7 @@ def main() -> None:
 
     import soundfile as sf
 
-    import diarization
+    from stages import diarization
 
     waveform, rate = sf.read(args.audio, dtype="float32")
     assert rate == diarization.SAMPLE_RATE, rate

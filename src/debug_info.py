@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import asr
-import audio
 import rp_schema
-import vad
-from models import ResolvedModel, whisper_dimensions
+from resident.models import ResolvedModel, whisper_dimensions
+from stages import asr, audio, vad
 
 
 @dataclass(frozen=True)

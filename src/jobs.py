@@ -1,130 +1,193 @@
-"""One job's life: its deadline, its cancel token and the ways it can end early (stopped:
-timed out or cancelled; or a worker fault that asks for a fresh worker).
+"""The job runner: one job's life, from arrival to answer, whatever door it came through.
 
-Every stage, every wait (for the Whisper batcher, the torch thread, a diarization thread, a
-download, ffmpeg) and every loop over windows, chunks or batches of a job consults the job's
-``JobControl``: ``check(stage)`` raises ``JobTimeout`` once the time budget is spent and
-``JobCancelled`` once the caller has gone (RunPod's stop, a client that disconnects);
-``remaining()`` bounds a blocking wait. The control is the only owner of those facts, so
-a stage never needs the Predictor, a door or a flag of its own to know when to stop.
+It owns what every job goes through around the Predictor's stages: the worker's start-up
+(once; a failure is remembered and answered to every job, not retried), the job's control
+(deadline ``JOB_TIMEOUT_S`` from arrival and cancel token, ``job_control.JobControl``), its
+own log capture, the job threads (as many as jobs may run at once, ``MAX_CONCURRENT_JOBS``),
+validation of the input (``rp_schema``), result delivery (``result_store``: inline or a
+bucket) and the kinds of failure: a user's mistake gets a message naming the field or the
+problem, a GPU fault asks for a fresh worker (``refresh_worker``), anything else a short
+internal-error message while the worker keeps serving. No exception escapes a job.
 
-This module imports nothing of the worker's: any stage may take a ``JobControl``.
+A door (``handler`` for RunPod's queue, ``local_run`` for the CLI) turns its own request into
+``run_job``'s arguments and its answer into its own shape.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import job_control
+import result_store
+import rp_schema
+from logs import capture_request_logs, redact
+from predict import Predictor, ProgressFn, UserError
+from resident.models import ModelLoadError
+from settings import WorkerSettings
+from stages.fetch import AudioError
+from transcript import Transcript, response_dict
+
+logger = logging.getLogger("handler")  # a job's log lines read as they did when the handler ran jobs
+
+USER_ERRORS = (rp_schema.ValidationError, AudioError, ModelLoadError, UserError, job_control.JobStopped,
+               result_store.ResultError)
+
+# A response's log tail when the settings cannot be read (a bad ENV value): the default cap.
+FALLBACK_LOG_TAIL_CHARS = WorkerSettings.log_tail_chars
+
+_settings: WorkerSettings | None = None
+_predictor: Predictor | None = None
+_predictor_lock = threading.Lock()
+_job_threads: ThreadPoolExecutor | None = None
+# Why this worker cannot serve (a bad setting, an unusable device), said once in the log and
+# then in every job's answer; None while it can.
+_startup_failure: str | None = None
 
 
-class JobStopped(ValueError):
-    """The job must end now (its deadline passed or it was cancelled); becomes ``{"error": ...}``."""
-
-    kind = "stopped"
-
-
-class JobTimeout(JobStopped):
-    """The job ran past its time budget (``JOB_TIMEOUT_S``)."""
-
-    kind = "timeout"
-
-
-class JobCancelled(JobStopped):
-    """Nobody waits for the job any more (RunPod cancelled it, the client went away)."""
-
-    kind = "cancelled"
+def get_settings() -> WorkerSettings:
+    """The worker's settings: the resident Predictor's, else the ENV read once, now."""
+    global _settings
+    with _predictor_lock:
+        if _predictor is not None:
+            return _predictor.settings
+        if _settings is None:
+            _settings = WorkerSettings.from_env()
+        return _settings
 
 
-class WorkerFault(RuntimeError):
-    """A failure that leaves the worker itself suspect (a CUDA error: the context may be
-    corrupt): the job fails and RunPod is asked for a fresh worker (``refresh_worker``)."""
-
-    kind = "worker fault"
-
-
-_DEVICE_FAULT_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "cudaerror",
-                         "cublas_status_execution_failed", "cudnn_status_execution_failed",
-                         "unspecified launch failure", "misaligned address")
-
-
-def is_device_fault(exc: BaseException) -> bool:
-    """True for GPU errors after which the process's CUDA context cannot be trusted (an
-    out-of-memory error is not one: the context survives it)."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "out of memory" in text:
-        return False
-    return isinstance(exc, WorkerFault) or any(marker in text for marker in _DEVICE_FAULT_MARKERS)
+def get_predictor() -> Predictor:
+    """The process-wide Predictor, created (with :func:`get_settings`) and set up on first use."""
+    global _predictor
+    settings = get_settings()
+    with _predictor_lock:
+        if _predictor is None:
+            predictor = Predictor(settings)
+            predictor.setup()
+            _predictor = predictor
+        return _predictor
 
 
-def raise_if_device_fault(exc: BaseException, stage: str) -> None:
-    """Re-raise ``exc`` as ``WorkerFault`` when it is a device fault; stages that turn their
-    failures into warnings call this first, so a suspect context is never served again."""
-    if is_device_fault(exc):
-        raise WorkerFault(f"{stage} hit a GPU fault ({type(exc).__name__}: {str(exc)[:200]})") from exc
+class WorkerUnavailable(RuntimeError):
+    """The worker could not start; every job is answered with the cause."""
 
 
-class JobControl:
-    """A job's deadline and cancel token; thread-safe, shared by every thread working for it.
+def start_up() -> Predictor:
+    """The Predictor, or ``WorkerUnavailable`` naming why there is none. A start-up failure
+    (bad settings, no usable device) is remembered and logged once, not retried per job:
+    the same ENV and machine would fail the same way."""
+    global _startup_failure
+    if _startup_failure is not None:
+        raise WorkerUnavailable(_startup_failure)
+    try:
+        return get_predictor()
+    except (ValueError, ModelLoadError, OSError) as exc:
+        _startup_failure = f"worker start-up failed: {redact(str(exc))}"
+        logger.error("%s (every job is answered with this until the endpoint's settings are fixed)", _startup_failure)
+        raise WorkerUnavailable(_startup_failure) from None
 
-    ``budget_s``: the time budget in seconds from creation (0 or less = none).
+
+def _log_tail_chars() -> int:
+    """Cap of a response's ``logs`` (``LOG_TAIL_CHARS``); the default when the settings cannot be
+    read, so that the job can still answer with the error that names the bad value."""
+    try:
+        return get_settings().log_tail_chars
+    except ValueError:
+        return FALLBACK_LOG_TAIL_CHARS
+
+
+def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None = None,
+            progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None,
+            render: Callable[[Transcript], dict] = response_dict) -> dict:
+    """Run one job; always returns a dict: the transcript with ``logs``, or ``{"error": ...,
+    "logs": ...}`` (and ``refresh_worker: true`` after a GPU fault).
+
+    job_id: "-" when the door has none. control: the job's deadline and cancel token (default:
+    a budget of ``JOB_TIMEOUT_S`` from now). progress: the door's progress reporter for this
+    job, given the worker's settings (None: no reports). render: the door's shape of the
+    Predictor's ``Transcript`` (default: today's response, ``transcript.response_dict``).
     """
-
-    def __init__(self, budget_s: float = 0.0, job_id: str = "-") -> None:
-        self.job_id = job_id
-        self.budget_s = budget_s if budget_s > 0 else 0.0
-        self.started = time.monotonic()
-        self._ends = self.started + budget_s if budget_s > 0 else None
-        self._cancelled = threading.Event()
-        self._cancel_reason = ""
-
-    # ------------------------------------------------------------------ state
-    def cancel(self, reason: str = "cancelled") -> None:
-        """Stop the job at its next check (idempotent; the first reason is kept)."""
-        if not self._cancelled.is_set():
-            self._cancel_reason = reason
-            self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def expired(self) -> bool:
-        return self._ends is not None and time.monotonic() > self._ends
-
-    def stopped(self) -> bool:
-        """True once the job must end (cancelled or past its deadline)."""
-        return self.cancelled or self.expired()
-
-    def remaining(self) -> float | None:
-        """Seconds left (>= 0); None when there is no budget."""
-        return None if self._ends is None else max(0.0, self._ends - time.monotonic())
-
-    # ------------------------------------------------------------------ checks
-    def error(self, stage: str) -> JobStopped:
-        """The exception that ends the job in ``stage`` (cancel wins over the deadline)."""
-        if self.cancelled:
-            return JobCancelled(f"job {self._cancel_reason} during {stage}")
-        return JobTimeout(f"job exceeded its time budget of {self.budget_s:g} s (JOB_TIMEOUT_S) during {stage}")
-
-    def check(self, stage: str) -> None:
-        """Raise ``JobCancelled`` / ``JobTimeout`` if the job must stop; ``stage`` names where."""
-        if self.stopped():
-            raise self.error(stage)
-
-    def wait_time(self, cap_s: float | None = None) -> float | None:
-        """How long a blocking wait may last before it must look again: the time left, at most
-        ``cap_s`` (None = no limit)."""
-        left = self.remaining()
-        if cap_s is None:
-            return left
-        return cap_s if left is None else min(left, cap_s)
-
-    def sleep(self, seconds: float, stage: str) -> None:
-        """Wait ``seconds`` (a retry's back-off), waking early to raise when the job must stop."""
-        self._cancelled.wait(self.wait_time(seconds))
-        self.check(stage)
+    with capture_request_logs(_log_tail_chars()) as capture:
+        started = time.perf_counter()
+        try:
+            predictor = start_up()
+            settings = predictor.settings
+            control = control or job_control.JobControl(settings.job_timeout_s, job_id)
+            if job_input is None:
+                raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
+            options = rp_schema.resolve_options(job_input, settings.request_env)
+            logger.info("job %s started: %r", job_id, options)
+            result = render(predictor.transcribe(options, progress=progress(settings), control=control))
+            logger.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
+            result = result_store.deliver(result, job_id if job_id != "-" else "local", settings.results)
+        except WorkerUnavailable as exc:
+            return {"error": str(exc), "logs": capture.text()}
+        except USER_ERRORS as exc:
+            message = redact(str(exc))
+            logger.warning("job %s rejected: %s", job_id, message)
+            return {"error": message, "logs": capture.text()}
+        except Exception as exc:  # a bug or an OOM must not take the worker down
+            logger.exception("job failed")
+            response: dict[str, Any] = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"),
+                                        "logs": capture.text()}
+            if job_control.is_device_fault(exc):
+                # A CUDA context after a device-side error cannot be trusted: ask RunPod for
+                # a fresh worker once this job is answered.
+                response["error"] = redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}")
+                response["refresh_worker"] = True
+            return response
+    result["logs"] = capture.text()
+    return result
 
 
-# A control that never stops: for warm-up and callers outside a job.
-def unbounded() -> JobControl:
-    return JobControl(0.0)
+def max_concurrent_jobs() -> int:
+    """How many jobs this worker takes at once: the Predictor's ``max_concurrent_jobs``
+    (``MAX_CONCURRENT_JOBS``, else chosen from the GPU's memory); 1 while the worker cannot
+    start (each job is then answered with the cause)."""
+    try:
+        return start_up().max_concurrent_jobs
+    except WorkerUnavailable:
+        return 1
+
+
+def _threads() -> ThreadPoolExecutor:
+    """The job threads: as many as jobs may run at once (more jobs wait for a thread)."""
+    global _job_threads
+    with _predictor_lock:
+        if _job_threads is None:
+            count = _predictor.max_concurrent_jobs if _predictor is not None else 1
+            _job_threads = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="job")
+        return _job_threads
+
+
+def _budget_s() -> float:
+    try:
+        return get_settings().job_timeout_s
+    except ValueError:
+        return 0.0
+
+
+async def run_in_job_thread(run: Callable[[job_control.JobControl], dict], job_id: str) -> dict:
+    """``run(control)`` in a job thread, awaited, so the caller's event loop keeps serving while
+    jobs run.
+
+    The job's deadline starts now, when the job arrives (a wait for a job thread counts).
+    When the awaiting task is cancelled (RunPod stops the job, a client goes away), the job's
+    control is cancelled, so its thread stops at its next check and its slot frees up.
+    """
+    loop = asyncio.get_running_loop()
+    control = job_control.JobControl(_budget_s(), job_id)
+    # A copy of this task's context: the job's log capture, set in the thread, stays its own.
+    running = loop.run_in_executor(_threads(), contextvars.copy_context().run, run, control)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        control.cancel("cancelled by RunPod")
+        logger.info("job %s cancelled: its work stops at the next check", control.job_id)
+        raise

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 from logs import DEFAULT_LOG_PATH, redact
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
 from rp_schema import RequestEnv, read_request_env
+from stages.fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 
 
 class SettingsError(ValueError):
@@ -437,11 +437,11 @@ class WorkerSettings:
     log_path, log_level: the container log file and the root log level (``CONTAINER_LOG_PATH``,
         ``LOG_LEVEL``), for ``logs.setup_logging``.
     max_concurrent_jobs: jobs one worker runs at once (``MAX_CONCURRENT_JOBS``; 0 = chosen from
-        the device: ``predict.default_concurrent_jobs``). The handler tells RunPod through the
+        the device: ``resident.lanes.default_concurrent_jobs``). The handler tells RunPod through the
         SDK's ``concurrency_modifier``; concurrent jobs share Whisper calls (``batching``).
     diarization_threads: diarizations that run at once, each in its own thread with its own
         copy of the offline pipeline (``DIARIZATION_THREADS``; 0 = chosen from the device and
-        ``max_concurrent_jobs``: ``predict.default_diarization_threads``).
+        ``max_concurrent_jobs``: ``resident.lanes.default_diarization_threads``).
     kernel_cache_dir: where the CUDA driver keeps the GPU code it compiles from PTX
         (``KERNEL_CACHE_DIR``; default: a folder on RunPod's network volume when one is mounted
         at ``/runpod-volume``, else the driver's own default in the container). Set as

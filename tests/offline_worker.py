@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from references import ASSETS, BASE_MODEL, LOCAL_MODELS, require_assets
 
-from fetch import FetchPolicy
+from stages.fetch import FetchPolicy
 from predict import Predictor
 from settings import WorkerSettings
 

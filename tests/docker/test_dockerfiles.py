@@ -118,7 +118,7 @@ def test_runtime_env_points_where_the_fetcher_bakes():
 
 def test_worker_default_model_is_baked_by_default():
     import rp_schema  # src/ is on sys.path (tests/conftest.py)
-    from models import KNOWN_HUB_IDS
+    from resident.models import KNOWN_HUB_IDS
 
     default = rp_schema.INPUT_SCHEMA["model"]["default"]
     assert arg_defaults("Dockerfile.base")["ASR_MODELS"] == KNOWN_HUB_IDS[default] == fetch_models.DEFAULT_ASR_MODELS

@@ -49,7 +49,7 @@ def test_fetcher_bakes_the_production_ids_from_the_mirror(tmp_path):
 
     # Every file of both pipelines is in the image's cache, found offline with no token.
     check = (
-        "import pyannote_hub, sys\n"
+        "import sys\nfrom stages import pyannote_hub\n"
         "for pipeline in sys.argv[1:]:\n"
         "    files = pyannote_hub.needed_files(pipeline, pyannote_hub.read_config(pipeline, None))\n"
         "    missing = pyannote_hub.missing_files(files, None)\n"

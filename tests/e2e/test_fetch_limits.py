@@ -1,4 +1,4 @@
-"""Time limits of a download (src/fetch.py) against real local HTTP servers that misbehave.
+"""Time limits of a download (src/stages/fetch.py) against real local HTTP servers that misbehave.
 
 A server that sends one byte a second never trips a read timeout, so before the total limit
 a job with ``JOB_TIMEOUT_S=17`` got its answer after ~58 s. Now:
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from fetch import AudioError, FetchPolicy, fetch_audio
-from jobs import JobCancelled, JobControl, JobTimeout
+from stages.fetch import AudioError, FetchPolicy, fetch_audio
+from job_control import JobCancelled, JobControl, JobTimeout
 
 POLICY = FetchPolicy(allow_private_urls=True, connect_timeout_s=5, read_timeout_s=30, retries=3, backoff_s=0.05)
 

@@ -479,6 +479,7 @@ def inproc(tmp_path_factory):
     """``handler.handler`` in this process with a Predictor on the offline base model, ENV
     of a production worker (no private URLs, no local files) and temp dirs under a test folder."""
     import handler as handler_module
+    import jobs
     import predict
     from rp_schema import read_request_env
     from settings import WorkerSettings
@@ -497,7 +498,7 @@ def inproc(tmp_path_factory):
                            request_env=read_request_env({"MODEL": env["MODEL"]}))
         )
         predictor.setup()
-        mp.setattr(handler_module, "_predictor", predictor)
+        mp.setattr(jobs, "_predictor", predictor)  # the job runner holds the worker's Predictor
         yield InProcess(handler_module.handler, predictor, tmp)
 
 

@@ -19,8 +19,8 @@ import pytest
 import quality
 from references import ROOT, FESTVOX, festvox_edge_words, festvox_transcripts, normalise
 
-import alignment
-import asr
+from stages import alignment
+from stages import asr
 import rp_schema
 from predict import Predictor
 from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env

@@ -15,6 +15,7 @@ from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 from references import FESTVOX, PYANNOTE_SAMPLE
 
 import handler as handler_module
+import jobs
 from logs import setup_logging
 from rp_schema import read_request_env
 
@@ -40,8 +41,8 @@ def worker(tmp_path_factory):
     with offline_process_env(), pytest.MonkeyPatch.context() as mp:
         predictor = offline_predictor(preload_align_languages=("ru",), max_concurrent_jobs=4,
                                       request_env=read_request_env(REQUEST_ENV))
-        mp.setattr(handler_module, "_predictor", predictor)
-        mp.setattr(handler_module, "_job_threads", None)
+        mp.setattr(jobs, "_predictor", predictor)  # the job runner holds the worker's Predictor
+        mp.setattr(jobs, "_job_threads", None)
         yield predictor
 
 

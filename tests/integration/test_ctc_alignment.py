@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from references import FESTVOX, ROOT, festvox_pause_runs, festvox_transcripts, require_assets
 
-import alignment
-import asr
-import ctc_alignment
-from ctc_alignment import CtcAlignOptions, SegmentText
+from stages import alignment
+from stages import asr
+from stages import ctc_alignment
+from stages.ctc_alignment import CtcAlignOptions, SegmentText
 
 sys.path.insert(0, str(ROOT / "bench"))
 from random_models import RUSSIAN_LETTERS, make_random_wav2vec2  # noqa: E402

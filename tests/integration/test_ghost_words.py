@@ -37,11 +37,11 @@ if __name__ == "__main__":  # run as a script: the same import path pytest's con
 
 from references import FESTVOX, LOCAL_MODELS, festvox_transcripts, wer
 
-import asr
-import hallucinations
+from stages import asr
+from stages import hallucinations
 import quality
 import rp_schema
-import vad
+from stages import vad
 from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 SR = 16_000
@@ -303,7 +303,7 @@ def run_forced(predictor, rendered: dict[str, np.ndarray], language: str = "ru")
     fooled by the noise, hands the decoder), with its real VAD speech probability and the
     request's default decoding options: the case Whisper's thresholds alone decide by a few
     hundredths, differently on different CPUs."""
-    from models import resolve_asr_model
+    from resident.models import resolve_asr_model
     from predict import decode_options
 
     audio = np.concatenate(list(rendered.values()))

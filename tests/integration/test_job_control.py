@@ -14,15 +14,16 @@ import pytest
 from fixtures_audio import CLIP, festvox_wav
 from references import BASE_MODEL
 
-import alignment
+from stages import alignment
 import handler
 import jobs
+import job_control
 import predict
 import rp_schema
 from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 
-class ExpiresAt(jobs.JobControl):
+class ExpiresAt(job_control.JobControl):
     """A job whose deadline passes when it first reaches ``stage`` (a budget of an hour
     otherwise)."""
 
@@ -36,7 +37,7 @@ class ExpiresAt(jobs.JobControl):
         super().check(stage)
 
 
-class CancelledAt(jobs.JobControl):
+class CancelledAt(job_control.JobControl):
     """A job that RunPod cancels when it first reaches ``stage``."""
 
     def __init__(self, stage: str) -> None:
@@ -72,7 +73,7 @@ def test_deadline_after_transcription_keeps_the_transcript(predictor, stage, ski
 @pytest.mark.parametrize("stage", ["download", "vad", "transcribe", "align", "diarize"])
 def test_cancel_ends_the_job_at_any_stage_and_leaves_no_threads(predictor, stage):
     before = {t.name for t in threading.enumerate()}
-    with pytest.raises(jobs.JobCancelled, match=f"cancelled by RunPod during {stage}"):
+    with pytest.raises(job_control.JobCancelled, match=f"cancelled by RunPod during {stage}"):
         predictor.predict(_options(diarization=True), control=CancelledAt(stage))
     time.sleep(0.5)
     leftover = {t.name for t in threading.enumerate()} - before
@@ -93,7 +94,7 @@ def test_gpu_fault_in_alignment_replaces_the_worker(predictor, monkeypatch):
     monkeypatch.setattr(alignment, "align_with_wav2vec2", fault)
     with pytest.raises(predict.WorkerFault, match="alignment hit a GPU fault"):
         predictor.predict(_options(diarization=False, align_output=True))
-    monkeypatch.setattr(handler, "_start_up", lambda: predictor)
+    monkeypatch.setattr(jobs, "start_up", lambda: predictor)  # the job runner starts the worker
     answer = handler.handler({"id": "fault-1", "input": {"audio_file": str(festvox_wav(CLIP)), "language": "ru",
                                                          "diarization": False, "model": BASE_MODEL}})
     assert answer.get("refresh_worker") is True and "GPU fault" in answer["error"], answer

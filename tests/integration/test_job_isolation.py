@@ -14,7 +14,7 @@ from references import FESTVOX
 
 import predict
 import rp_schema
-import vad
+from stages import vad
 
 
 @pytest.fixture(scope="module")

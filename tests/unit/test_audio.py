@@ -1,4 +1,4 @@
-"""Tests for src/fetch.py and src/audio.py: sources, download safety and decoding.
+"""Tests for src/stages/fetch.py and src/stages/audio.py: sources, download safety and decoding.
 
 Media fixtures are made at test time with ffmpeg from one real speech file;
 downloads go to a throw-away HTTP server on 127.0.0.1 only.
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import audio
-import fetch
-from audio import PreparedAudio, prepare_audio
-from fetch import AudioError, FetchPolicy, fetch_audio
+from stages import audio
+from stages import fetch
+from stages.audio import PreparedAudio, prepare_audio
+from stages.fetch import AudioError, FetchPolicy, fetch_audio
 from settings import fetch_policy_from_env
 
 from references import FESTVOX, require_assets

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-import asr
-import batching
+from stages import asr
+from resident import batching
 
 CALL = asr.GenerateCall(prompt=(1, 2), suppress=(3,), temperature=0.0, beam_size=5, patience=1.0, best_of=1,
                         length_penalty=1.0)

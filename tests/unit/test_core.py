@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-import asr
+from stages import asr
 import logs
 import predict
-import vad
+from stages import vad
 from settings import WorkerSettings
 
 
@@ -78,13 +78,13 @@ def test_max_new_tokens_grows_with_duration():
 
 # ---------------------------------------------------------------- deadline and OOM retry
 def test_deadline():
-    import jobs
+    import job_control
 
-    jobs.JobControl(0).check("anything")  # no budget: never raises
-    expired = jobs.JobControl(1e-9)
+    job_control.JobControl(0).check("anything")  # no budget: never raises
+    expired = job_control.JobControl(1e-9)
     with pytest.raises(predict.JobTimeout, match="time budget of .* during transcribe"):
         expired.check("transcribe")
-    cancelled = jobs.JobControl(0)
+    cancelled = job_control.JobControl(0)
     cancelled.cancel("cancelled by RunPod")
     with pytest.raises(predict.JobCancelled, match="cancelled by RunPod during vad"):
         cancelled.check("vad")
@@ -314,9 +314,9 @@ def test_worker_settings_reject_bad_env(env):
 
 
 @pytest.mark.parametrize(("module", "absent"), [
-    ("speaker_assignment", ("torch", "numpy", "pyannote")),  # word -> speaker: standard library only
+    ("stages.speaker_assignment", ("torch", "numpy", "pyannote")),  # word -> speaker: standard library only
     ("rp_schema", ("torch", "numpy", "whisperx")),  # the contract loads in milliseconds
-    ("fetch", ("numpy", "soundfile", "torch")),  # fetching needs no decoder
+    ("stages.fetch", ("numpy", "soundfile", "torch")),  # fetching needs no decoder
     ("settings", ("torch", "numpy", "whisperx")),  # read before the heavy libraries, at start-up
 ])
 def test_light_modules_stay_light(module: str, absent: tuple[str, ...]):

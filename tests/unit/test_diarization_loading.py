@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-import diarization
+from stages import diarization
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-import fetch
+from stages import fetch
 
 PUBLIC = "93.184.216.34"
 

@@ -1,5 +1,5 @@
 """FairTurns: first come first served, a holder hands its turn over at a break, a stopped
-waiter leaves the queue (src/fair_turns.py)."""
+waiter leaves the queue (src/resident/fair_turns.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fair_turns import FairTurns
+from resident.fair_turns import FairTurns
 
 
 def test_one_slot_serves_in_order_and_hands_over_at_breaks():

@@ -1,4 +1,4 @@
-"""Tests for src/formats.py: subtitle cues and the json/srt/vtt/txt/tsv renderings.
+"""Tests for src/stages/formats.py: subtitle cues and the json/srt/vtt/txt/tsv renderings.
 
 SRT and VTT output is read back with the ``srt`` and ``webvtt-py`` parsers, and every
 check runs on what they parse. Realistic input is Russian sentences from the festvox
@@ -22,8 +22,8 @@ import webvtt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import formats
-from formats import Cue, SubtitleOptions
+from stages import formats
+from stages.formats import Cue, SubtitleOptions
 from references import FESTVOX
 
 _PROMPTS = FESTVOX / "etc" / "txt.done.data"

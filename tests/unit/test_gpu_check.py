@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-import gpu_check
+from resident import gpu_check
 import pytest
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import asr
-import hallucinations as h
+from stages import asr
+from stages import hallucinations as h
 
 
 @pytest.mark.parametrize("text", [

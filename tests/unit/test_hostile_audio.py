@@ -1,4 +1,4 @@
-"""Hostile inputs for src/audio.py (and src/ffmpeg_tools.py): length bombs, lying headers,
+"""Hostile inputs for src/stages/audio.py (and src/stages/ffmpeg_tools.py): length bombs, lying headers,
 files that name other files, and jobs that stop mid-decode.
 
 Every file is made at test time (hand-written bytes, or ffmpeg's lavfi generators) and
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import audio
-import ffmpeg_tools
-from audio import prepare_audio
-from fetch import AudioError
+from stages import audio
+from stages import ffmpeg_tools
+from stages.audio import prepare_audio
+from stages.fetch import AudioError
 from hostile_files import concat, dash, hls, set_flac_total_samples, wav
-from jobs import JobCancelled, JobControl, JobTimeout
+from job_control import JobCancelled, JobControl, JobTimeout
 
 LIMIT_RE = r"\(MAX_AUDIO_SECONDS\)$"
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from models import looks_like_local_path
+from resident.models import looks_like_local_path
 
 
 @pytest.mark.parametrize("name", ["/etc", "/nonexistent/config.yaml", "pipeline.yml", "~/pipelines/x", "./x",
@@ -30,7 +30,7 @@ class _RecordingAligners:
         self.asked: list[str] = []
 
     def get(self, language, wait_check=None):
-        import alignment
+        from stages import alignment
 
         self.asked.append(language)
         raise alignment.AlignerUnavailable(f"no aligner for {language}")
@@ -40,7 +40,7 @@ class _RecordingAligners:
 def test_translation_is_aligned_in_english(task, expected, monkeypatch):
     """``task: translate`` gives English text: the English aligner is asked for (or Whisper's
     timings used), not the source language's (issue 13 #7)."""
-    import alignment
+    from stages import alignment
     import predict
     import rp_schema
     from settings import WorkerSettings
@@ -62,7 +62,7 @@ def test_translation_is_aligned_in_english(task, expected, monkeypatch):
 
 
 def test_allow_list_entries():
-    from models import is_allowed
+    from resident.models import is_allowed
 
     always = {"large-v3-default"}
     assert is_allowed("large-v3-default", "float32", (), always)
@@ -75,7 +75,7 @@ def test_allow_list_entries():
 
 
 def test_models_dir_folders_are_allowed_but_not_path_tricks(tmp_path):
-    from models import in_models_dir
+    from resident.models import in_models_dir
 
     (tmp_path / "whisper-a").mkdir()
     (tmp_path / "whisper-a" / "model.bin").write_bytes(b"")
@@ -96,7 +96,7 @@ def test_asr_cache_drops_least_recently_used_non_default(monkeypatch):
     ones; the preloaded (kept) model is never dropped (issue 13 #3)."""
     import faster_whisper
 
-    from models import AsrModels, ResolvedModel
+    from resident.models import AsrModels, ResolvedModel
 
     monkeypatch.setattr(faster_whisper, "WhisperModel", _FakeWhisper)
     models = AsrModels("cpu", "/nonexistent", max_cached=2)
@@ -119,7 +119,7 @@ def test_asr_cache_drops_least_recently_used_non_default(monkeypatch):
 
 
 def test_diarization_cache_drops_least_recently_used_non_default():
-    import diarization
+    from stages import diarization
 
     registry = diarization.DiarizationModels("cpu", "/nonexistent", max_cached=1,
                                              kept_models=frozenset({"pyannote/default"}))
@@ -134,8 +134,8 @@ def test_budget_checked_between_alignment_groups(monkeypatch):
     budget before each; once it is spent no further group is aligned (issue 13 #6)."""
     from types import SimpleNamespace
 
-    import alignment
-    import ctc_alignment
+    from stages import alignment
+    from stages import ctc_alignment
 
     aligned_groups = []
     monkeypatch.setattr(ctc_alignment, "align_segments", lambda segments, *a, **k: aligned_groups.append(len(segments)) or [])
@@ -172,7 +172,7 @@ def test_stopped_diarization_does_not_fall_back_to_the_offline_pipeline(monkeypa
     """A run stopped because its job is over ends there: no second (offline) run."""
     import numpy as np
 
-    import diarization
+    from stages import diarization
 
     registry = diarization.DiarizationModels("cpu", "/nonexistent", kept_models=frozenset())
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import alignment
-import diarization
+from stages import alignment
+from stages import diarization
 import model_cache
-from models import AsrModels, ModelLoadError, ResolvedModel
+from resident.models import AsrModels, ModelLoadError, ResolvedModel
 
 # How long a load of another key may delay a caller at most (seconds): far above a dict look-up,
 # far below a model load.

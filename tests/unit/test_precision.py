@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import precision
+from resident import precision
 from settings import WorkerSettings
 
 

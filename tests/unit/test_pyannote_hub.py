@@ -1,4 +1,4 @@
-"""src/pyannote_hub.py: the files a pyannote pipeline config needs, found (or not) offline.
+"""src/stages/pyannote_hub.py: the files a pyannote pipeline config needs, found (or not) offline.
 
 The configs are the public ``config.yaml`` of the two pipelines the worker names (as
 scripts/hub_cache.py writes them); the cache is
@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pyannote_hub
+from stages import pyannote_hub
 import pytest
 import yaml
-from pyannote_hub import HubFile
+from stages.pyannote_hub import HubFile
 from references import hub_cache_builder
 
 # The public config.yaml of both pipelines, as the Hub-shaped cache writes them.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import settings
-from fetch import FetchPolicy
+from stages.fetch import FetchPolicy
 from settings import ENV_BY_NAME, ENV_TABLE, SettingsError, WorkerSettings, check_device, fetch_policy_from_env
 
 NUMERIC = [var for var in ENV_TABLE if var.kind in (int, float)]

@@ -1,4 +1,4 @@
-"""SSRF guard of src/fetch.py and src/url_guard.py (attacker review).
+"""SSRF guard of src/stages/fetch.py and src/stages/url_guard.py (attacker review).
 
 1. One URL parser decides the target: the host vetted is the host connected to, and URLs that
    parsers read differently (backslash, control characters, user-info tricks) are refused.
@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import fetch
-import url_guard
-from fetch import AudioError, FetchPolicy, fetch_audio
+from stages import fetch
+from stages import url_guard
+from stages.fetch import AudioError, FetchPolicy, fetch_audio
 
 PUBLIC = "93.184.216.34"
 STRICT = FetchPolicy(retries=1, connect_timeout_s=2, read_timeout_s=2)

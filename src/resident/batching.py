@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import asr
+from resident.models import whisper_dimensions
+from stages import asr
 
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
     from faster_whisper import WhisperModel
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("batching")  # the bare name: log lines read as before the move
 
 # How often a caller waiting for its rows looks at its job's stop check (seconds).
 WAIT_CHECK_S = 0.2
@@ -48,6 +49,26 @@ WAIT_CHECK_S = 0.2
 # Windows of one merged call when its first caller sets no cap (``asr.transcribe_windows``
 # always sets one): the schema's default batch.
 DEFAULT_MAX_ROWS = 32
+
+
+# Windows per Whisper call on a CPU that runs several jobs at once. The calls of all jobs take
+# turns at the one model; a CPU gains little from big batches (its cores are busy with one
+# window already), so small calls cost little throughput and bound how long a short clip's
+# call waits behind a long file's (bench/fault_bench.py: short-clip latency beside a long file).
+CPU_SHARED_WINDOWS_PER_CALL = 2
+
+
+def windows_per_generate(device: str, max_concurrent_jobs: int, decode_cache_mb: float, model_path: str,
+                         compute_type: str) -> int | None:
+    """Cap on windows per generate call: on a GPU the decoder cache's (``ASR_DECODE_CACHE_MB``:
+    ``decode_cache_mb``); on a CPU serving several jobs at once ``CPU_SHARED_WINDOWS_PER_CALL``,
+    so that a clip's call waits behind at most a few of a long file's windows; None for none."""
+    if device != "cuda":
+        return CPU_SHARED_WINDOWS_PER_CALL if max_concurrent_jobs > 1 else None
+    dims = whisper_dimensions(model_path) if decode_cache_mb > 0 else None
+    if dims is None:
+        return None
+    return asr.windows_in_flight(dims.decoder_layers, dims.d_model, decode_cache_mb, 4 if compute_type == "float32" else 2)
 
 
 @dataclass(eq=False)

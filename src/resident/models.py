@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("models")  # the bare name: log lines read as before the move
 
 # Short names users know, mapped to the Hub repository that holds the CTranslate2 weights.
 KNOWN_HUB_IDS = {

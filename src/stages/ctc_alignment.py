@@ -34,9 +34,9 @@ import torch
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    from alignment import AlignModel
+    from stages.aligners import AlignModel
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ctc_alignment")  # the bare name: log lines read as before the move
 
 SAMPLE_RATE = 16000
 # wav2vec2's convolutions need 400 samples for one frame; whisperX zero-pads shorter crops.

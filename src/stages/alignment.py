@@ -23,23 +23,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from asr import WindowTranscript, log_mel_batch
 from model_cache import SingleFlightCache, release_cuda_cache
+from stages.aligners import Aligner as Aligner
+from stages.aligners import AlignerUnavailable as AlignerUnavailable
+from stages.aligners import AlignModel as AlignModel  # re-exported: the aligner types live in aligners
+from stages.aligners import HalfPrecision as HalfPrecision
+from stages.asr import WindowTranscript, log_mel_batch
 
 if TYPE_CHECKING:
-    import torch
-    from ctc_alignment import ForwardRunner
-    from faster_whisper.tokenizer import Tokenizer
-    from torchaudio.models import Wav2Vec2Model
-    from transformers import Wav2Vec2ForCTC
     from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
+    from stages.ctc_alignment import ForwardRunner
+
+logger = logging.getLogger("alignment")  # the bare name: log lines read as before the move
 
 # A failed aligner load (offline, unknown language) is not retried for this long, so a
 # worker without network does not pay the Hub's retry delays on every request.
@@ -48,49 +49,6 @@ FAILED_LOAD_RETRY_S = 600.0
 # Punctuation merged into the neighbouring word, as Whisper does.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-«"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、»"
-
-
-# A wav2vec2 aligner as ``whisperx.load_align_model`` returns it (a Hugging Face model or a
-# torchaudio bundle), on a GPU behind ``HalfPrecision``.
-AlignModel: TypeAlias = "Wav2Vec2ForCTC | Wav2Vec2Model | HalfPrecision"
-
-
-class AlignerUnavailable(RuntimeError):
-    """No wav2vec2 aligner could be loaded for a language; message says why."""
-
-
-@dataclass(frozen=True)
-class Aligner:
-    """A loaded wav2vec2 aligner: whisperX's (model, metadata) pair and where it came from."""
-
-    language: str
-    model: AlignModel
-    metadata: dict
-    source: str
-
-
-class HalfPrecision:
-    """Runs a wav2vec2 aligner in float16 on the GPU behind its float32 interface.
-
-    whisperX feeds float32 audio and reads float32 emissions; half precision halves the
-    aligner's weights and activations (xlsr-53-large: 1.2 GB -> 0.6 GB) and roughly doubles
-    its speed on tensor cores; CTC emissions are log-softmaxed in float32 afterwards.
-    """
-
-    def __init__(self, inner: Wav2Vec2ForCTC | Wav2Vec2Model) -> None:
-        self.inner = inner.half()
-
-    def __call__(self, waveform: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(waveform.half(), *args, **kwargs)
-        if hasattr(out, "logits"):  # transformers Wav2Vec2ForCTC
-            out.logits = out.logits.float()
-            return out
-        if isinstance(out, tuple):  # torchaudio bundles: (emissions, lengths)
-            return (out[0].float(), *out[1:])
-        return out.float()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class AlignmentModels:
@@ -249,7 +207,7 @@ def align_with_wav2vec2(
     budget: it raises to stop); None aligns all segments in one call.
     run_forward: where the model's forwards are queued (``ctc_alignment.align_segments``).
     """
-    import ctc_alignment
+    from stages import ctc_alignment
 
     segments = [ctc_alignment.SegmentText(t.start, t.end, t.text) for t in transcripts if t.text]
     if not segments:
@@ -268,7 +226,7 @@ def warm_up_aligner(aligner: Aligner, waveform: np.ndarray, device: str) -> int:
     """Run ``aligner`` once on every input shape a job can give it (GPU padded batches; see
     ``ctc_alignment.warm_up``) and align one segment of ``waveform`` end to end (text
     planning, trellis, sentence splitter). Returns the number of shapes warmed."""
-    import ctc_alignment
+    from stages import ctc_alignment
 
     shapes = ctc_alignment.warm_up(aligner.model, aligner.metadata, device)
     seconds = len(waveform) / ctc_alignment.SAMPLE_RATE

@@ -36,15 +36,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import alignment
-import asr
-import precision
-import vad
-from models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
+from resident import precision
+from resident.models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
+from stages import alignment, asr, vad
 
 if TYPE_CHECKING:
-    import diarization
+    from stages import diarization
 
 # How long a diarization thread's warm-up waits for the others to start (seconds): they are
 # idle at start-up, so they start at once; the bound only keeps a broken pool from hanging.
@@ -66,22 +64,23 @@ def noise(seconds: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WarmUp:
-    """Loads the default ASR model and warms up the Predictor's resident models, in order.
+    """Loads the default ASR model and warms up the resident models, in order (built by
+    ``startup.start_up``, which passes the lanes' pieces: ``lanes.Lanes``).
 
     settings: the worker's settings (``warmup``, ``models_dir``, ``preload_align_languages``).
-    asr_models, aligners: the Predictor's model registries.
-    diarizers: builds the Predictor's diarization registry (None: no diarization); called in
+    asr_models, aligners: the model registries jobs use.
+    diarizers: builds the diarization registry (None: no diarization); called in
         the diarization thread, since it imports pyannote.
-    diarization_pool, diarization_threads: the Predictor's diarization threads, each of which
+    diarization_pool, diarization_threads: the lanes' diarization threads, each of which
         runs the pipeline once (per-thread state lives in the threads that run requests).
-    torch_thread: the Predictor's thread for the VAD and the aligners' forwards: they are
+    torch_thread: the lanes' thread for the VAD and the aligners' forwards: they are
         loaded and run once there.
-    side_stream_scope: the Predictor's context manager that puts the calling thread's kernels
+    side_stream_scope: the lanes' context manager that puts the calling thread's kernels
         on its CUDA side stream (created there on first use).
-    windows_per_generate: the Predictor's cap on windows per generate call, by (model path,
+    windows_per_generate: the cap on windows per generate call jobs get, by (model path,
         compute type), so the ASR warm-up runs the shapes a job runs.
     release_gpu_cache: gives the device's cached blocks back (no-op on CPU).
-    timings: the Predictor's ``startup_timings``, filled in place.
+    timings: the start-up timings (the Predictor's ``startup_timings``), filled in place.
     """
 
     settings: WorkerSettings

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("precision")  # the bare name: log lines read as before the move
 
 # Modules that call ``fix_reproducibility`` (imported by name, so each keeps its own reference).
 PYANNOTE_MODULES = ("pyannote.audio.utils.reproducibility", "pyannote.audio.core.inference",

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from pyannote.audio.core.inference import BaseInference
 
-
 SAMPLE_RATE = 16_000
 """Audio sample rate expected by every model here, in Hz."""
 

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
-import hallucinations
-from vad import SAMPLE_RATE, SpeechWindow
+from stages import hallucinations
+from stages.vad import SAMPLE_RATE, SpeechWindow
 
 if TYPE_CHECKING:
     from ctranslate2.models import WhisperGenerationResult
-    from faster_whisper.tokenizer import Tokenizer
     from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("asr")  # the bare name: log lines read as before the move
 
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's 30 s input, in 16 kHz samples
 N_FFT = 400

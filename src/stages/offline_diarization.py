@@ -40,8 +40,8 @@ from pyannote.audio.core.task import Specifications
 from pyannote.audio.pipelines import SpeakerDiarization
 from pyannote.core import SlidingWindowFeature
 
-from campplus import CPU_EMBEDDING_FRAMES, CUDA_EMBEDDING_FRAMES, SAMPLE_RATE, CampPlusEmbedding, load_campplus_embedding
-from pyannote_telemetry import disable_pyannote_telemetry
+from stages.campplus import CPU_EMBEDDING_FRAMES, CUDA_EMBEDDING_FRAMES, SAMPLE_RATE, CampPlusEmbedding, load_campplus_embedding
+from stages.pyannote_telemetry import disable_pyannote_telemetry
 
 # The name the records had before this module was split from diarization.py: request logs show it.
 logger = logging.getLogger("diarization")

@@ -17,7 +17,7 @@ The file is hostile until proven otherwise. Contract of :func:`prepare_audio`:
 * ffprobe/ffmpeg read only the one file, with a demuxer from :data:`ffmpeg_tools.INPUT_FORMATS`
   (no playlist, manifest or file-list demuxer can open other inputs), without stdin, in
   ``workdir``; see :mod:`ffmpeg_tools`.
-* ``control`` (a :class:`jobs.JobControl`) bounds every step: a cancelled or expired job
+* ``control`` (a :class:`job_control.JobControl`) bounds every step: a cancelled or expired job
   raises its ``JobCancelled``/``JobTimeout`` and the running tool is killed within ~0.1 s.
 * Every bad input ends as an :class:`fetch.AudioError` (defined there so that fetching
   needs no numpy) with a short message; peak memory is about one float32 copy of the audio.
@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import ffmpeg_tools
-from fetch import AudioError
-from ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
-from jobs import JobControl
+from job_control import JobControl
+from stages import ffmpeg_tools
+from stages.fetch import AudioError
+from stages.ffmpeg_tools import run_tool as _run_tool  # module-level name: tests replace it
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audio")  # the bare name: log lines read as before the move
 
 TARGET_SAMPLE_RATE = 16_000
 TARGET_CHANNELS = 1

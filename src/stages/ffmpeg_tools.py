@@ -13,7 +13,7 @@ Contract:
 * :func:`run_tool` runs one process (argument list, no shell, no stdin, ``cwd`` = the job's
   working directory), streams its stdout to a callback in chunks of at most
   :data:`CHUNK_BYTES` (or captures it, bounded), keeps only the tail of stderr, and kills
-  and reaps the process within :data:`POLL_S` of the job's :class:`jobs.JobControl` stopping
+  and reaps the process within :data:`POLL_S` of the job's :class:`job_control.JobControl` stopping
   or the time limit passing: no child outlives the call, whatever ends it.
 
 Failures become ``AudioError("could not decode audio: ...")`` with a short stderr excerpt;
@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetch import AudioError
-from jobs import JobControl
+from job_control import JobControl
+from stages.fetch import AudioError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ffmpeg_tools")  # the bare name: log lines read as before the move
 
 # Demuxers a downloaded file may be read with: plain containers whose samples all live in
 # the file itself. Names are ffmpeg's demuxer names; "mov" also matches ffmpeg's

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,27 +48,35 @@ import torch
 from pyannote.audio import Pipeline
 from pyannote.core import Annotation
 
-from campplus import SAMPLE_RATE
 from model_cache import SingleFlightCache
-from offline_diarization import (
+
+from stages import offline_diarization as _offline_diarization  # bound to its bare name below
+from stages.campplus import SAMPLE_RATE
+from stages.offline_diarization import (
     OFFLINE_BACKEND,
     OFFLINE_HYPER_PARAMETERS,
     OfflineHyperParameters,
     UnusedPLDA,
     build_offline_pipeline,
 )
-
 # Re-exported: local pipeline config.yaml files name ``diarization.OfflineSpeakerDiarization``
 # (pyannote imports the class by that name).
-from offline_diarization import OfflineSpeakerDiarization as OfflineSpeakerDiarization
-from pyannote_telemetry import disable_pyannote_telemetry
-from speaker_assignment import SpeakerTurn, clip_turns
-
+from stages.offline_diarization import OfflineSpeakerDiarization as OfflineSpeakerDiarization
+from stages.pyannote_telemetry import disable_pyannote_telemetry
+from stages.speaker_assignment import SpeakerTurn, clip_turns
 
 if TYPE_CHECKING:
     from whisperx.diarize import DiarizationPipeline
 
-logger = logging.getLogger(__name__)
+
+# pyannote imports a pipeline's class by the module name its config.yaml gives, and local
+# pipeline folders (baked images, users' own) say ``diarization.OfflineSpeakerDiarization`` or
+# ``offline_diarization.OfflineSpeakerDiarization``: names from when the stages lived at the top
+# of src/. Both bare names stay bound to these modules, so those files load unchanged.
+sys.modules.setdefault("diarization", sys.modules[__name__])
+sys.modules.setdefault("offline_diarization", _offline_diarization)
+
+logger = logging.getLogger("diarization")  # the bare name: log lines read as before the move
 
 DEFAULT_MODEL = "pyannote/speaker-diarization-3.1"
 # How long a requested pipeline that failed to load is not tried again (seconds): long enough
@@ -276,8 +285,9 @@ def load_requested_pipeline(model: str, token: str | None, device: str) -> Diari
     unused PLDA: pyannote 4.0.7 otherwise loads community-1's PLDA files for it (pyannote
     #2044), and an operator who accepted only the repositories 3.1 uses could not load it.
     """
-    import pyannote_hub
     from whisperx.diarize import DiarizationPipeline
+
+    from stages import pyannote_hub
 
     # pyannote hands the Hub only tokens that start with "hf_" (others are taken for pyannoteAI
     # keys): check the files with the token pyannote will use, and say so when it drops one.

@@ -14,7 +14,7 @@ local path. Contract for URLs:
   worker cannot be used as a port scanner, and DNS rebinding gains nothing.
 - Downloads retry transient errors with back-off and stop at a size limit and at a total
   time limit (``download_timeout_s``); each socket wait is bounded by the time left. A bound
-  :class:`jobs.JobControl`'s deadline or cancel stops a download within a fraction of a
+  :class:`job_control.JobControl`'s deadline or cancel stops a download within a fraction of a
   second (its ``JobTimeout`` / ``JobCancelled`` propagate unchanged).
 - No message or log line holds a URL's query, fragment or user-info (:func:`_redact_url`).
 
@@ -56,8 +56,8 @@ from urllib3.exceptions import (
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util import parse_url
 
-import url_guard
-from jobs import JobControl
+from job_control import JobControl
+from stages import url_guard
 
 # Logged as "audio", the name these lines have always had in the job logs and container log.
 logger = logging.getLogger("audio")

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("gpu_check")  # the bare name: log lines read as before the move
 
 #: Shared libraries that ctranslate2 4.x loads on a GPU, with the pip package providing each.
 REQUIRED_LIBRARIES: tuple[tuple[str, str], ...] = (

@@ -1,0 +1,57 @@
+"""What the Predictor returns for one job (``Transcript``), and today's response rendered from
+it (``response_dict``: the dict RunPod's door sends, key for key and in the same order).
+
+Times are in seconds. A door renders the Transcript in its own shape; the stages and the
+Predictor know no door's shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Transcript:
+    """One job's result.
+
+    segments: the transcript's segments (``start``/``end`` in seconds, ``text``; ``words``
+        after alignment; ``speaker`` after diarization), as the stages produce them.
+    language: the language of the speech (given or detected); None when there was no speech.
+    language_probability: the detection's probability (4 decimals); None when not detected.
+    warnings: what the job's stages warned about, in order.
+    output_format: the requested rendering (``json``, ``srt``, ``vtt``, ``txt``, ``tsv``).
+    output: the segments rendered in ``output_format`` (None for ``json``, or when the build has
+        no renderer).
+    speaker_embeddings: speaker -> embedding, when asked for and diarization ran.
+    debug_info: how the job was run (``debug: true``), else None.
+    """
+
+    segments: list[dict]
+    language: str | None
+    language_probability: float | None
+    warnings: list[str]
+    output_format: str
+    output: str | None = None
+    speaker_embeddings: dict[str, list[float]] | None = None
+    debug_info: dict[str, Any] | None = None
+
+
+def response_dict(transcript: Transcript) -> dict:
+    """The worker's response (without ``logs``): ``segments``, ``detected_language``,
+    ``language_probability``, ``warnings``, then ``speaker_embeddings``, ``output_format``,
+    ``output`` and ``debug_info`` where present."""
+    response: dict = {
+        "segments": transcript.segments,
+        "detected_language": transcript.language,
+        "language_probability": transcript.language_probability,
+        "warnings": transcript.warnings,
+    }
+    if transcript.speaker_embeddings is not None:
+        response["speaker_embeddings"] = transcript.speaker_embeddings
+    response["output_format"] = transcript.output_format
+    if transcript.output is not None:
+        response["output"] = transcript.output
+    if transcript.debug_info is not None:
+        response["debug_info"] = transcript.debug_info
+    return response
