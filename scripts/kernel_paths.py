@@ -142,6 +142,26 @@ def run_path(path: KernelPath, pytest_args: list[str]) -> dict:
             "summary": summary, "failed": failed, "seconds": round(time.monotonic() - started, 1), "figures": figures}
 
 
+def recorded_run(path: KernelPath) -> dict | None:
+    """A path's earlier run, from the files ``run_path`` left (``--tabulate``); None if none."""
+    import xml.etree.ElementTree as ET
+
+    record, junit = RECORDS / f"{path.name}.jsonl", RECORDS / f"{path.name}.xml"
+    if not junit.exists():
+        return None
+    suite = ET.parse(junit).getroot()
+    suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
+    assert suite is not None
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    summary = f"{len(failed)} failed, {passed} passed" if failed else f"{passed} passed"
+    figures = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return {"path": path.name, "env": path.env, "selected": probe(path), "returncode": 1 if failed else 0,
+            "summary": summary, "failed": failed, "seconds": round(float(suite.get("time", "0")), 1), "figures": figures}
+
+
 def table(runs: list[dict]) -> str:
     """Markdown: one row per recorded figure, one column per path, with the bound."""
     keys: dict[tuple[str, str], str] = {}
@@ -169,6 +189,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paths", default="", help="comma-separated path names (default: all)")
     parser.add_argument("--out", type=Path, default=TABLE)
+    parser.add_argument("--tabulate", action="store_true", help="run nothing: tabulate the runs recorded earlier")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: -m quality)")
     args = parser.parse_args()
     wanted = [p for p in PATHS if not args.paths or p.name in args.paths.split(",")]
@@ -179,6 +200,11 @@ def main() -> int:
         if missing:
             not_runnable.append({"path": path.name, "env": path.env, "missing_cpu_flags": sorted(missing)})
             print(f"{path.name}: not runnable here (CPU lacks {', '.join(sorted(missing))})", flush=True)
+            continue
+        if args.tabulate:
+            recorded = recorded_run(path)
+            if recorded is not None:
+                runs.append(recorded)
             continue
         print(f"{path.name}: {path.env or 'the libraries choose'} ...", flush=True)
         run = run_path(path, args.pytest_args or ["-m", "quality"])
@@ -195,7 +221,7 @@ def main() -> int:
         "commit": commit, "date": time.strftime("%Y-%m-%d"), "cpu": cpu.group(1) if cpu else "?", "cores": os.cpu_count(),
         "pytest_args": args.pytest_args or ["-m", "quality"], "runs": runs, "not_runnable": not_runnable,
         "markdown": markdown}, ensure_ascii=False, indent=1))
-    print("wrote", args.out.relative_to(ROOT))
+    print("wrote", args.out)
     return 0 if all(run["returncode"] == 0 for run in runs) else 1
 
 

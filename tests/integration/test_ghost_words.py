@@ -378,8 +378,8 @@ def test_the_set_covers_every_kind_of_non_speech():
 # kernel path (scripts/kernel_paths.py, docs/BENCHMARKS.md): 0 natively on an AMD EPYC (CT2
 # AVX2/oneDNN, torch AVX-512); 1 with torch and oneDNN capped at AVX2 ("sweeps 10s" reads "I
 # don't know.": no-speech 0.591 there, 0.635 natively, threshold 0.6; Whisper's own rule,
-# no-speech > 0.6 and log-prob < -1, keeps it too). The bound is that spread plus one clip;
-# with the screen off (the "before" numbers of ``main``) most clips keep ghost words.
+# no-speech > 0.6 and log-prob < -1, keeps it too). The bound is that spread plus one clip
+# (``main`` prints the ghost words per clip with the screen on and off).
 GHOST_CLIPS_ALONE_MAX = 2
 
 
