@@ -570,7 +570,7 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
         # os.environ holds undecodable bytes as lone surrogates.
         _check_characters(spec, text, f"environment variable {env_name}")
         return _normalize(spec, text)
-    parsed = _parse_scalar(spec.type, text)
+    parsed = parse_scalar(spec.type, text)
     if parsed is None:
         expected = {
             bool: "a boolean (true/false/1/0/yes/no/on/off)",
@@ -585,7 +585,7 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
     return parsed
 
 
-def _parse_scalar(kind: type, text: str) -> bool | int | float | None:
+def parse_scalar(kind: type, text: str) -> bool | int | float | None:
     """Parse a bool/int/float ENV string; return None when it does not parse."""
     if kind is bool:
         word = text.lower()

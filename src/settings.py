@@ -20,7 +20,6 @@ values are refused where they mean nothing); a bad environment raises one
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import shutil
 import signal
@@ -33,7 +32,7 @@ from urllib.parse import urlsplit
 
 from logs import DEFAULT_LOG_PATH, redact
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
-from rp_schema import RequestEnv, read_request_env
+from rp_schema import RequestEnv, parse_scalar, read_request_env
 from stages.fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 
 
@@ -176,19 +175,10 @@ class EnvVar:
         return text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
 
     def _parse_number(self, text: str) -> int | float | None:
-        """An int (also "2e9", "1_000") or a finite float; None when ``text`` is neither."""
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        if not math.isfinite(number):
-            return None
-        if self.kind is float:
-            return number
-        try:
-            return int(text)  # exact for long digit strings
-        except ValueError:
-            return int(number) if number.is_integer() else None
+        """An int (also "2e9", "1_000") or a finite float; None when ``text`` is neither (the
+        request fields' ENV aliases parse the same way)."""
+        number = parse_scalar(self.kind, text)
+        return None if isinstance(number, bool) else number
 
     def _in_range(self, value: float) -> bool:
         if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):

@@ -10,6 +10,7 @@ An xfail is not a skip and is left alone.
 """
 
 import pathlib
+import socket
 import sys
 
 import pytest
@@ -68,3 +69,18 @@ def _reason(report: pytest.CollectReport | pytest.TestReport) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     """Register the skip guard for this session."""
     config.pluginmanager.register(SkipGuard(), "whisperx-skip-guard")
+
+
+@pytest.fixture
+def connects(monkeypatch) -> list[tuple[str, int]]:
+    """Every (address, port) a socket of this process tried to connect to during the test
+    (SSRF and DNS-rebinding tests: a refused target is never connected to)."""
+    seen: list[tuple[str, int]] = []
+    real = socket.socket.connect
+
+    def connect(self, address):
+        seen.append((str(address[0]), int(address[1])))
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen

@@ -142,6 +142,15 @@ def _make_handler(files: dict[str, Path], hits: Counter):
         def log_message(self, *args) -> None:
             pass
 
+        def _clip_headers(self) -> bytes:
+            """Send the headers of a 200 answer carrying clip.wav; returns the body to send."""
+            body = files["clip.wav"].read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return body
+
         def _send(self, status: int, body: bytes = b"", ctype: str = "application/octet-stream",
                   headers: dict | None = None, length: bool = True) -> None:
             self.send_response(status)
@@ -185,11 +194,7 @@ def _make_handler(files: dict[str, Path], hits: Counter):
                 time.sleep(delay)
                 self._send(200, files["clip.wav"].read_bytes(), "audio/wav")
             elif route == "slow-body":  # headers and half the body, then a stall
-                body = files["clip.wav"].read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/wav")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                body = self._clip_headers()
                 try:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
@@ -198,11 +203,7 @@ def _make_handler(files: dict[str, Path], hits: Counter):
                 except OSError:
                     pass
             elif route == "drip":  # the clip one byte a second: every read succeeds, the download never ends
-                body = files["clip.wav"].read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/wav")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                body = self._clip_headers()
                 try:
                     for i in range(len(body)):
                         self.wfile.write(body[i : i + 1])

@@ -71,20 +71,6 @@ def _rebinding_resolver(monkeypatch, host: str, answers: list[str]) -> list[str]
 POLICY = fetch.FetchPolicy(retries=1, connect_timeout_s=2, read_timeout_s=2)
 
 
-@pytest.fixture
-def connects(monkeypatch) -> list[tuple[str, int]]:
-    """Every (address, port) a socket of this process tried to connect to during the test."""
-    seen: list[tuple[str, int]] = []
-    real = socket.socket.connect
-
-    def connect(self, address):
-        seen.append((str(address[0]), int(address[1])))
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return seen
-
-
 def test_rebinding_to_loopback_is_refused(monkeypatch, tmp_path, connects):
     server = _Server("127.0.0.1")
     try:

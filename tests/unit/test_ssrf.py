@@ -79,20 +79,6 @@ def server():
     srv.close()
 
 
-@pytest.fixture
-def connects(monkeypatch) -> list[tuple[str, int]]:
-    """Every (address, port) any socket of this process tried to connect to during the test."""
-    seen: list[tuple[str, int]] = []
-    real = socket.socket.connect
-
-    def connect(self, address):
-        seen.append((str(address[0]), int(address[1])))
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return seen
-
-
 def _closed_port() -> int:
     with socket.socket() as sock:  # free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
