@@ -327,8 +327,8 @@ sys.path.insert(0, "src")
 sys.argv = ["src/handler.py", "--test_input", sys.argv[1]]
 import handler
 real_handler = handler.handler
-def handler_printing_json(job):
-    result = real_handler(job)
+def handler_printing_json(job, *args, **kwargs):
+    result = real_handler(job, *args, **kwargs)
     print("FULL_JOB_RESULT " + json.dumps(result, ensure_ascii=True), flush=True)
     return result
 handler.handler = handler_printing_json
