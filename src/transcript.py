@@ -41,17 +41,10 @@ def response_dict(transcript: Transcript) -> dict:
     """The worker's response (without ``logs``): ``segments``, ``detected_language``,
     ``language_probability``, ``warnings``, then ``speaker_embeddings``, ``output_format``,
     ``output`` and ``debug_info`` where present."""
-    response: dict = {
-        "segments": transcript.segments,
-        "detected_language": transcript.language,
-        "language_probability": transcript.language_probability,
-        "warnings": transcript.warnings,
-    }
-    if transcript.speaker_embeddings is not None:
-        response["speaker_embeddings"] = transcript.speaker_embeddings
-    response["output_format"] = transcript.output_format
-    if transcript.output is not None:
-        response["output"] = transcript.output
-    if transcript.debug_info is not None:
-        response["debug_info"] = transcript.debug_info
+    response: dict = {"segments": transcript.segments, "detected_language": transcript.language,
+                      "language_probability": transcript.language_probability, "warnings": transcript.warnings}
+    # In this order, each only where present (output_format always is).
+    present = (("speaker_embeddings", transcript.speaker_embeddings), ("output_format", transcript.output_format),
+               ("output", transcript.output), ("debug_info", transcript.debug_info))
+    response.update((key, value) for key, value in present if value is not None)
     return response
