@@ -519,7 +519,7 @@ INPROC_CASES: list[Case] = [
           "audio_file", REFUSED, "'169.254.169.254'", PRIVATE),
     fails("metadata-ipv6-fd00-ec2", lambda c: {"audio_file": "http://[fd00:ec2::254]/latest/meta-data", **FAST}, REFUSED, PRIVATE),
     fails("loopback-port-1", lambda c: {"audio_file": "http://127.0.0.1:1/x", **FAST}, REFUSED, "'127.0.0.1'"),
-    fails("loopback-ipv6", lambda c: {"audio_file": "http://[::1]/", **FAST}, REFUSED, "'::1'"),
+    fails("loopback-ipv6", lambda c: {"audio_file": "http://[::1]/", **FAST}, REFUSED, "'[::1]'"),
     fails("loopback-ipv4-mapped-ipv6", lambda c: {"audio_file": "http://[::ffff:127.0.0.1]/a.wav", **FAST}, REFUSED),
     fails("loopback-decimal", lambda c: {"audio_file": "http://2130706433/a.wav", **FAST}, REFUSED),
     fails("loopback-hex-short", lambda c: {"audio_file": "http://0x7f.1/a.wav", **FAST}, REFUSED),
