@@ -156,8 +156,9 @@ class WarmUp:
         vad_model = self.asr_models.vad()
         if self.settings.warmup:
             # Over 30 s and 2 minutes on a GPU: one batch of chunks and a full one.
+            # Through the entry point jobs use (batch by batch); this is the torch thread already.
             for seconds in (30.0, 120.0) if self.device == "cuda" else (2.0,):
-                vad.speech_scores(vad_model, noise(seconds))
+                vad.speech_scores_in_steps(vad_model, noise(seconds), lambda work: work())
         self.timings["vad_warmup_s"] = round(time.perf_counter() - started, 3)
         self._aligners()
 
