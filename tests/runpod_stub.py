@@ -14,6 +14,7 @@ import json
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -35,6 +36,7 @@ class RunPodStub:
         self._stops: list[str] = []
         self.posts: list[Posted] = []
         self.taken: dict[str, float] = {}  # job id -> when the worker took it
+        self._watch: Callable[[], None] = lambda: None
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -103,6 +105,12 @@ class RunPodStub:
             "RUNPOD_POD_ID": "test-pod",
         }
 
+    def watch(self, check: Callable[[], None]) -> None:
+        """Call ``check`` about once a second while a test waits; it raises when the worker
+        process is gone, so a dead worker fails the wait at once with its cause, not after
+        the wait's whole timeout."""
+        self._watch = check
+
     def submit(self, job_id: str, job_input: dict) -> None:
         with self._lock:
             self._queue.append({"id": job_id, "input": job_input})
@@ -127,7 +135,7 @@ class RunPodStub:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no result for {job_id} after {timeout_s} s")
-                self._lock.wait(left)
+                self._wait(left)
 
     def wait_for_progress(self, job_id: str, prefix: str, timeout_s: float) -> Posted:
         """The first progress post of ``job_id`` whose text starts with ``prefix``."""
@@ -141,7 +149,12 @@ class RunPodStub:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no {prefix!r} progress for {job_id} after {timeout_s} s")
-                self._lock.wait(left)
+                self._wait(left)
+
+    def _wait(self, left: float) -> None:
+        """Wait (holding the condition) for a post, at most ``left`` s, checking the worker."""
+        self._lock.wait(min(left, 1.0))
+        self._watch()
 
     def __enter__(self) -> RunPodStub:
         self._thread.start()

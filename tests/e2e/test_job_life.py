@@ -29,15 +29,25 @@ class SdkWorker:
     def __init__(self, stub: RunPodStub, folder: Path, **env: str) -> None:
         self.log = folder / "stdout.txt"
         self.container_log = folder / "container_log.txt"
+        # RUNPOD_MIN_DISK_PERCENT=0: the SDK's fitness check exits when the disk is >90 % full;
+        # the test host's disk is not what these tests are about (CI failed on exactly that).
         self.env = worker_env(**stub.env(), ALLOW_LOCAL_FILES="true", CONTAINER_LOG_PATH=str(self.container_log),
-                              TMPDIR=str(folder), **env)
+                              TMPDIR=str(folder), RUNPOD_MIN_DISK_PERCENT="0", **env)
+        self.stub = stub
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> SdkWorker:
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-u", "src/handler.py"], cwd=ROOT, env=self.env,
                                      stdout=self._out, stderr=subprocess.STDOUT)
+        self.stub.watch(self.raise_if_exited)
         return self
+
+    def raise_if_exited(self) -> None:
+        """Fail with the worker's last output if its process has ended."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"worker exited with code {self.proc.returncode}:\n" + "\n".join(tail))
 
     def lines(self) -> list[str]:
         return self.container_log.read_text(encoding="utf-8", errors="replace").splitlines() if self.container_log.exists() else []
