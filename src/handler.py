@@ -41,8 +41,8 @@ import time  # noqa: E402
 
 import job_control  # noqa: E402
 import jobs  # noqa: E402
+import openai_shapes  # noqa: E402
 import rp_schema  # noqa: E402
-import transcript  # noqa: E402
 from jobs import get_predictor as get_predictor  # noqa: E402  (re-exported: benches start the worker here)
 from jobs import get_settings as get_settings  # noqa: E402  (re-exported: local_run reads them here)
 from logs import quiet_sdk_logs, setup_logging  # noqa: E402
@@ -81,8 +81,10 @@ def _job_id(job: object) -> str:
     return str(job.get("id", "-")) if isinstance(job, dict) else "-"
 
 
-def handler(job: dict, control: job_control.JobControl | None = None) -> dict:
-    """Run one RunPod job; always returns a JSON-safe dict (``{"error": ...}`` on failure).
+def handler(job: dict, control: job_control.JobControl | None = None) -> dict | str:
+    """Run one RunPod job; always returns a JSON-safe answer: the worker's response, or OpenAI's
+    shape when the input names ``response_format`` (a string for ``text``/``srt``/``vtt``), or
+    ``{"error": ...}`` on failure.
 
     ``control``: the job's deadline and cancel token (``serve_job`` makes one per job; by
     default a budget of ``JOB_TIMEOUT_S`` from now).
@@ -90,7 +92,7 @@ def handler(job: dict, control: job_control.JobControl | None = None) -> dict:
     job_input = job.get("input") if isinstance(job, dict) else None
     return rp_schema.json_safe(jobs.run_job(_job_id(job), job_input, control,
                                             progress=lambda settings: _progress_sender(job, settings),
-                                            render=transcript.response_dict))
+                                            render=openai_shapes.queue_response))
 
 
 def concurrency_modifier(current: int) -> int:
@@ -98,7 +100,7 @@ def concurrency_modifier(current: int) -> int:
     return jobs.max_concurrent_jobs()
 
 
-async def serve_job(job: dict) -> dict:
+async def serve_job(job: dict) -> dict | str:
     """The RunPod SDK's handler: ``handler`` in a job thread, awaited, so the SDK's event loop
     keeps fetching jobs, sending heartbeats and answering while jobs run
     (``jobs.run_in_job_thread``: the deadline starts on arrival; RunPod's stop cancels the job).

@@ -104,14 +104,17 @@ def _log_tail_chars() -> int:
 
 def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None = None,
             progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None,
-            render: Callable[[Transcript], dict] = response_dict) -> dict:
-    """Run one job; always returns a dict: the transcript with ``logs``, or ``{"error": ...,
-    "logs": ...}`` (and ``refresh_worker: true`` after a GPU fault).
+            render: Callable[[Transcript, rp_schema.RequestOptions], dict | str] = lambda transcript, _options: response_dict(transcript),
+            ) -> dict | str:
+    """Run one job; always returns the rendered transcript (a dict gets the job's ``logs``; a
+    text body, such as OpenAI's ``srt``, is returned as it is), or ``{"error": ..., "logs": ...}``
+    (and ``refresh_worker: true`` after a GPU fault).
 
     job_id: "-" when the door has none. control: the job's deadline and cancel token (default:
     a budget of ``JOB_TIMEOUT_S`` from now). progress: the door's progress reporter for this
     job, given the worker's settings (None: no reports). render: the door's shape of the
-    Predictor's ``Transcript`` (default: today's response, ``transcript.response_dict``).
+    Predictor's ``Transcript`` for the job's options (default: today's response,
+    ``transcript.response_dict``).
     """
     with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
@@ -123,7 +126,7 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
             options = rp_schema.resolve_options(job_input, settings.request_env)
             logger.info("job %s started: %r", job_id, options)
-            result = render(predictor.transcribe(options, progress=progress(settings), control=control))
+            result = render(predictor.transcribe(options, progress=progress(settings), control=control), options)
             logger.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
             result = result_store.deliver(result, job_id if job_id != "-" else "local", settings.results)
         except WorkerUnavailable as exc:
@@ -142,7 +145,8 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
                 response["error"] = redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}")
                 response["refresh_worker"] = True
             return response
-    result["logs"] = capture.text()
+    if isinstance(result, dict):
+        result["logs"] = capture.text()
     return result
 
 
@@ -173,7 +177,7 @@ def _budget_s() -> float:
         return 0.0
 
 
-async def run_in_job_thread(run: Callable[[job_control.JobControl], dict], job_id: str) -> dict:
+async def run_in_job_thread(run: Callable[[job_control.JobControl], dict | str], job_id: str) -> dict | str:
     """``run(control)`` in a job thread, awaited, so the caller's event loop keeps serving while
     jobs run.
 

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diarization", action="store_true", help="label speakers")
     parser.add_argument("--no-align", action="store_true", help="skip word alignment")
     parser.add_argument("--output-format", default=None, choices=["json", "srt", "vtt", "txt", "tsv"])
+    parser.add_argument("--response-format", default=None,
+                        choices=["json", "text", "srt", "vtt", "verbose_json", "diarized_json"],
+                        help="answer in OpenAI's transcription shape (text formats print as they are)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
@@ -35,11 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         setup_logging()
     job_input: dict = {"audio_file": args.audio, "diarization": args.diarization, "align_output": not args.no_align, "debug": args.debug}
-    for key in ("language", "model", "output_format"):
+    for key in ("language", "model", "output_format", "response_format"):
         value = getattr(args, key)
         if value is not None:
             job_input[key] = value
     result = handler({"id": "local", "input": job_input})
+    if isinstance(result, str):  # OpenAI's text, srt or vtt body
+        sys.stdout.write(result)
+        return 0
     json.dump(result, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
     return 1 if "error" in result else 0

@@ -33,7 +33,7 @@ from resident import batching, lanes, startup
 from resident.models import AsrModels, ModelLoadError, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 from stages import alignment, asr, audio, fetch, vad
-from transcript import Transcript, response_dict
+from transcript import DecodedWindow, Transcript, response_dict
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -298,6 +298,7 @@ class Predictor:
             segments=segments, language=language,
             language_probability=None if detection is None else round(detection.probability, 4),
             warnings=state.warnings, output_format=opts.output_format, speaker_embeddings=embeddings,
+            duration_s=prepared.duration_s, task=opts.task, decoded=[_decoded(t) for t in kept],
         )
         transcript.output = render_output(segments, opts, state)
         if opts.debug:
@@ -407,3 +408,9 @@ class Predictor:
                             state: _RequestState) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
         """Wait for diarization and label words and segments (``job_diarization.finish``)."""
         return job_diarization.finish(job, segments, state)
+
+
+def _decoded(window: asr.WindowTranscript) -> DecodedWindow:
+    """What a response may report of one decoded window (OpenAI's verbose segments)."""
+    return DecodedWindow(window.start, window.end, window.text, window.tokens, window.temperature, window.avg_logprob,
+                         window.compression_ratio, window.no_speech_prob)

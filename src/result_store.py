@@ -68,20 +68,21 @@ def size_text(size: int) -> str:
     return f"{size} bytes"
 
 
-def _serialise(response: dict) -> bytes:
+def _serialise(response: dict | str) -> bytes:
     # "replace": a lone surrogate left in a response costs one "?" here instead of the job.
     return json.dumps(response, ensure_ascii=False).encode("utf-8", "replace")
 
 
-def deliver(response: dict, job_id: str, delivery: ResultDelivery) -> dict:
+def deliver(response: dict | str, job_id: str, delivery: ResultDelivery) -> dict | str:
     """The response to return for job ``job_id``: itself when it fits the inline limit, else a
     link to its uploaded copy. Raises :class:`ResultTooLarge` (no bucket) or
-    :class:`ResultUploadFailed` rather than return an oversized response inline."""
+    :class:`ResultUploadFailed` rather than return an oversized response inline. A text body
+    (OpenAI's ``text``, ``srt``, ``vtt``) is uploaded as the JSON string it would have been."""
     data = _serialise(response)
     limit = delivery.inline_limit_bytes
     size = size_text(len(data))
     if len(data) <= limit:
-        if len(data) > WARN_FRACTION * limit:
+        if len(data) > WARN_FRACTION * limit and isinstance(response, dict):
             response.setdefault("warnings", []).append(
                 f"the result is {size}, close to the inline limit of {size_text(limit)}; "
                 f"configure a bucket ({BUCKET_ENV_TEXT}) to receive large results as a link"
@@ -105,7 +106,8 @@ def deliver(response: dict, job_id: str, delivery: ResultDelivery) -> dict:
         logger.warning("result upload gave no link (%s)", type(url).__name__)
         raise ResultUploadFailed(f"{over} and the bucket upload gave no link (is boto3 installed?); {SMALLER_RESULT_HINT}")
     logger.info("result of %s uploaded to the bucket", size)
-    linked = {key: response[key] for key in INLINE_KEYS if key in response}
-    linked["warnings"] = [*response.get("warnings", []), f"the result ({size}) was uploaded; fetch it from result_url"]
+    kept = response if isinstance(response, dict) else {}
+    linked = {key: kept[key] for key in INLINE_KEYS if key in kept}
+    linked["warnings"] = [*kept.get("warnings", []), f"the result ({size}) was uploaded; fetch it from result_url"]
     linked.update(result_url=url, result_bytes=len(data), segments=[])
     return linked

@@ -22,7 +22,7 @@ start-up (:func:`read_request_env`, kept in ``settings.WorkerSettings``); a bad
 ENV value is reported by each request that falls back to it, naming the
 variable, so a request that sets the field itself is still served.
 
-Only the standard library, :mod:`languages` and :mod:`safe_values` are imported so the module
+Only the standard library, :mod:`languages`, :mod:`request_rules` and :mod:`safe_values` are imported so the module
 loads in milliseconds (no torch, no whisperx).
 """
 
@@ -36,11 +36,16 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 
 from languages import WHISPER_LANGUAGE_CODES
+from request_rules import ValidationError as ValidationError  # re-exported: callers know it from here
+from request_rules import check_audio_source as _check_audio_source
+from request_rules import check_response_shape as _check_response_shape
+from request_rules import check_speakers as _check_speakers
+from request_rules import origin as _origin
 from safe_values import REDACTED as REDACTED  # re-exported: callers know it from here
 from safe_values import json_safe as json_safe  # re-exported: the handler renders answers with it
 from safe_values import redact_url as _redact_url
@@ -57,18 +62,6 @@ _NULL_WORDS: Final = frozenset({"none", "null"})
 # surrounding whitespace (copy-paste artefacts), choice-like values are also
 # lower-cased, free text (prompts, base64) is left untouched.
 _KEEP, _STRIP, _LOWER = "keep", "strip", "lower"
-
-
-class ValidationError(ValueError):
-    """A request or ENV value that cannot be used; the message is user-facing.
-
-    ``field`` names the offending request field (``None`` when the problem is
-    the request as a whole, e.g. unknown keys).
-    """
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -89,9 +82,17 @@ class _Rules:
     normalize: str = _STRIP
     # Secrets are never echoed back in error messages or to_dict().
     secret: bool = False
+    # Several of ``choices`` at once: a JSON list or a comma-separated string, kept as one
+    # comma-joined string in the order of ``choices`` (OpenAI's ``timestamp_granularities[]``).
+    many: bool = False
 
 
 _RULES_KEY: Final = "request_field"
+
+#: OpenAI's ``response_format`` values of ``/v1/audio/transcriptions``.
+RESPONSE_FORMATS: Final = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+#: OpenAI's ``timestamp_granularities[]`` values.
+TIMESTAMP_GRANULARITIES: Final = ("word", "segment")
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -214,6 +215,14 @@ class RequestOptions:
         "json", "Format of the transcript returned.", env=("OUTPUT_FORMAT",), normalize=_LOWER, choices=("json", "srt", "vtt", "txt", "tsv")
     )
     debug: bool = _option(False, "Add timings and a debug_info object to the response.", env=("DEBUG",))
+    response_format: str | None = _option(
+        None, "Answer in OpenAI's transcription shape instead of this worker's (openai_shapes.py).",
+        normalize=_LOWER, choices=RESPONSE_FORMATS,
+    )
+    timestamp_granularities: str | None = _option(
+        None, "With response_format verbose_json: word and/or segment times (default: segment).",
+        normalize=_LOWER, choices=TIMESTAMP_GRANULARITIES, many=True, aliases=("timestamp_granularities[]",),
+    )
     # --- decoding extras --------------------------------------------------
     initial_prompt: str | None = _option(None, "Text that conditions the first window (vocabulary, style).", normalize=_KEEP)
     hotwords: str | None = _option(None, "Words to bias decoding towards.", normalize=_KEEP)
@@ -386,6 +395,7 @@ def resolve_options(job_input: Mapping[str, Any], environ: RequestEnv | Mapping[
 
     _check_audio_source(values)
     _check_speakers(values, sources)
+    _check_response_shape(values, sources)
     return RequestOptions(**values, sources=MappingProxyType(sources))
 
 
@@ -506,9 +516,14 @@ def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
             return value
         raise problem
     if spec.type is str:
+        if spec.rules.many and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value = ",".join(value)
         if isinstance(value, str):
             _check_characters(spec, value, key)
             return _normalize(spec, value)
+        if spec.rules.many:
+            raise ValidationError(f"{key} must be a list of strings or a comma-separated string "
+                                  f"(got {_describe(spec, value)})", spec.name)
         raise problem
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise problem
@@ -555,6 +570,12 @@ def _finite_float(spec: _Spec, value: int | float, where: str) -> float:
 
 def _normalize(spec: _Spec, text: str) -> str:
     """Tidy a string value according to the field's normalisation rule."""
+    if spec.rules.many:
+        # Each item tidied, duplicates dropped; known items in the order of ``choices`` (so equal
+        # sets compare equal), unknown ones after them for the choices check to name.
+        items = dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip())
+        known = [choice for choice in spec.rules.choices or () if choice in items]
+        return ",".join(known + [item for item in items if item not in known])
     if spec.rules.normalize == _LOWER:
         return text.strip().lower()
     if spec.rules.normalize == _STRIP:
@@ -609,17 +630,15 @@ def parse_scalar(kind: type, text: str) -> bool | int | float | None:
     return number
 
 
-def _origin(source: str) -> str:
-    """Phrase a value's source for error messages ("" for the request)."""
-    if source.startswith("env:"):
-        return f" from environment variable {source[4:]}"
-    if source == "default":
-        return " from the default"
-    return ""
-
-
 def _check_constraints(spec: _Spec, value: Any, source: str) -> None:
     """Enforce choices and numeric ranges on a typed, non-null value."""
+    if spec.rules.many:
+        if not value:
+            raise ValidationError(f"{spec.name} needs at least one of {', '.join(spec.rules.choices or ())}"
+                                  f"{_origin(source)}", spec.name)
+        for item in value.split(","):
+            _check_constraints(_Spec(spec.name, str, None, True, replace(spec.rules, many=False)), item, source)
+        return
     if spec.rules.choices is not None and value not in spec.rules.choices:
         if spec.rules.choices_label:
             message = f"{spec.name} {value!r}{_origin(source)} is not {spec.rules.choices_label}"
@@ -645,46 +664,3 @@ def _range_text(spec: _Spec) -> str:
     if spec.rules.max is not None:
         parts.append(f"{'<' if spec.rules.max_exclusive else '<='} {spec.rules.max:g}")
     return " and ".join(parts)
-
-
-def _check_audio_source(values: Mapping[str, Any]) -> None:
-    """Require exactly one of audio_file / audio_base64 (blank = absent)."""
-    has_file = values["audio_file"] is not None
-    has_base64 = values["audio_base64"] is not None
-    if not has_file and not has_base64:
-        raise ValidationError("audio_file is required (or audio_base64)", "audio_file")
-    if has_file and has_base64:
-        raise ValidationError("give either audio_file or audio_base64, not both", "audio_file")
-    if values["audio_filename"] is not None and not has_base64:
-        raise ValidationError(
-            "audio_filename is only allowed together with audio_base64",
-            "audio_filename",
-        )
-
-
-def _check_speakers(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
-    """Check min_speakers <= max_speakers and num_speakers within them."""
-
-    def shown(name: str) -> str:
-        return f"{name} ({values[name]}{_origin(sources[name])})"
-
-    low, high, exact = (
-        values["min_speakers"], values["max_speakers"], values["num_speakers"]
-    )  # fmt: skip
-    if low is not None and high is not None and low > high:
-        raise ValidationError(
-            f"{shown('min_speakers')} must be <= {shown('max_speakers')}",
-            "min_speakers",
-        )
-    if exact is None:
-        return
-    if low is not None and exact < low:
-        raise ValidationError(
-            f"{shown('num_speakers')} must be >= {shown('min_speakers')}",
-            "num_speakers",
-        )
-    if high is not None and exact > high:
-        raise ValidationError(
-            f"{shown('num_speakers')} must be <= {shown('max_speakers')}",
-            "num_speakers",
-        )

@@ -7,8 +7,28 @@ Predictor know no door's shapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class DecodedWindow:
+    """One speech window as Whisper decoded it, before alignment re-cut its text into segments.
+
+    start, end: the window's span in seconds from the audio's start. tokens: the text's token
+    ids. temperature: the sampling temperature of the kept decode. avg_logprob: mean log
+    probability per token (natural log). compression_ratio: gzip ratio of the text.
+    no_speech_prob: Whisper's probability that the window holds no speech.
+    """
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
 
 
 @dataclass
@@ -25,6 +45,9 @@ class Transcript:
         no renderer).
     speaker_embeddings: speaker -> embedding, when asked for and diarization ran.
     debug_info: how the job was run (``debug: true``), else None.
+    duration_s: the audio's length in seconds (None where a test builds a Transcript by hand).
+    task: ``transcribe``, or ``translate`` (into English).
+    decoded: the decoded windows whose text the segments hold, in time order.
     """
 
     segments: list[dict]
@@ -35,6 +58,9 @@ class Transcript:
     output: str | None = None
     speaker_embeddings: dict[str, list[float]] | None = None
     debug_info: dict[str, Any] | None = None
+    duration_s: float | None = None
+    task: str = "transcribe"
+    decoded: list[DecodedWindow] = field(default_factory=list)
 
 
 def response_dict(transcript: Transcript) -> dict:

@@ -24,13 +24,13 @@ MAX_CLASS_LINES = 300
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("doors", ("handler", "local_run")),
     ("job runner", ("jobs",)),
-    ("predict", ("predict", "transcript", "debug_info", "job_diarization", "job_state", "model_policy")),
+    ("predict", ("predict", "transcript", "openai_shapes", "debug_info", "job_diarization", "job_state", "model_policy")),
     ("resident", ("resident.*",)),
     # Settings build the stages' policy objects (``fetch.FetchPolicy``) from ENV, so they sit
     # just above the stages; no stage reads ENV or imports the settings.
     ("settings", ("settings",)),
     ("stages", ("stages.*",)),
-    ("bottom", ("rp_schema", "safe_values", "result_store", "job_control", "model_cache", "languages", "logs")),
+    ("bottom", ("rp_schema", "request_rules", "safe_values", "result_store", "job_control", "model_cache", "languages", "logs")),
 )
 
 

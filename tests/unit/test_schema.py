@@ -63,6 +63,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "suppress_numerals": False,
     "task": "transcribe",
     "return_speaker_embeddings": False,
+    "response_format": None,
+    "timestamp_granularities": None,
 }
 
 EXPECTED_ENV: dict[str, tuple[str, ...]] = {
