@@ -21,7 +21,8 @@ the cause once and answers every job with it. A GPU fault answers the job with
 ``refresh_worker: true``, so RunPod replaces the worker instead of reusing a suspect context.
 
 Run it:
-    python -u src/handler.py                      # RunPod Serverless
+    python -u src/handler.py                      # RunPod Serverless (ENDPOINT_TYPE=load_balancer:
+                                                  # OpenAI's routes instead, openai_door.py)
     python src/handler.py --rp_serve_api          # local HTTP API (/run, /runsync, /status)
     python src/handler.py --test_input '{"input": {...}}'
 """
@@ -47,7 +48,7 @@ from jobs import get_predictor as get_predictor  # noqa: E402  (re-exported: ben
 from jobs import get_settings as get_settings  # noqa: E402  (re-exported: local_run reads them here)
 from logs import quiet_sdk_logs, setup_logging  # noqa: E402
 from predict import ProgressFn  # noqa: E402
-from settings import WorkerSettings  # noqa: E402
+from settings import WorkerSettings, read_env  # noqa: E402
 
 logger = logging.getLogger("handler")
 
@@ -108,6 +109,15 @@ async def serve_job(job: dict) -> dict | str:
     return await jobs.run_in_job_thread(lambda control: handler(job, control), _job_id(job))
 
 
+def _endpoint_type() -> str:
+    """``ENDPOINT_TYPE``: ``queue`` (RunPod's queue API), or ``load_balancer`` (OpenAI's routes);
+    a bad value leaves the queue door, whose jobs are answered with the settings error."""
+    try:
+        return str(read_env(os.environ, ("ENDPOINT_TYPE",))["ENDPOINT_TYPE"])
+    except ValueError:
+        return "queue"
+
+
 def main() -> None:
     # Before the SDK is imported: its default DEBUG level prints every job's output.
     quiet_sdk_logs()
@@ -118,6 +128,11 @@ def main() -> None:
         setup_logging(os.environ.get("CONTAINER_LOG_PATH", "").strip() or WorkerSettings.log_path, "INFO")
     else:
         setup_logging(settings.log_path, settings.log_level)
+    if _endpoint_type() == "load_balancer":
+        import openai_door
+
+        openai_door.serve(os.environ)  # OpenAI's routes over HTTP; start-up runs beside /ping
+        return
     import runpod
 
     try:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import job_control
@@ -78,6 +79,43 @@ class WorkerUnavailable(RuntimeError):
     """The worker could not start; every job is answered with the cause."""
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """Why a job has no transcript, built once here; each door renders it its own way.
+
+    message: user-facing, credentials redacted. kind: ``invalid_request`` (the input: a field,
+    the audio, a model name, a result too large), ``timeout`` (the job's deadline), ``cancelled``
+    (nobody waits any more), ``unavailable`` (the worker cannot start), ``upload`` (the result
+    bucket failed), ``gpu_fault`` (the worker must be replaced) or ``internal``. field: the
+    request field at fault, where one is. logs: the job's own log lines.
+    """
+
+    message: str
+    kind: str
+    field: str | None = None
+    logs: str = ""
+
+
+def queue_error(failure: JobFailure) -> dict:
+    """RunPod's answer to a failed job: ``{"error", "logs"}``, and ``refresh_worker: true``
+    after a GPU fault (RunPod then replaces this worker once the job is answered)."""
+    response: dict[str, Any] = {"error": failure.message, "logs": failure.logs}
+    if failure.kind == "gpu_fault":
+        response["refresh_worker"] = True
+    return response
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """The ``JobFailure.kind`` of a user-side exception (one of ``USER_ERRORS``)."""
+    if isinstance(exc, job_control.JobTimeout):
+        return "timeout"
+    if isinstance(exc, job_control.JobStopped):
+        return "cancelled"
+    if isinstance(exc, result_store.ResultUploadFailed):
+        return "upload"
+    return "invalid_request"
+
+
 def start_up() -> Predictor:
     """The Predictor, or ``WorkerUnavailable`` naming why there is none. A start-up failure
     (bad settings, no usable device) is remembered and logged once, not retried per job:
@@ -104,8 +142,8 @@ def _log_tail_chars() -> int:
 
 def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None = None,
             progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None,
-            render: Callable[[Transcript, rp_schema.RequestOptions], dict | str] = lambda transcript, _options: response_dict(transcript),
-            ) -> dict | str:
+            render: Callable[[Transcript, rp_schema.RequestOptions], Any] = lambda transcript, _options: response_dict(transcript),
+            render_error: Callable[[JobFailure], Any] = queue_error) -> Any:
     """Run one job; always returns the rendered transcript (a dict gets the job's ``logs``; a
     text body, such as OpenAI's ``srt``, is returned as it is), or ``{"error": ..., "logs": ...}``
     (and ``refresh_worker: true`` after a GPU fault).
@@ -114,7 +152,8 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
     a budget of ``JOB_TIMEOUT_S`` from now). progress: the door's progress reporter for this
     job, given the worker's settings (None: no reports). render: the door's shape of the
     Predictor's ``Transcript`` for the job's options (default: today's response,
-    ``transcript.response_dict``).
+    ``transcript.response_dict``). render_error: the door's shape of a ``JobFailure`` (default:
+    RunPod's, ``queue_error``).
     """
     with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
@@ -130,21 +169,20 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
             logger.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
             result = result_store.deliver(result, job_id if job_id != "-" else "local", settings.results)
         except WorkerUnavailable as exc:
-            return {"error": str(exc), "logs": capture.text()}
+            return render_error(JobFailure(str(exc), "unavailable", logs=capture.text()))
         except USER_ERRORS as exc:
             message = redact(str(exc))
             logger.warning("job %s rejected: %s", job_id, message)
-            return {"error": message, "logs": capture.text()}
+            return render_error(JobFailure(message, _failure_kind(exc), getattr(exc, "field", None), capture.text()))
         except Exception as exc:  # a bug or an OOM must not take the worker down
             logger.exception("job failed")
-            response: dict[str, Any] = {"error": redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"),
-                                        "logs": capture.text()}
             if job_control.is_device_fault(exc):
-                # A CUDA context after a device-side error cannot be trusted: ask RunPod for
-                # a fresh worker once this job is answered.
-                response["error"] = redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}")
-                response["refresh_worker"] = True
-            return response
+                # A CUDA context after a device-side error cannot be trusted: ask for a fresh
+                # worker once this job is answered.
+                return render_error(JobFailure(redact(f"GPU fault, this worker is being replaced: {str(exc)[:300]}"),
+                                               "gpu_fault", logs=capture.text()))
+            return render_error(JobFailure(redact(f"internal error: {type(exc).__name__}: {str(exc)[:300]}"), "internal",
+                                           logs=capture.text()))
     if isinstance(result, dict):
         result["logs"] = capture.text()
     return result
@@ -177,13 +215,15 @@ def _budget_s() -> float:
         return 0.0
 
 
-async def run_in_job_thread(run: Callable[[job_control.JobControl], dict | str], job_id: str) -> dict | str:
+async def run_in_job_thread(run: Callable[[job_control.JobControl], Any], job_id: str,
+                            cancelled_by: str = "RunPod") -> Any:
     """``run(control)`` in a job thread, awaited, so the caller's event loop keeps serving while
     jobs run.
 
     The job's deadline starts now, when the job arrives (a wait for a job thread counts).
-    When the awaiting task is cancelled (RunPod stops the job, a client goes away), the job's
-    control is cancelled, so its thread stops at its next check and its slot frees up.
+    When the awaiting task is cancelled (RunPod stops the job, a client goes away: ``cancelled_by``
+    names who, for the log and the error), the job's control is cancelled, so its thread stops at
+    its next check and its slot frees up.
     """
     loop = asyncio.get_running_loop()
     control = job_control.JobControl(_budget_s(), job_id)
@@ -192,6 +232,6 @@ async def run_in_job_thread(run: Callable[[job_control.JobControl], dict | str],
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        control.cancel("cancelled by RunPod")
+        control.cancel(f"cancelled by {cancelled_by}")
         logger.info("job %s cancelled: its work stops at the next check", control.job_id)
         raise

@@ -278,6 +278,15 @@ ENV_TABLE: tuple[EnvVar, ...] = (
     _env_var(str, "BUCKET_ACCESS_KEY_ID", "", "RunPod's upload ENV: access key", secret=True),
     _env_var(str, "BUCKET_SECRET_ACCESS_KEY", "", "RunPod's upload ENV: secret key", secret=True),
     _env_var(str, "BUCKET_NAME", "", "RunPod's upload ENV: the bucket large results are uploaded to"),
+    # --- the OpenAI door (a load-balancing endpoint) ----------------------------
+    _env_var(str, "ENDPOINT_TYPE", "queue", "`queue`: RunPod's queue API; `load_balancer`: OpenAI's routes over HTTP "
+             "(`openai_door.py`)", choices=("queue", "load_balancer"), case="lower"),
+    _env_var(int, "PORT", 80, "load_balancer: the HTTP port (RunPod sets it)", min=1, max=65535),
+    _env_var(int, "PORT_HEALTH", 0, "load_balancer: the port of `GET /ping`", min=0, max=65535, zero="PORT"),
+    _env_var(str, "API_KEY", "", "load_balancer: a Bearer key every request must carry (outside RunPod's gateway)",
+             secret=True, default_doc="none"),
+    _env_var(int, "MAX_REQUEST_BYTES", 30_000_000, "load_balancer: largest request body (RunPod's limit: 30 MB)",
+             min=1, max=2**40, unit="bytes"),
 )
 ENV_BY_NAME: Mapping[str, EnvVar] = {var.name: var for var in ENV_TABLE}
 _FETCH_ENV = ("MAX_AUDIO_BYTES", "DOWNLOAD_CONNECT_TIMEOUT", "DOWNLOAD_READ_TIMEOUT", "DOWNLOAD_TIMEOUT",

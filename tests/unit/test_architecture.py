@@ -22,7 +22,7 @@ MAX_CLASS_LINES = 300
 # Top to bottom. A module may import its own layer and the layers below it, never above.
 # A name ending in ".*" is a package: the package and every module in it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("doors", ("handler", "local_run")),
+    ("doors", ("handler", "openai_door", "local_run")),
     ("job runner", ("jobs",)),
     ("predict", ("predict", "transcript", "openai_shapes", "debug_info", "job_diarization", "job_state", "model_policy")),
     ("resident", ("resident.*",)),

@@ -1,0 +1,342 @@
+"""OpenAI's transcription API over HTTP: the door of a RunPod load-balancing endpoint.
+
+Started by ``python src/handler.py`` when ``ENDPOINT_TYPE=load_balancer``. RunPod's contract:
+the app listens on ``PORT`` (default 80); ``GET /ping`` on ``PORT_HEALTH`` (default: ``PORT``)
+answers 204 while the models load, 200 once the worker serves, and 503 after a GPU fault (so
+RunPod replaces the worker). OpenAI's routes:
+
+- ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: multipart, as OpenAI's
+  clients send it: ``file`` (or ``url``, an audio link fetched by the same guarded downloader
+  as the queue API's ``audio_file``), ``model``, ``language``, ``prompt``, ``temperature``,
+  ``response_format`` (default ``json``), ``timestamp_granularities[]``. The worker's own
+  options (``diarization``, ``min_speakers``, ``align_output``, ...) arrive as further form
+  fields (the official client's ``extra_body``), typed by the request schema. Without them,
+  speakers are labelled only for ``diarized_json`` and words aligned only where the shape
+  reports times (not for ``json`` and ``text``).
+- ``GET /v1/models``: the names this endpoint answers to.
+
+Each request is one job of the job runner (``jobs``): the same Predictor, cross-job batching,
+per-job logs, limits and deadline as the queue API. A client that disconnects cancels its job.
+Failures use OpenAI's error object ``{"error": {"message", "type", "param", "code"}}`` and its
+status codes, with ``x-should-retry: false`` where a retry cannot help (OpenAI's client
+otherwise retries 408, 409, 429 and 5xx, resending the whole file). Bodies over
+``MAX_REQUEST_BYTES`` (RunPod's limit: 30 MB) get 413 before they are read in full. With
+``API_KEY`` set, requests must carry ``Authorization: Bearer <API_KEY>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+import jobs
+import openai_shapes
+import rp_schema
+from settings import read_env
+
+logger = logging.getLogger("handler")
+
+#: OpenAI's transcription model names: a request naming one gets this worker's default model.
+OPENAI_MODEL_NAMES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize",
+                      "gpt-transcribe")
+# OpenAI's form fields and the request fields they fill.
+_RENAMED = {"prompt": "initial_prompt", "temperature": "temperature", "language": "language",
+            "response_format": "response_format", "url": "audio_file"}
+# Accepted and not used: the worker always cuts audio at the VAD's speech pauses.
+_IGNORED = ("chunking_strategy",)
+# Announced by OpenAI's API and not served by this worker yet: refused by name.
+_NOT_YET = ("stream", "known_speaker_names[]", "known_speaker_references[]", "include[]")
+# Shapes that report word or segment times: alignment runs for them unless the request says.
+_TIMED_SHAPES = ("verbose_json", "diarized_json", "srt", "vtt")
+_TRANSLATION_SHAPES = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+@dataclass(frozen=True)
+class DoorSettings:
+    """The load-balancing door's ENV (declared in ``settings.ENV_TABLE``), read once.
+
+    port, port_health: where the app and ``/ping`` listen (``port_health`` 0: on ``port``).
+    api_key: the Bearer key requests must carry ("" = none). max_request_bytes: largest body.
+    """
+
+    port: int = 80
+    port_health: int = 0
+    api_key: str = ""
+    max_request_bytes: int = 30_000_000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DoorSettings:
+        values = read_env(environ, ("PORT", "PORT_HEALTH", "API_KEY", "MAX_REQUEST_BYTES"))
+        return cls(values["PORT"], values["PORT_HEALTH"], values["API_KEY"], values["MAX_REQUEST_BYTES"])
+
+
+class OpenAIError(Exception):
+    """A request refused before it became a job, in OpenAI's terms."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+                   retry: bool = False) -> JSONResponse:
+    """OpenAI's error object; ``x-should-retry: false`` unless a retry may succeed."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers={"x-should-retry": "true" if retry else "false"})
+
+
+# How each JobFailure kind reads in OpenAI's terms: (status, type, code, a retry may help).
+_FAILURE_STATUS: Mapping[str, tuple[int, str, str | None, bool]] = {
+    "invalid_request": (400, "invalid_request_error", None, False),
+    "timeout": (408, "server_error", "job_timeout", False),
+    "cancelled": (499, "server_error", "cancelled", False),
+    "unavailable": (503, "server_error", "worker_unavailable", False),
+    "upload": (502, "server_error", "result_upload_failed", True),
+    "gpu_fault": (500, "server_error", "gpu_fault", True),
+    "internal": (500, "server_error", None, True),
+}
+
+
+def failure_response(failure: jobs.JobFailure) -> JSONResponse:
+    status, kind, code, retry = _FAILURE_STATUS[failure.kind]
+    return error_response(status, failure.message, kind, failure.field, code, retry)
+
+
+class Readiness:
+    """The worker's start-up in a thread of its own, so ``/ping`` answers while models load."""
+
+    def __init__(self) -> None:
+        self.state = "loading"  # -> "ready", or "faulted" after a GPU fault
+        self._thread = threading.Thread(target=self._start, name="start-up", daemon=True)
+
+    def begin(self) -> None:
+        self._thread.start()
+
+    def _start(self) -> None:
+        # A start-up failure is answered to every request (503 naming the cause), not by an
+        # unhealthy /ping: RunPod would restart the worker into the same failure, silently.
+        with contextlib.suppress(jobs.WorkerUnavailable):
+            jobs.start_up()
+        if self.state == "loading":
+            self.state = "ready"
+
+
+def _form_value(spec: Mapping[str, Any], text: str) -> Any:
+    """A form field's text as the request schema's type, where it parses (else the text, which
+    the schema then refuses naming the field)."""
+    if spec["nullable"] and text.strip().lower() in ("null", "none"):
+        return None
+    if spec["type"] is str:
+        return text
+    parsed = rp_schema.parse_scalar(spec["type"], text.strip())
+    return text if parsed is None else parsed
+
+
+async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]:
+    """The job's input from OpenAI's form (and the worker's own fields beside it)."""
+    job_input: dict[str, Any] = {}
+    for name in _NOT_YET:
+        if name in form and not (name == "stream" and form[name] in ("false", "False", "0")):
+            raise OpenAIError(400, f"{name.removesuffix('[]')} is not supported by this endpoint yet", name.removesuffix("[]"))
+    upload = form.get("file")
+    if isinstance(upload, UploadFile):
+        data = await upload.read()
+        if not data:
+            raise OpenAIError(400, "file is empty", "file")
+        job_input["audio_base64"] = base64.b64encode(data).decode("ascii")
+        job_input["audio_filename"] = upload.filename or "audio"
+    elif upload is not None:
+        raise OpenAIError(400, "file must be an uploaded file (multipart/form-data)", "file")
+    if "url" in form and "audio_base64" in job_input:
+        raise OpenAIError(400, "give either file or url, not both", "file")
+    if "url" not in form and "audio_base64" not in job_input:
+        raise OpenAIError(400, "file is required (or url)", "file")
+    model = str(form.get("model", "")).strip()
+    if model and model not in OPENAI_MODEL_NAMES:
+        job_input["model"] = model
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    if granularities:
+        job_input["timestamp_granularities"] = [str(item) for item in granularities]
+    for name, value in form.multi_items():
+        if name in ("file", "model", "timestamp_granularities[]", "timestamp_granularities", *_IGNORED, *_NOT_YET):
+            continue
+        field = _RENAMED.get(name, name)
+        if isinstance(value, UploadFile):
+            raise OpenAIError(400, f"{name} must be a form field, not a file", name)
+        spec = rp_schema.INPUT_SCHEMA.get(field) or rp_schema.INPUT_SCHEMA.get(_ALIASES.get(field, ""))
+        job_input[field] = _form_value(spec, value) if spec is not None else value  # unknown: the schema names it
+    shape = job_input.setdefault("response_format", "json")
+    if translate:
+        if "task" in job_input:
+            raise OpenAIError(400, "task is set by the route: /v1/audio/translations translates", "task")
+        job_input["task"] = "translate"
+        if shape not in _TRANSLATION_SHAPES:
+            raise OpenAIError(400, f"response_format must be one of {', '.join(_TRANSLATION_SHAPES)} for translations "
+                                   f"(got {shape!r})", "response_format")
+    if "diarization" not in job_input and "diarize" not in job_input:
+        job_input["diarization"] = shape == "diarized_json"
+    job_input.setdefault("align_output", shape in _TIMED_SHAPES)
+    return job_input
+
+
+_ALIASES = {alias: name for name, entry in rp_schema.INPUT_SCHEMA.items() for alias in entry.get("aliases", ())}
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OpenAIError(413, f"the request is {int(declared)} bytes, over this endpoint's limit of {limit} bytes "
+                               "(MAX_REQUEST_BYTES); send a url instead, or use the queue endpoint", "file",
+                          "request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise OpenAIError(413, f"the request is over this endpoint's limit of {limit} bytes (MAX_REQUEST_BYTES); "
+                                   "send a url instead, or use the queue endpoint", "file", "request_too_large")
+    return bytes(body)
+
+
+def _replayed(request: Request, body: bytes) -> Request:
+    """A request whose body is ``body`` (already read), for the form parser."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+def _render(transcript: Any, options: rp_schema.RequestOptions) -> Any:
+    return openai_shapes.render(transcript, options.response_format or "json", openai_shapes.granularities(options))
+
+
+async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readiness) -> Response:
+    """One job for one HTTP request; cancelled when the client disconnects."""
+    job_id = f"lb-{uuid.uuid4().hex[:12]}"
+
+    def run(control: Any) -> Any:
+        return jobs.run_job(job_id, job_input, control, render=_render, render_error=lambda failure: failure)
+
+    task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting"))
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return Response(status_code=499)  # nobody reads it
+    result = task.result()
+    if isinstance(result, jobs.JobFailure):
+        if result.kind == "gpu_fault":
+            readiness.state = "faulted"  # /ping says so: RunPod replaces this worker
+        return failure_response(result)
+    if isinstance(result, str):
+        return PlainTextResponse(result)
+    result.pop("logs", None)  # in the container log; OpenAI's clients expect none
+    return JSONResponse(rp_schema.json_safe(result))
+
+
+def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAPI:
+    """The HTTP app: OpenAI's routes and RunPod's ``/ping``."""
+    readiness = readiness or Readiness()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        readiness.begin()
+        yield
+
+    app = FastAPI(title="whisperx-worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(OpenAIError)
+    async def refused(_request: Request, exc: OpenAIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
+
+    app.add_api_route("/ping", ping_route(readiness), methods=["GET"])
+
+    def authorize(request: Request) -> None:
+        # Checked in each route, not in a middleware: Starlette's BaseHTTPMiddleware wraps the
+        # request's receive channel, and the route could then no longer see a client leave.
+        if door.api_key:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {door.api_key}".encode()):
+                raise OpenAIError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        names = [*OPENAI_MODEL_NAMES, str(rp_schema.INPUT_SCHEMA["model"]["default"])]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "whisperx-worker"}
+                                           for name in names]}
+
+    async def audio(request: Request, translate: bool) -> Response:
+        authorize(request)
+        if readiness.state == "loading":
+            # RunPod routes no traffic before /ping says 200; a direct caller may retry.
+            return error_response(503, "the worker is still loading its models", "server_error", code="loading", retry=True)
+        body = await _bounded_body(request, door.max_request_bytes)
+        form = await _replayed(request, body).form(max_files=2, max_fields=200, max_part_size=door.max_request_bytes)
+        try:
+            job_input = await job_input_from_form(form, translate)
+        finally:
+            await form.close()
+        return await _run_job(request, job_input, readiness)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await audio(request, translate=False)
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await audio(request, translate=True)
+
+    return app
+
+
+def ping_route(readiness: Readiness) -> Any:
+    async def ping() -> Response:
+        if readiness.state == "loading":
+            return Response(status_code=204)
+        if readiness.state == "faulted":
+            return JSONResponse({"status": "unhealthy"}, status_code=503)
+        return JSONResponse({"status": "healthy"})
+
+    return ping
+
+
+def serve(environ: Mapping[str, str]) -> None:
+    """Run the app (and ``/ping`` on ``PORT_HEALTH`` when it differs) until stopped."""
+    import uvicorn
+
+    door = DoorSettings.from_env(environ)
+    readiness = Readiness()
+    app = create_app(door, readiness)
+    servers = [uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=door.port, log_level="warning"))]
+    if door.port_health and door.port_health != door.port:
+        health = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        health.add_api_route("/ping", ping_route(readiness), methods=["GET"])
+        servers.append(uvicorn.Server(uvicorn.Config(health, host="0.0.0.0", port=door.port_health, log_level="warning")))
+    logger.info("OpenAI door listening on port %d (ping on %d)", door.port, door.port_health or door.port)
+
+    async def run_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(run_all())

@@ -1,0 +1,185 @@
+"""The load-balancing door (``ENDPOINT_TYPE=load_balancer``, src/openai_door.py) driven by the
+official ``openai`` client against the real worker process on 127.0.0.1, real weights, real
+speech (pyannote's two-speaker sample): RunPod's ``/ping`` contract, each response shape checked
+strictly with the package's own types and equal to the queue API's answer for the same audio,
+OpenAI's error objects and status codes, the body limit, the API key, and a client that goes
+away cancelling its job."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import requests
+import srt
+from fixtures_audio import concat_clips
+from openai.types.audio import TranscriptionDiarized, TranscriptionVerbose
+from references import PYANNOTE_SAMPLE, ROOT, require_assets
+from servers import FileServer, WorkerApi, free_port, worker_env
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = PYANNOTE_SAMPLE / "sample.wav"
+
+
+class LoadBalancerWorker:
+    """``python -u src/handler.py`` with ENDPOINT_TYPE=load_balancer on a free port."""
+
+    def __init__(self, folder: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "stdout.txt"
+        self.container_log = folder / "container_log.txt"
+        self.env = worker_env(ENDPOINT_TYPE="load_balancer", PORT=str(self.port), ALLOW_PRIVATE_URLS="true",
+                              CONTAINER_LOG_PATH=str(self.container_log), **env)
+        self.pings: list[int] = []
+
+    def __enter__(self) -> LoadBalancerWorker:
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-u", "src/handler.py"], cwd=ROOT, env=self.env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+            try:
+                status = requests.get(f"{self.base}/ping", timeout=2).status_code
+            except requests.ConnectionError:
+                time.sleep(0.5)
+                continue
+            self.pings.append(status)
+            if status == 200:
+                return self
+            time.sleep(0.5)
+        raise RuntimeError("the worker did not become ready in 300 s")
+
+    def client(self, api_key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=600)
+
+    def log_lines(self) -> list[str]:
+        return self.container_log.read_text(encoding="utf-8", errors="replace").splitlines() if self.container_log.exists() else []
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def lb(tmp_path_factory):
+    require_assets()
+    with LoadBalancerWorker(tmp_path_factory.mktemp("lb")) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def queue_answer(tmp_path_factory) -> dict:
+    """The queue API's own answer for the sample (diarization and alignment on)."""
+    root = tmp_path_factory.mktemp("media")
+    shutil.copy(SAMPLE, root / "sample.wav")
+    with FileServer(root) as files, WorkerApi(tmp_path_factory.mktemp("queue") / "worker.log") as api:
+        envelope = api.runsync({"audio_file": files.url("sample.wav")})
+    assert envelope.get("status") == "COMPLETED", envelope
+    return envelope["output"]
+
+
+def _queue_text(answer: dict) -> str:
+    return " ".join(s["text"].strip() for s in answer["segments"] if s["text"].strip())
+
+
+def test_ping_says_loading_then_ready(lb):
+    assert lb.pings[-1] == 200 and set(lb.pings) <= {204, 200}
+
+
+def test_verbose_json_through_the_official_client(lb, queue_answer):
+    with SAMPLE.open("rb") as audio:
+        raw = lb.client().audio.transcriptions.with_raw_response.create(
+            file=audio, model="whisper-1", response_format="verbose_json", timestamp_granularities=["word", "segment"],
+            extra_body={"diarization": True})
+    body = raw.http_response.json()
+    parsed = TranscriptionVerbose.model_validate(body, strict=True)
+    assert parsed.language == "english" and parsed.text == _queue_text(queue_answer)
+    queue_words = [(w["word"].strip(), w["start"], w["end"]) for s in queue_answer["segments"] for w in s["words"]]
+    assert [(w.word, w.start, w.end) for w in parsed.words or []] == queue_words
+    assert "logs" not in body
+
+
+def test_diarized_json_and_text_shapes(lb, queue_answer):
+    client = lb.client()
+    with SAMPLE.open("rb") as audio:
+        raw = client.audio.transcriptions.with_raw_response.create(file=audio, model="gpt-4o-transcribe-diarize",
+                                                                   response_format="diarized_json")
+    parsed = TranscriptionDiarized.model_validate(raw.http_response.json(), strict=True)
+    queue_segments = [s for s in queue_answer["segments"] if s["text"].strip()]
+    assert [(s.start, s.end, s.text) for s in parsed.segments] == [(s["start"], s["end"], s["text"].strip())
+                                                                   for s in queue_segments]
+    assert {s.speaker for s in parsed.segments} == {"A", "B"}
+    with SAMPLE.open("rb") as audio:
+        text = client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="text")
+    assert isinstance(text, str) and text.strip() == _queue_text(queue_answer)
+    with SAMPLE.open("rb") as audio:
+        subtitles = client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="srt")
+    assert " ".join(" ".join(cue.content.split()) for cue in srt.parse(subtitles)) == _queue_text(queue_answer)
+    with SAMPLE.open("rb") as audio:
+        plain = client.audio.transcriptions.create(file=audio, model="whisper-1")  # json, OpenAI's default
+    assert plain.text == _queue_text(queue_answer)
+
+
+def test_models_route(lb):
+    names = [model.id for model in lb.client().models.list()]
+    assert "whisper-1" in names and "gpt-4o-transcribe" in names
+
+
+def test_a_bad_request_is_openais_error_object(lb):
+    client = lb.client()
+    with pytest.raises(openai.BadRequestError) as caught, SAMPLE.open("rb") as audio:
+        client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="verbose_json",
+                                           extra_body={"beam_size": "many"})
+    error = caught.value
+    assert error.status_code == 400 and error.param == "beam_size" and "beam_size must be an integer" in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    with pytest.raises(openai.BadRequestError) as caught, SAMPLE.open("rb") as audio:
+        client.audio.transcriptions.create(file=audio, model="whisper-1", stream=True)
+    assert caught.value.param == "stream"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(file=("empty.wav", b""), model="whisper-1")
+    assert caught.value.param == "file"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):
+    with LoadBalancerWorker(tmp_path, MAX_REQUEST_BYTES="100000", API_KEY="s3cret", WARMUP="false") as small:
+        client = small.client(api_key="s3cret")
+        with pytest.raises(openai.APIStatusError) as caught, SAMPLE.open("rb") as audio:  # ~1 MB
+            client.audio.transcriptions.create(file=audio, model="whisper-1")
+        assert caught.value.status_code == 413 and caught.value.response.headers["x-should-retry"] == "false"
+        assert "MAX_REQUEST_BYTES" in caught.value.message
+        with pytest.raises(openai.AuthenticationError):
+            small.client(api_key="wrong").models.list()
+        assert requests.get(f"{small.base}/ping", timeout=5).status_code == 200  # RunPod's probe needs no key
+
+
+def test_a_client_that_goes_away_cancels_its_job(lb, tmp_path):
+    long_file, _, _ = concat_clips(tmp_path / "long.wav", 150.0)
+    with long_file.open("rb") as audio, pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{lb.base}/v1/audio/transcriptions", files={"file": ("long.wav", audio, "audio/wav")},
+                   data={"model": "whisper-1", "response_format": "verbose_json"}, timeout=8)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        lines = lb.log_lines()
+        rejected = [line for line in lines if re.search(r"job lb-\w+ rejected: job cancelled by the client disconnecting", line)]
+        if rejected:
+            job = re.search(r"job (lb-\w+)", rejected[0]).group(1)
+            assert not any(f"job {job} done" in line for line in lines)
+            return
+        time.sleep(1)
+    pytest.fail("the job of the client that went away was not cancelled:\n" + "\n".join(lb.log_lines()[-20:]))
