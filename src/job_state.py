@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import job_control
 
@@ -47,6 +47,22 @@ class RequestState:
     diarization_job: Future[diarization.DiarizationOutput] | None = None
     # Speakers the diarization found (before words were assigned), for debug_info.
     diarization_speakers: int | None = None
+    # Gets each decoded window's segment ({start, end, text}; seconds) as soon as ASR has it,
+    # in time order: what a door streams. None: nobody listens.
+    partial: Callable[[dict], None] | None = None
+    partial_until: float = -1.0  # start of the last window sent to ``partial``
+
+    def emit_partial(self, decoded: Sequence[Any]) -> None:
+        """Send the kept windows of one finished ASR batch to ``partial``, each once (an
+        out-of-memory retry decodes a file's windows again from its start)."""
+        if self.partial is None:
+            return
+        for window in decoded:
+            text = window.text.strip()
+            if window.silent or not text or window.start <= self.partial_until:
+                continue
+            self.partial_until = window.start
+            self.partial({"start": round(window.start, 3), "end": round(window.end, 3), "text": text})
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:

@@ -143,7 +143,8 @@ def _log_tail_chars() -> int:
 def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None = None,
             progress: Callable[[WorkerSettings], ProgressFn | None] = lambda _settings: None,
             render: Callable[[Transcript, rp_schema.RequestOptions], Any] = lambda transcript, _options: response_dict(transcript),
-            render_error: Callable[[JobFailure], Any] = queue_error) -> Any:
+            render_error: Callable[[JobFailure], Any] = queue_error,
+            partial: Callable[[dict], None] | None = None) -> Any:
     """Run one job; always returns the rendered transcript (a dict gets the job's ``logs``; a
     text body, such as OpenAI's ``srt``, is returned as it is), or ``{"error": ..., "logs": ...}``
     (and ``refresh_worker: true`` after a GPU fault).
@@ -153,7 +154,8 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
     job, given the worker's settings (None: no reports). render: the door's shape of the
     Predictor's ``Transcript`` for the job's options (default: today's response,
     ``transcript.response_dict``). render_error: the door's shape of a ``JobFailure`` (default:
-    RunPod's, ``queue_error``).
+    RunPod's, ``queue_error``). partial: gets each decoded window's segment as ASR finishes it
+    (a door's stream; ``Predictor.transcribe``).
     """
     with capture_request_logs(_log_tail_chars()) as capture:
         started = time.perf_counter()
@@ -165,7 +167,8 @@ def run_job(job_id: str, job_input: Any, control: job_control.JobControl | None 
                 raise rp_schema.ValidationError("input is required: send {\"input\": {\"audio_file\": ...}}")
             options = rp_schema.resolve_options(job_input, settings.request_env)
             logger.info("job %s started: %r", job_id, options)
-            result = render(predictor.transcribe(options, progress=progress(settings), control=control), options)
+            result = render(predictor.transcribe(options, progress=progress(settings), control=control, partial=partial),
+                            options)
             logger.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
             result = result_store.deliver(result, job_id if job_id != "-" else "local", settings.results)
         except WorkerUnavailable as exc:

@@ -13,6 +13,7 @@ RunPod replaces the worker). OpenAI's routes:
   fields (the official client's ``extra_body``), typed by the request schema. Without them,
   speakers are labelled only for ``diarized_json`` and words aligned only where the shape
   reports times (not for ``json`` and ``text``).
+  ``stream=true`` answers with server-sent events as ASR windows finish (``_stream_job``).
 - ``GET /v1/models``: the names this endpoint answers to.
 
 Each request is one job of the job runner (``jobs``): the same Predictor, cross-job batching,
@@ -30,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import json
 import logging
 import threading
 import uuid
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import FormData, UploadFile
 
 import jobs
@@ -57,7 +59,9 @@ _RENAMED = {"prompt": "initial_prompt", "temperature": "temperature", "language"
 # Accepted and not used: the worker always cuts audio at the VAD's speech pauses.
 _IGNORED = ("chunking_strategy",)
 # Announced by OpenAI's API and not served by this worker yet: refused by name.
-_NOT_YET = ("stream", "known_speaker_names[]", "known_speaker_references[]", "include[]")
+_NOT_YET = ("known_speaker_names[]", "known_speaker_references[]", "include[]")
+# Shapes a stream can end with (subtitles are whole files).
+_STREAM_SHAPES = ("json", "text", "verbose_json", "diarized_json")
 # Shapes that report word or segment times: alignment runs for them unless the request says.
 _TIMED_SHAPES = ("verbose_json", "diarized_json", "srt", "vtt")
 _TRANSLATION_SHAPES = ("json", "text", "srt", "vtt", "verbose_json")
@@ -149,7 +153,7 @@ async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]
     """The job's input from OpenAI's form (and the worker's own fields beside it)."""
     job_input: dict[str, Any] = {}
     for name in _NOT_YET:
-        if name in form and not (name == "stream" and form[name] in ("false", "False", "0")):
+        if name in form:
             raise OpenAIError(400, f"{name.removesuffix('[]')} is not supported by this endpoint yet", name.removesuffix("[]"))
     upload = form.get("file")
     if isinstance(upload, UploadFile):
@@ -171,7 +175,7 @@ async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]
     if granularities:
         job_input["timestamp_granularities"] = [str(item) for item in granularities]
     for name, value in form.multi_items():
-        if name in ("file", "model", "timestamp_granularities[]", "timestamp_granularities", *_IGNORED, *_NOT_YET):
+        if name in ("file", "model", "stream", "timestamp_granularities[]", "timestamp_granularities", *_IGNORED, *_NOT_YET):
             continue
         field = _RENAMED.get(name, name)
         if isinstance(value, UploadFile):
@@ -255,6 +259,76 @@ async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readi
     return JSONResponse(rp_schema.json_safe(result))
 
 
+def wants_stream(form: FormData) -> bool:
+    """OpenAI's ``stream`` field (a form boolean); a value that is not one is refused by name."""
+    value = str(form.get("stream", "false")).strip().lower()
+    parsed = rp_schema.parse_scalar(bool, value)
+    if parsed is None:
+        raise OpenAIError(400, f"stream must be true or false (got {value!r})", "stream")
+    return bool(parsed)
+
+
+def _sse(event: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(rp_schema.json_safe(event), ensure_ascii=False)}\n\n".encode()
+
+
+def _stream_job(job_input: dict[str, Any], readiness: Readiness) -> StreamingResponse:
+    """One job for one request, answered as server-sent events in OpenAI's shapes: a
+    ``transcript.text.delta`` per decoded window as ASR finishes it, then for ``diarized_json``
+    a ``transcript.text.segment`` per speaker segment, then ``transcript.text.done`` (with the
+    whole aligned/diarized answer in its extra ``whisperx`` field), or an ``error`` event that
+    OpenAI's client raises. The client leaving ends the generator, which cancels the job."""
+    job_id = f"lb-{uuid.uuid4().hex[:12]}"
+    shape = job_input.get("response_format", "json")
+    if shape not in _STREAM_SHAPES:
+        raise OpenAIError(400, f"stream=true needs response_format {', '.join(_STREAM_SHAPES)} (got {shape!r})",
+                          "response_format")
+
+    async def events() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        partials: asyncio.Queue[dict] = asyncio.Queue()
+
+        def send(segment: dict) -> None:  # in the job's thread
+            loop.call_soon_threadsafe(partials.put_nowait, segment)
+
+        def run(control: Any) -> Any:
+            return jobs.run_job(job_id, job_input, control, render=_render, render_error=lambda failure: failure,
+                                partial=send)
+
+        task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting"))
+        sent = 0
+        try:
+            while not (task.done() and partials.empty()):
+                getter = asyncio.ensure_future(partials.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                segment = getter.result()
+                yield _sse({"type": "transcript.text.delta", "delta": segment["text"] if sent == 0 else " " + segment["text"],
+                            "segment_id": f"seg_{sent}"})
+                sent += 1
+            result = task.result()
+            if isinstance(result, jobs.JobFailure):
+                if result.kind == "gpu_fault":
+                    readiness.state = "faulted"
+                status, kind, code, _retry = _FAILURE_STATUS[result.kind]
+                yield _sse({"type": "error", "error": {"message": result.message, "type": kind, "param": result.field,
+                                                       "code": code or str(status)}})
+                return
+            result = {"text": result.rstrip("\n")} if isinstance(result, str) else result
+            result.pop("logs", None)
+            for segment in result.get("segments", []) if shape == "diarized_json" else []:
+                yield _sse(segment)  # already OpenAI's transcript.text.segment objects
+            yield _sse({"type": "transcript.text.done", "text": result["text"], "usage": result.get("usage"),
+                        "whisperx": result})
+        finally:
+            if not task.done():
+                task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
 def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAPI:
     """The HTTP app: OpenAI's routes and RunPod's ``/ping``."""
     readiness = readiness or Readiness()
@@ -296,8 +370,11 @@ def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAP
         form = await _replayed(request, body).form(max_files=2, max_fields=200, max_part_size=door.max_request_bytes)
         try:
             job_input = await job_input_from_form(form, translate)
+            stream = wants_stream(form)
         finally:
             await form.close()
+        if stream:
+            return _stream_job(job_input, readiness)
         return await _run_job(request, job_input, readiness)
 
     @app.post("/v1/audio/transcriptions")

@@ -170,8 +170,9 @@ class Predictor:
         return response_dict(self.transcribe(opts, progress, control))
 
     def transcribe(self, opts: rp_schema.RequestOptions, progress: ProgressFn | None = None,
-                   control: job_control.JobControl | None = None) -> Transcript:
-        """Run one request through the stages; its ``Transcript``.
+                   control: job_control.JobControl | None = None, partial: Callable[[dict], None] | None = None) -> Transcript:
+        """Run one request through the stages; its ``Transcript``. ``partial`` gets each decoded
+        window's segment as ASR finishes it (``RequestState.partial``).
 
         ``control``: the job's deadline and cancel token (default: a budget of
         ``JOB_TIMEOUT_S`` from now); the job stops at the next check after either, with
@@ -185,7 +186,7 @@ class Predictor:
         if self.asr_models is None:
             self.setup()
         control = control or job_control.JobControl(self.settings.job_timeout_s)
-        state = _RequestState(control=control)
+        state = _RequestState(control=control, partial=partial)
 
         def notify(stage: str, percent: float | None) -> None:
             control.check(stage)
@@ -206,9 +207,8 @@ class Predictor:
             self.lanes.job_ended()
 
     def _batch_fill_chunk_s(self) -> float:
-        """``vad.fill_batch``'s shortest window (seconds) for a job starting its ASR now: 0 (no
-        filling) while more than ``BATCH_FILL_MAX_JOBS`` jobs are in flight, since their
-        windows fill the merged batches instead."""
+        """``vad.fill_batch``'s shortest window (seconds) for a job starting its ASR now: 0 (no filling)
+        while more than ``BATCH_FILL_MAX_JOBS`` jobs are in flight (their windows fill the batches)."""
         busy = self.lanes.jobs_in_flight() > self.settings.batch_fill_max_jobs
         return 0.0 if busy else self.settings.batch_fill_chunk_s(self.device)
 
@@ -330,6 +330,7 @@ class Predictor:
                     model, waveform, windows, tokenizer, dopts, batch_size, self.device,
                     progress=lambda pct: notify("transcribe", pct), max_rows=max_rows,
                     calls=self.whisper_calls.for_job(functools.partial(state.control.check, "transcription")),
+                    on_batch=state.emit_partial,
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch_size <= 1:

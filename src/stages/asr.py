@@ -394,10 +394,12 @@ def transcribe_windows(
     progress: Callable[[float], None] | None = None,
     max_rows: int | None = None,
     calls: WhisperCalls | None = None,
+    on_batch: Callable[[list[WindowTranscript]], None] | None = None,
 ) -> list[WindowTranscript]:
     """Decode every window, ``batch_size`` at a time, with the temperature fallback.
 
-    Returns one ``WindowTranscript`` per window, in order. ``progress`` gets 0–100.
+    Returns one ``WindowTranscript`` per window, in order. ``progress`` gets 0–100;
+    ``on_batch`` gets each batch's judged windows as soon as the batch is done (streaming).
     ``max_rows`` caps the windows of one generate call (see ``windows_in_flight``); a batch
     bigger than that is decoded in consecutive calls. ``calls`` runs the model's calls
     (``DIRECT`` when None; the worker passes its cross-job batcher).
@@ -448,6 +450,8 @@ def transcribe_windows(
             judged.silent = _judged_silent(judged, opts, windows[index].speech_prob, exhausted=index in failed)
             if not judged.silent:
                 _screen_text(judged, opts, tokenizer)
+        if on_batch is not None:
+            on_batch([window for window in (out[index] for index in batch) if window is not None])
         if progress is not None:
             progress(100.0 * batch[-1] / max(1, len(windows) - 1) if len(windows) > 1 else 100.0)
     return [r for r in out if r is not None]

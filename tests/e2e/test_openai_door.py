@@ -20,7 +20,13 @@ import pytest
 import requests
 import srt
 from fixtures_audio import concat_clips
-from openai.types.audio import TranscriptionDiarized, TranscriptionVerbose
+from openai.types.audio import (
+    TranscriptionDiarized,
+    TranscriptionTextDeltaEvent,
+    TranscriptionTextDoneEvent,
+    TranscriptionTextSegmentEvent,
+    TranscriptionVerbose,
+)
 from references import PYANNOTE_SAMPLE, ROOT, require_assets
 from servers import FileServer, WorkerApi, free_port, worker_env
 
@@ -149,8 +155,8 @@ def test_a_bad_request_is_openais_error_object(lb):
     assert error.status_code == 400 and error.param == "beam_size" and "beam_size must be an integer" in error.message
     assert error.response.headers["x-should-retry"] == "false"
     with pytest.raises(openai.BadRequestError) as caught, SAMPLE.open("rb") as audio:
-        client.audio.transcriptions.create(file=audio, model="whisper-1", stream=True)
-    assert caught.value.param == "stream"
+        client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="srt", stream=True)
+    assert caught.value.param == "response_format"
     with pytest.raises(openai.BadRequestError) as caught:
         client.audio.transcriptions.create(file=("empty.wav", b""), model="whisper-1")
     assert caught.value.param == "file"
@@ -183,3 +189,42 @@ def test_a_client_that_goes_away_cancels_its_job(lb, tmp_path):
             return
         time.sleep(1)
     pytest.fail("the job of the client that went away was not cancelled:\n" + "\n".join(lb.log_lines()[-20:]))
+
+
+def _jobs_done(lb: LoadBalancerWorker) -> int:
+    return sum(bool(re.search(r"job lb-\w+ done", line)) for line in lb.log_lines())
+
+
+def test_stream_sends_each_window_before_the_job_ends_then_the_whole_answer(lb, queue_answer):
+    """Deltas (one per decoded ASR window; the sample is one 30 s window) arrive while the job
+    still runs (diarization and alignment: its "done" line is not yet logged), their text is the
+    final text, and the done event carries the diarized answer."""
+    done_before = _jobs_done(lb)
+    events, done_at_first_delta = [], None
+    with SAMPLE.open("rb") as audio:
+        stream = lb.client().audio.transcriptions.create(
+            file=audio, model="gpt-4o-transcribe-diarize", response_format="diarized_json", stream=True)
+        for event in stream:
+            if done_at_first_delta is None and event.type == "transcript.text.delta":
+                done_at_first_delta = _jobs_done(lb)
+            events.append(event)
+    assert done_at_first_delta == done_before  # the first segment came before the job's end
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    assert len(deltas) >= 1 and all(isinstance(e, TranscriptionTextDeltaEvent) for e in deltas)
+    assert [e.type for e in events] == ["transcript.text.delta"] * len(deltas) + ["transcript.text.segment"] * len(segments) + [
+        "transcript.text.done"]
+    done = events[-1]
+    assert isinstance(done, TranscriptionTextDoneEvent)
+    assert "".join(e.delta for e in deltas) == done.text == _queue_text(queue_answer)
+    final = TranscriptionDiarized.model_validate(done.model_extra["whisperx"], strict=True)
+    assert [(s.start, s.end, s.speaker, s.text) for s in segments] == [(s.start, s.end, s.speaker, s.text) for s in final.segments]
+    assert all(isinstance(e, TranscriptionTextSegmentEvent) for e in segments)
+    assert _jobs_done(lb) == done_before + 1
+
+
+def test_an_error_in_a_stream_is_raised_by_the_official_client(lb):
+    with pytest.raises(openai.APIError, match="beam_size must be"), SAMPLE.open("rb") as audio:
+        for _event in lb.client().audio.transcriptions.create(file=audio, model="whisper-1", stream=True,
+                                                              extra_body={"beam_size": 0}):
+            pass

@@ -68,7 +68,6 @@ def test_the_translation_route_translates_and_refuses_diarized_json():
     (_form(audio=None), "file"),
     (_form(audio=b""), "file"),
     (_form(("url", "https://example.com/a.wav")), "file"),
-    (_form(("stream", "true")), "stream"),
     (_form(("known_speaker_names[]", "Ann")), "known_speaker_names"),
 ])
 def test_requests_the_door_cannot_serve_name_the_field(form, param):
@@ -77,8 +76,15 @@ def test_requests_the_door_cannot_serve_name_the_field(form, param):
     assert caught.value.status == 400 and caught.value.param == param
 
 
-def test_stream_false_and_a_url_alone_are_fine():
-    assert "stream" not in _job_input(_form(("stream", "false")))
+def test_stream_is_a_form_boolean_and_never_a_job_field():
+    assert "stream" not in _job_input(_form(("stream", "true")))
+    assert openai_door.wants_stream(_form(("stream", "true"))) and not openai_door.wants_stream(_form())
+    with pytest.raises(openai_door.OpenAIError) as caught:
+        openai_door.wants_stream(_form(("stream", "sometimes")))
+    assert caught.value.param == "stream"
+
+
+def test_a_url_alone_is_fine():
     assert _job_input(_form(("url", "https://example.com/a.wav"), audio=None))["audio_file"] == "https://example.com/a.wav"
 
 
