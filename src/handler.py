@@ -36,9 +36,11 @@ if __name__ == "__main__":
 
     use_own_temp_dir()
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from collections.abc import AsyncIterator, Callable  # noqa: E402
 
 import job_control  # noqa: E402
 import jobs  # noqa: E402
@@ -82,18 +84,20 @@ def _job_id(job: object) -> str:
     return str(job.get("id", "-")) if isinstance(job, dict) else "-"
 
 
-def handler(job: dict, control: job_control.JobControl | None = None) -> dict | str:
+def handler(job: dict, control: job_control.JobControl | None = None,
+            partial: Callable[[dict], None] | None = None) -> dict | str:
     """Run one RunPod job; always returns a JSON-safe answer: the worker's response, or OpenAI's
     shape when the input names ``response_format`` (a string for ``text``/``srt``/``vtt``), or
     ``{"error": ...}`` on failure.
 
     ``control``: the job's deadline and cancel token (``serve_job`` makes one per job; by
-    default a budget of ``JOB_TIMEOUT_S`` from now).
+    default a budget of ``JOB_TIMEOUT_S`` from now). ``partial``: gets each decoded window's
+    segment as ASR finishes it (``serve_job_streaming``).
     """
     job_input = job.get("input") if isinstance(job, dict) else None
     return rp_schema.json_safe(jobs.run_job(_job_id(job), job_input, control,
                                             progress=lambda settings: _progress_sender(job, settings),
-                                            render=openai_shapes.queue_response))
+                                            render=openai_shapes.queue_response, partial=partial))
 
 
 def concurrency_modifier(current: int) -> int:
@@ -109,13 +113,48 @@ async def serve_job(job: dict) -> dict | str:
     return await jobs.run_in_job_thread(lambda control: handler(job, control), _job_id(job))
 
 
-def _endpoint_type() -> str:
-    """``ENDPOINT_TYPE``: ``queue`` (RunPod's queue API), or ``load_balancer`` (OpenAI's routes);
-    a bad value leaves the queue door, whose jobs are answered with the settings error."""
+# RunPod's /stream carries at most 1 MB per chunk: a larger answer is sent as JSON text in parts.
+STREAM_CHUNK_BYTES = 900_000
+
+
+def answer_chunks(answer: dict | str) -> list[dict]:
+    """The final answer as stream chunks: ``{"result": answer}`` when it fits one chunk, else
+    ``{"result_json": part, "part": i, "parts": n}`` pieces of its JSON text (join and parse)."""
+    text = json.dumps(answer, ensure_ascii=False)
+    if len(text.encode("utf-8")) <= STREAM_CHUNK_BYTES:
+        return [{"result": answer}]
+    # Characters, not bytes, are cut: a UTF-8 character takes at most 4 bytes.
+    step = STREAM_CHUNK_BYTES // 4
+    parts = [text[start:start + step] for start in range(0, len(text), step)]
+    return [{"result_json": part, "part": index, "parts": len(parts)} for index, part in enumerate(parts)]
+
+
+async def serve_job_streaming(job: dict) -> AsyncIterator[dict]:
+    """The SDK's handler with ``QUEUE_STREAMING=true``: a generator, so ``/stream`` gets
+    ``{"partial": {"start", "end", "text"}}`` for each decoded window as ASR finishes it, then
+    the answer (``answer_chunks``); ``/run`` and ``/runsync`` get the list of every chunk
+    (``return_aggregate_stream``). A failure is first streamed as ``{"failed": {"error": ...}}``
+    (runpod-python streams no chunk holding an ``error`` key), then yielded as ``{"error": ...}``,
+    which ends the job as failed. RunPod's stop cancels the job, as in ``serve_job``."""
+    async for kind, item in jobs.stream_job(lambda control, partial: handler(job, control, partial), _job_id(job),
+                                            cancelled_by="RunPod"):
+        if kind == "partial":
+            yield {"partial": item}
+        elif isinstance(item, dict) and "error" in item:
+            yield {"failed": item}
+            yield item
+        else:
+            for chunk in answer_chunks(item):
+                yield chunk
+
+
+def _switch(name: str, fallback: object) -> object:
+    """A start-up switch (``ENDPOINT_TYPE``, ``QUEUE_STREAMING``); a bad value gives ``fallback``
+    (the queue door, whose jobs are then answered with the settings error)."""
     try:
-        return str(read_env(os.environ, ("ENDPOINT_TYPE",))["ENDPOINT_TYPE"])
+        return read_env(os.environ, (name,))[name]
     except ValueError:
-        return "queue"
+        return fallback
 
 
 def main() -> None:
@@ -128,7 +167,7 @@ def main() -> None:
         setup_logging(os.environ.get("CONTAINER_LOG_PATH", "").strip() or WorkerSettings.log_path, "INFO")
     else:
         setup_logging(settings.log_path, settings.log_level)
-    if _endpoint_type() == "load_balancer":
+    if _switch("ENDPOINT_TYPE", "queue") == "load_balancer":
         import openai_door
 
         openai_door.serve(os.environ)  # OpenAI's routes over HTTP; start-up runs beside /ping
@@ -139,7 +178,11 @@ def main() -> None:
         jobs.start_up()  # load and warm up before taking jobs
     except jobs.WorkerUnavailable:
         pass  # logged once; jobs are answered with the cause instead of a crash loop
-    runpod.serverless.start({"handler": serve_job, "concurrency_modifier": concurrency_modifier})
+    if _switch("QUEUE_STREAMING", False):
+        runpod.serverless.start({"handler": serve_job_streaming, "concurrency_modifier": concurrency_modifier,
+                                 "return_aggregate_stream": True})
+    else:
+        runpod.serverless.start({"handler": serve_job, "concurrency_modifier": concurrency_modifier})
 
 
 if __name__ == "__main__":

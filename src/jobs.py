@@ -20,7 +20,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -238,3 +238,30 @@ async def run_in_job_thread(run: Callable[[job_control.JobControl], Any], job_id
         control.cancel(f"cancelled by {cancelled_by}")
         logger.info("job %s cancelled: its work stops at the next check", control.job_id)
         raise
+
+
+async def stream_job(run: Callable[[job_control.JobControl, Callable[[dict], None]], Any], job_id: str,
+                     cancelled_by: str) -> AsyncIterator[tuple[str, Any]]:
+    """``run(control, partial)`` in a job thread (``run_in_job_thread``), as a stream: a
+    ``("partial", segment)`` item for each segment the job hands to ``partial`` (from its
+    thread), then one ``("result", answer)``. Closing the stream early (the reader left)
+    cancels the job."""
+    loop = asyncio.get_running_loop()
+    partials: asyncio.Queue[dict] = asyncio.Queue()
+
+    def send(segment: dict) -> None:  # called in the job's thread
+        loop.call_soon_threadsafe(partials.put_nowait, segment)
+
+    task = asyncio.ensure_future(run_in_job_thread(lambda control: run(control, send), job_id, cancelled_by))
+    try:
+        while not (task.done() and partials.empty()):
+            getter = asyncio.ensure_future(partials.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield "partial", getter.result()
+            else:
+                getter.cancel()
+        yield "result", task.result()
+    finally:
+        if not task.done():
+            task.cancel()

@@ -285,46 +285,30 @@ def _stream_job(job_input: dict[str, Any], readiness: Readiness) -> StreamingRes
                           "response_format")
 
     async def events() -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        partials: asyncio.Queue[dict] = asyncio.Queue()
-
-        def send(segment: dict) -> None:  # in the job's thread
-            loop.call_soon_threadsafe(partials.put_nowait, segment)
-
-        def run(control: Any) -> Any:
+        def run(control: Any, partial: Any) -> Any:
             return jobs.run_job(job_id, job_input, control, render=_render, render_error=lambda failure: failure,
-                                partial=send)
+                                partial=partial)
 
-        task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting"))
         sent = 0
-        try:
-            while not (task.done() and partials.empty()):
-                getter = asyncio.ensure_future(partials.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                segment = getter.result()
-                yield _sse({"type": "transcript.text.delta", "delta": segment["text"] if sent == 0 else " " + segment["text"],
+        async for kind, item in jobs.stream_job(run, job_id, cancelled_by="the client disconnecting"):
+            if kind == "partial":
+                yield _sse({"type": "transcript.text.delta", "delta": item["text"] if sent == 0 else " " + item["text"],
                             "segment_id": f"seg_{sent}"})
                 sent += 1
-            result = task.result()
-            if isinstance(result, jobs.JobFailure):
-                if result.kind == "gpu_fault":
+                continue
+            if isinstance(item, jobs.JobFailure):
+                if item.kind == "gpu_fault":
                     readiness.state = "faulted"
-                status, kind, code, _retry = _FAILURE_STATUS[result.kind]
-                yield _sse({"type": "error", "error": {"message": result.message, "type": kind, "param": result.field,
+                status, kind_name, code, _retry = _FAILURE_STATUS[item.kind]
+                yield _sse({"type": "error", "error": {"message": item.message, "type": kind_name, "param": item.field,
                                                        "code": code or str(status)}})
                 return
-            result = {"text": result.rstrip("\n")} if isinstance(result, str) else result
+            result: dict[str, Any] = {"text": item.rstrip("\n")} if isinstance(item, str) else item
             result.pop("logs", None)
             for segment in result.get("segments", []) if shape == "diarized_json" else []:
                 yield _sse(segment)  # already OpenAI's transcript.text.segment objects
             yield _sse({"type": "transcript.text.done", "text": result["text"], "usage": result.get("usage"),
                         "whisperx": result})
-        finally:
-            if not task.done():
-                task.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 

@@ -278,6 +278,8 @@ ENV_TABLE: tuple[EnvVar, ...] = (
     _env_var(str, "BUCKET_ACCESS_KEY_ID", "", "RunPod's upload ENV: access key", secret=True),
     _env_var(str, "BUCKET_SECRET_ACCESS_KEY", "", "RunPod's upload ENV: secret key", secret=True),
     _env_var(str, "BUCKET_NAME", "", "RunPod's upload ENV: the bucket large results are uploaded to"),
+    _env_var(bool, "QUEUE_STREAMING", False, "queue: the handler streams each decoded window to `/stream`; `/run` then "
+             "returns the list of chunks"),
     # --- the OpenAI door (a load-balancing endpoint) ----------------------------
     _env_var(str, "ENDPOINT_TYPE", "queue", "`queue`: RunPod's queue API; `load_balancer`: OpenAI's routes over HTTP "
              "(`openai_door.py`)", choices=("queue", "load_balancer"), case="lower"),

@@ -25,6 +25,7 @@ class Posted:
     job_id: str
     data: dict
     at: float = field(default_factory=time.monotonic)
+    stream: bool = False  # a chunk posted to the stream URL (a generator handler's output)
 
 
 class RunPodStub:
@@ -69,9 +70,11 @@ class RunPodStub:
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length).decode("utf-8")
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
                 with stub._lock:
-                    stub.posts.append(Posted(query.get("id", [""])[0], json.loads(body) if body else {}))
+                    stub.posts.append(Posted(query.get("id", [""])[0], json.loads(body) if body else {},
+                                             stream=url.path.startswith("/job-stream/")))
                     stub._lock.notify_all()
                 self._json(200, {})
 
@@ -122,7 +125,12 @@ class RunPodStub:
 
     def progress(self, job_id: str) -> list[Posted]:
         with self._lock:
-            return [p for p in self.posts if p.job_id == job_id and p.data.get("status") == "IN_PROGRESS"]
+            return [p for p in self.posts if p.job_id == job_id and not p.stream and p.data.get("status") == "IN_PROGRESS"]
+
+    def streamed(self, job_id: str) -> list[Posted]:
+        """The chunks a generator handler streamed for ``job_id``, in order."""
+        with self._lock:
+            return [p for p in self.posts if p.job_id == job_id and p.stream]
 
     def result(self, job_id: str, timeout_s: float) -> Posted:
         """The job's final post (output or error), waiting up to ``timeout_s``."""
@@ -130,7 +138,7 @@ class RunPodStub:
         with self._lock:
             while True:
                 for post in self.posts:
-                    if post.job_id == job_id and post.data.get("status") != "IN_PROGRESS":
+                    if post.job_id == job_id and not post.stream and post.data.get("status") != "IN_PROGRESS":
                         return post
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -143,7 +151,7 @@ class RunPodStub:
         with self._lock:
             while True:
                 for post in self.posts:
-                    if (post.job_id == job_id and post.data.get("status") == "IN_PROGRESS"
+                    if (post.job_id == job_id and not post.stream and post.data.get("status") == "IN_PROGRESS"
                             and str(post.data.get("output", "")).startswith(prefix)):
                         return post
                 left = deadline - time.monotonic()

@@ -142,3 +142,24 @@ def test_sdk_prints_no_job_output(tmp_path):
         stdout = worker.log.read_text(encoding="utf-8", errors="replace")
         assert "Handler output" not in stdout
         assert " ".join(words[:4]) not in stdout
+
+
+def test_queue_streaming_sends_each_window_then_the_answer(tmp_path, long_file):
+    """QUEUE_STREAMING=true: the SDK streams a partial segment per decoded window (batch_size 1)
+    before the answer, the partials' text is the answer's, /run gets every chunk; a failure is
+    streamed as a chunk a /stream reader sees, and the job ends as failed."""
+    with RunPodStub() as stub, SdkWorker(stub, tmp_path, QUEUE_STREAMING="true", WARMUP="false"):
+        stub.submit("stream-1", {"audio_file": str(long_file), "language": "ru", "diarization": False, "batch_size": 1})
+        final = stub.result("stream-1", timeout_s=900)
+        chunks = [post.data["output"] for post in stub.streamed("stream-1")]
+        partials = [chunk["partial"] for chunk in chunks if "partial" in chunk]
+        assert len(partials) >= 2 and all("partial" in chunk for chunk in chunks[:-1])
+        answer = chunks[-1]["result"]
+        assert " ".join(p["text"] for p in partials) == " ".join(s["text"].strip() for s in answer["segments"] if s["text"].strip())
+        assert final.data["output"] == chunks  # /run's view: every chunk (return_aggregate_stream)
+        assert max(post.at for post in stub.streamed("stream-1") if "partial" in post.data["output"]) < final.at
+        stub.submit("stream-bad", {"audio_file": str(long_file), "beam_size": 0})
+        failed = stub.result("stream-bad", timeout_s=300)
+        assert "beam_size" in failed.data["error"]
+        streamed = [post.data["output"] for post in stub.streamed("stream-bad")]
+        assert len(streamed) == 1 and "beam_size" in streamed[0]["failed"]["error"]
