@@ -219,17 +219,21 @@ def _budget_s() -> float:
 
 
 async def run_in_job_thread(run: Callable[[job_control.JobControl], Any], job_id: str,
-                            cancelled_by: str = "RunPod") -> Any:
+                            cancelled_by: str = "RunPod", budget_s: float | None = None) -> Any:
     """``run(control)`` in a job thread, awaited, so the caller's event loop keeps serving while
     jobs run.
 
     The job's deadline starts now, when the job arrives (a wait for a job thread counts).
     When the awaiting task is cancelled (RunPod stops the job, a client goes away: ``cancelled_by``
     names who, for the log and the error), the job's control is cancelled, so its thread stops at
-    its next check and its slot frees up.
+    its next check and its slot frees up. ``budget_s``: a door's tighter time budget (seconds;
+    the smaller of it and ``JOB_TIMEOUT_S`` applies).
     """
     loop = asyncio.get_running_loop()
-    control = job_control.JobControl(_budget_s(), job_id)
+    budget = _budget_s()
+    if budget_s is not None and budget_s > 0:
+        budget = min(budget, budget_s) if budget > 0 else budget_s
+    control = job_control.JobControl(budget, job_id)
     # A copy of this task's context: the job's log capture, set in the thread, stays its own.
     running = loop.run_in_executor(_threads(), contextvars.copy_context().run, run, control)
     try:

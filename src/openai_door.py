@@ -21,7 +21,9 @@ per-job logs, limits and deadline as the queue API. A client that disconnects ca
 Failures use OpenAI's error object ``{"error": {"message", "type", "param", "code"}}`` and its
 status codes, with ``x-should-retry: false`` where a retry cannot help (OpenAI's client
 otherwise retries 408, 409, 429 and 5xx, resending the whole file). Bodies over
-``MAX_REQUEST_BYTES`` (RunPod's limit: 30 MB) get 413 before they are read in full. With
+``MAX_REQUEST_BYTES`` (RunPod's limit: 30 MB) get 413 before they are read in full; a request
+that is not streamed has ``LB_REQUEST_TIMEOUT_S`` (330 s, inside RunPod's 5.5 minutes), and one
+that runs out is answered 408 saying to stream or use the queue endpoint. With
 ``API_KEY`` set, requests must carry ``Authorization: Bearer <API_KEY>``.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -73,17 +76,21 @@ class DoorSettings:
 
     port, port_health: where the app and ``/ping`` listen (``port_health`` 0: on ``port``).
     api_key: the Bearer key requests must carry ("" = none). max_request_bytes: largest body.
+    request_timeout_s: budget of a request that is not streamed (RunPod ends a load-balancing
+    request after about 5.5 minutes; 0 = ``JOB_TIMEOUT_S`` alone).
     """
 
     port: int = 80
     port_health: int = 0
     api_key: str = ""
     max_request_bytes: int = 30_000_000
+    request_timeout_s: float = 330.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> DoorSettings:
-        values = read_env(environ, ("PORT", "PORT_HEALTH", "API_KEY", "MAX_REQUEST_BYTES"))
-        return cls(values["PORT"], values["PORT_HEALTH"], values["API_KEY"], values["MAX_REQUEST_BYTES"])
+        values = read_env(environ, ("PORT", "PORT_HEALTH", "API_KEY", "MAX_REQUEST_BYTES", "LB_REQUEST_TIMEOUT_S"))
+        return cls(values["PORT"], values["PORT_HEALTH"], values["API_KEY"], values["MAX_REQUEST_BYTES"],
+                   values["LB_REQUEST_TIMEOUT_S"])
 
 
 class OpenAIError(Exception):
@@ -158,10 +165,11 @@ async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]
     upload = form.get("file")
     if isinstance(upload, UploadFile):
         data = await upload.read()
-        if not data:
+        if data:
+            job_input["audio_base64"] = base64.b64encode(data).decode("ascii")
+            job_input["audio_filename"] = upload.filename or "audio"
+        elif "url" not in form:  # OpenAI's client always sends a file: an empty one stands aside for a url
             raise OpenAIError(400, "file is empty", "file")
-        job_input["audio_base64"] = base64.b64encode(data).decode("ascii")
-        job_input["audio_filename"] = upload.filename or "audio"
     elif upload is not None:
         raise OpenAIError(400, "file must be an uploaded file (multipart/form-data)", "file")
     if "url" in form and "audio_base64" in job_input:
@@ -233,14 +241,19 @@ def _render(transcript: Any, options: rp_schema.RequestOptions) -> Any:
     return openai_shapes.render(transcript, options.response_format or "json", openai_shapes.granularities(options))
 
 
-async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readiness) -> Response:
+_TIMEOUT_HINT = ("; RunPod ends a load-balancing request after about 5.5 minutes (LB_REQUEST_TIMEOUT_S): send long "
+                 "audio with stream=true, or to the queue endpoint")
+
+
+async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readiness, budget_s: float) -> Response:
     """One job for one HTTP request; cancelled when the client disconnects."""
     job_id = f"lb-{uuid.uuid4().hex[:12]}"
 
     def run(control: Any) -> Any:
         return jobs.run_job(job_id, job_input, control, render=_render, render_error=lambda failure: failure)
 
-    task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting"))
+    task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting",
+                                                        budget_s=budget_s))
     while not task.done():
         await asyncio.wait({task}, timeout=0.5)
         if not task.done() and await request.is_disconnected():
@@ -252,6 +265,8 @@ async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readi
     if isinstance(result, jobs.JobFailure):
         if result.kind == "gpu_fault":
             readiness.state = "faulted"  # /ping says so: RunPod replaces this worker
+        if result.kind == "timeout":
+            result = dataclasses.replace(result, message=result.message + _TIMEOUT_HINT)
         return failure_response(result)
     if isinstance(result, str):
         return PlainTextResponse(result)
@@ -359,7 +374,7 @@ def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAP
             await form.close()
         if stream:
             return _stream_job(job_input, readiness)
-        return await _run_job(request, job_input, readiness)
+        return await _run_job(request, job_input, readiness, door.request_timeout_s)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:

@@ -289,6 +289,8 @@ ENV_TABLE: tuple[EnvVar, ...] = (
              secret=True, default_doc="none"),
     _env_var(int, "MAX_REQUEST_BYTES", 30_000_000, "load_balancer: largest request body (RunPod's limit: 30 MB)",
              min=1, max=2**40, unit="bytes"),
+    _env_var(float, "LB_REQUEST_TIMEOUT_S", 330.0, "load_balancer: time budget of a request that is not streamed "
+             "(RunPod ends one after about 5.5 minutes)", min=0, max=ONE_WEEK_S, unit="seconds", zero="`JOB_TIMEOUT_S` alone"),
 )
 ENV_BY_NAME: Mapping[str, EnvVar] = {var.name: var for var in ENV_TABLE}
 _FETCH_ENV = ("MAX_AUDIO_BYTES", "DOWNLOAD_CONNECT_TIMEOUT", "DOWNLOAD_READ_TIMEOUT", "DOWNLOAD_TIMEOUT",

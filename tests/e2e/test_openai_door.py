@@ -162,8 +162,14 @@ def test_a_bad_request_is_openais_error_object(lb):
     assert caught.value.param == "file"
 
 
-def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):
-    with LoadBalancerWorker(tmp_path, MAX_REQUEST_BYTES="100000", API_KEY="s3cret", WARMUP="false") as small:
+def test_limits_of_a_load_balancing_request(tmp_path):
+    """A body over MAX_REQUEST_BYTES is 413; a request past LB_REQUEST_TIMEOUT_S is 408 saying
+    what to do instead; the API key is required everywhere but /ping."""
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(SAMPLE, media / "sample.wav")
+    with FileServer(media) as files, LoadBalancerWorker(tmp_path, MAX_REQUEST_BYTES="100000", API_KEY="s3cret", WARMUP="false",
+                                                        LB_REQUEST_TIMEOUT_S="0.5") as small:
         client = small.client(api_key="s3cret")
         with pytest.raises(openai.APIStatusError) as caught, SAMPLE.open("rb") as audio:  # ~1 MB
             client.audio.transcriptions.create(file=audio, model="whisper-1")
@@ -172,6 +178,11 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):
         with pytest.raises(openai.AuthenticationError):
             small.client(api_key="wrong").models.list()
         assert requests.get(f"{small.base}/ping", timeout=5).status_code == 200  # RunPod's probe needs no key
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.audio.transcriptions.create(file=("unused.wav", b""), model="whisper-1",
+                                               extra_body={"url": files.url("sample.wav")})
+        assert caught.value.status_code == 408 and "stream=true" in caught.value.message
+        assert caught.value.response.headers["x-should-retry"] == "false"
 
 
 def test_a_client_that_goes_away_cancels_its_job(lb, tmp_path):

@@ -84,6 +84,11 @@ def test_stream_is_a_form_boolean_and_never_a_job_field():
     assert caught.value.param == "stream"
 
 
+def test_an_empty_file_stands_aside_for_a_url():
+    job = _job_input(_form(("url", "https://example.com/a.wav"), audio=b""))
+    assert job["audio_file"] == "https://example.com/a.wav" and "audio_base64" not in job
+
+
 def test_a_url_alone_is_fine():
     assert _job_input(_form(("url", "https://example.com/a.wav"), audio=None))["audio_file"] == "https://example.com/a.wav"
 
