@@ -106,7 +106,8 @@ def test_is_out_of_memory(exc, expected):
 def test_out_of_memory_retries_with_smaller_batch(monkeypatch):
     seen = []
 
-    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None, max_rows=None, calls=None):
+    def fake_transcribe(model, waveform, windows, tokenizer, opts, batch_size, device, progress=None, max_rows=None, calls=None,
+                        on_batch=None):
         seen.append(batch_size)
         if batch_size > 4:
             raise RuntimeError("CUDA failed with error out of memory")
@@ -329,3 +330,17 @@ def test_light_modules_stay_light(module: str, absent: tuple[str, ...]):
     code = f"import sys; sys.path.insert(0, {str(src)!r}); import {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", f"{module} imports {loaded}"
+
+
+def test_partials_go_out_once_each_in_time_order_even_after_an_out_of_memory_retry():
+    import job_state
+
+    sent: list[dict] = []
+    state = job_state.RequestState(partial=sent.append)
+
+    def window(start: float, text: str, silent: bool = False) -> asr.WindowTranscript:
+        return asr.WindowTranscript(start, start + 5.0, text, [1], -0.2, 0.01, 1.2, 0.0, silent=silent)
+
+    state.emit_partial([window(0.0, " Да."), window(5.0, "", silent=True), window(10.0, " Нет.")])
+    state.emit_partial([window(0.0, " Да."), window(10.0, " Нет."), window(15.0, " Может быть.")])  # decoded again
+    assert [(p["start"], p["text"]) for p in sent] == [(0.0, "Да."), (10.0, "Нет."), (15.0, "Может быть.")]
