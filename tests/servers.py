@@ -83,6 +83,16 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a worker process: SIGTERM, then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class WorkerApi:
     """The worker's RunPod local API server in a child process."""
 
@@ -121,10 +131,6 @@ class WorkerApi:
         return response.json()
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc:
+            stop_process(self.proc)
         self._log.close()

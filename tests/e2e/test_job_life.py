@@ -18,7 +18,7 @@ import pytest
 from fixtures_audio import CLIP, concat_clips, festvox_wav, transcript
 from references import ROOT, festvox_transcripts, require_assets, wer
 from runpod_stub import RunPodStub
-from servers import worker_env
+from servers import stop_process, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +58,7 @@ class SdkWorker:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self._out.close()
 
 

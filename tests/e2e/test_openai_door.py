@@ -28,7 +28,7 @@ from openai.types.audio import (
     TranscriptionVerbose,
 )
 from references import PYANNOTE_SAMPLE, ROOT, require_assets
-from servers import FileServer, WorkerApi, free_port, worker_env
+from servers import FileServer, WorkerApi, free_port, stop_process, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -73,11 +73,7 @@ class LoadBalancerWorker:
         return self.container_log.read_text(encoding="utf-8", errors="replace").splitlines() if self.container_log.exists() else []
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self._out.close()
 
 
