@@ -39,6 +39,8 @@ def long_file(clips: list[Path], seconds: float, dest: Path) -> float:
             audio, _ = sf.read(str(clip), dtype="float32")
             parts += [audio, gap]
             total += len(audio) + len(gap)
+            if total >= seconds * 16000:  # a folder of many clips: stop at the length asked for
+                break
     sf.write(str(dest), np.concatenate(parts), 16000)
     return total / 16000
 
