@@ -34,6 +34,8 @@ class StageResults:
         windows one generate call decoded at most (None: no cap).
     timings, diarization_speakers: the request's stage timings (seconds) and the number of
         speakers its diarization found (before words were assigned; None: not diarized).
+    known_speaker_similarities: each known speaker's best cosine similarity with a diarized
+        speaker (None: no known speakers asked for).
     """
 
     prepared: audio.PreparedAudio
@@ -49,6 +51,7 @@ class StageResults:
     diarization_backend: str | None
     diarization_speakers: int | None
     timings: Mapping[str, float]
+    known_speaker_similarities: Mapping[str, float | None] | None = None
 
 
 def build(opts: rp_schema.RequestOptions, dopts: asr.DecodeOptions, vopts: vad.VadOptions,
@@ -137,6 +140,8 @@ def build(opts: rp_schema.RequestOptions, dopts: asr.DecodeOptions, vopts: vad.V
             "diarization": opts.diarization,
             "diarization_backend": stages.diarization_backend,
             "diarization_speakers": stages.diarization_speakers,
+            "known_speaker_similarities": (dict(stages.known_speaker_similarities)
+                                           if stages.known_speaker_similarities is not None else None),
             "min_speakers": opts.min_speakers,
             "max_speakers": opts.max_speakers,
             "output_format": opts.output_format,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ import job_control
 import rp_schema
 from job_state import RequestState
 from resident.lanes import TORCH_WAIT_CHECK_S, Lanes
-from stages import speaker_assignment
+from stages import known_speakers, speaker_assignment
 
 if TYPE_CHECKING:
     from stages import diarization  # imported where used: pyannote loads in the warm-up's diarization thread
@@ -34,11 +35,13 @@ DIARIZATION_STOP_WAIT_S = 10.0
 
 
 def start(lanes: Lanes, diarizers: diarization.DiarizationModels | None, waveform: np.ndarray,
-          opts: rp_schema.RequestOptions, state: RequestState) -> Future[diarization.DiarizationOutput] | None:
+          opts: rp_schema.RequestOptions, state: RequestState,
+          samples: Sequence[np.ndarray] = ()) -> Future[diarization.DiarizationOutput] | None:
     """Submit diarization to the background threads; returns a Future (or None if unavailable).
 
-    The call runs in a copy of this request's context, so its log lines still land in
-    this request's ``logs``.
+    ``samples``: the known speakers' voices (``known_speakers.load_references``), embedded by
+    the same run. The call runs in a copy of this request's context, so its log lines still
+    land in this request's ``logs``.
     """
     if diarizers is None:
         state.warn("diarization is not available in this worker; speakers are not labelled")
@@ -79,6 +82,7 @@ def start(lanes: Lanes, diarizers: diarization.DiarizationModels | None, wavefor
                         num_speakers=opts.num_speakers,
                         return_embeddings=opts.return_speaker_embeddings,
                         progress_callback=at_batch,
+                        samples=samples,
                     )
             finally:
                 state.timings["diarization_s"] = round(time.perf_counter() - started, 4)
@@ -104,9 +108,10 @@ def settle(state: RequestState) -> None:
         pass
 
 
-def finish(job: Future[diarization.DiarizationOutput], segments: list[dict],
-           state: RequestState) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
-    """Wait for diarization and label words and segments; a failure leaves them unlabelled."""
+def finish(job: Future[diarization.DiarizationOutput], segments: list[dict], state: RequestState,
+           opts: rp_schema.RequestOptions | None = None) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
+    """Wait for diarization and label words and segments (known speakers by their names); a
+    failure leaves them unlabelled."""
     from stages import diarization
 
     control = state.control
@@ -129,6 +134,17 @@ def finish(job: Future[diarization.DiarizationOutput], segments: list[dict],
     for message in out.warnings:
         state.warn(message)
     state.diarization_speakers = len(out.speakers)
+    turns, embeddings = out.assignment_turns, out.speaker_embeddings
+    if opts is not None and opts.known_speaker_names and out.reference_embeddings is not None:
+        naming = known_speakers.name_speakers(opts.known_speaker_names, out.reference_embeddings, out.centroids or {},
+                                              opts.known_speaker_min_similarity)
+        for message in naming.warnings:
+            state.warn(message)
+        state.known_speaker_similarities = naming.similarities
+        state.speaker_names = tuple(naming.names.values())
+        turns = known_speakers.rename(turns, naming.names)
+        if embeddings is not None:
+            embeddings = {naming.names.get(label, label): vector for label, vector in embeddings.items()}
     if not segments:
-        return segments, out.backend, out.speaker_embeddings
-    return speaker_assignment.assign_speakers(segments, out.assignment_turns), out.backend, out.speaker_embeddings
+        return segments, out.backend, embeddings
+    return speaker_assignment.assign_speakers(segments, turns), out.backend, embeddings

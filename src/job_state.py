@@ -47,6 +47,9 @@ class RequestState:
     diarization_job: Future[diarization.DiarizationOutput] | None = None
     # Speakers the diarization found (before words were assigned), for debug_info.
     diarization_speakers: int | None = None
+    # Known speaker name -> its best cosine similarity with a diarized speaker, for debug_info.
+    known_speaker_similarities: dict[str, float | None] | None = None
+    speaker_names: tuple[str, ...] = ()  # the known names that label speakers
     # Gets each decoded window's segment ({start, end, text}; seconds) as soon as ASR has it,
     # in time order: what a door streams. None: nobody listens.
     partial: Callable[[dict], None] | None = None

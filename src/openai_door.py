@@ -62,7 +62,10 @@ _RENAMED = {"prompt": "initial_prompt", "temperature": "temperature", "language"
 # Accepted and not used: the worker always cuts audio at the VAD's speech pauses.
 _IGNORED = ("chunking_strategy",)
 # Announced by OpenAI's API and not served by this worker yet: refused by name.
-_NOT_YET = ("known_speaker_names[]", "known_speaker_references[]", "include[]")
+_NOT_YET = ("include[]",)
+# OpenAI's list fields (sent repeated, with "[]") and the request fields they fill.
+_LISTS = {"timestamp_granularities": "timestamp_granularities", "known_speaker_names": "known_speaker_names",
+          "known_speaker_references": "known_speaker_references"}
 # Shapes a stream can end with (subtitles are whole files).
 _STREAM_SHAPES = ("json", "text", "verbose_json", "diarized_json")
 # Shapes that report word or segment times: alignment runs for them unless the request says.
@@ -156,6 +159,16 @@ def _form_value(spec: Mapping[str, Any], text: str) -> Any:
     return text if parsed is None else parsed
 
 
+async def _list_item(name: str, item: str | UploadFile) -> str:
+    """One item of a list field as text: a known speaker's sample may also come as an uploaded
+    file (then base64)."""
+    if isinstance(item, str):
+        return item
+    if name == "known_speaker_references":
+        return "data:application/octet-stream;base64," + base64.b64encode(await item.read()).decode("ascii")
+    raise OpenAIError(400, f"{name} must be form fields, not files", name)
+
+
 async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]:
     """The job's input from OpenAI's form (and the worker's own fields beside it)."""
     job_input: dict[str, Any] = {}
@@ -179,11 +192,12 @@ async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]
     model = str(form.get("model", "")).strip()
     if model and model not in OPENAI_MODEL_NAMES:
         job_input["model"] = model
-    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
-    if granularities:
-        job_input["timestamp_granularities"] = [str(item) for item in granularities]
+    for name, field_name in _LISTS.items():
+        items = form.getlist(f"{name}[]") + form.getlist(name)
+        if items:
+            job_input[field_name] = [await _list_item(name, item) for item in items]
     for name, value in form.multi_items():
-        if name in ("file", "model", "stream", "timestamp_granularities[]", "timestamp_granularities", *_IGNORED, *_NOT_YET):
+        if name in ("file", "model", "stream", *_IGNORED, *_NOT_YET) or name.removesuffix("[]") in _LISTS:
             continue
         field = _RENAMED.get(name, name)
         if isinstance(value, UploadFile):

@@ -20,7 +20,7 @@ speaker letter), never into OpenAI's own objects.
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rp_schema import RequestOptions
@@ -146,14 +146,23 @@ def _verbose(transcript: Transcript, granularities: Sequence[str]) -> dict:
     return response
 
 
-def speaker_letters(segments: Sequence[dict]) -> dict[str, str]:
+def speaker_letters(segments: Sequence[dict], names: Collection[str] = ()) -> dict[str, str]:
     """Diarizer label -> ``A``, ``B``, ... in order of first appearance (``AA``, ``AB``, ...
-    after ``Z``)."""
+    after ``Z``); a known speaker's ``names`` stand for themselves, and no letter repeats one."""
     letters: dict[str, str] = {}
+    taken = set(names)
+    count = 0
     for segment in segments:
         label = segment.get("speaker")
-        if label is not None and label not in letters:
-            letters[label] = _letter(len(letters))
+        if label is None or label in letters:
+            continue
+        if label in taken:
+            letters[label] = label
+            continue
+        while _letter(count) in taken:
+            count += 1
+        letters[label] = _letter(count)
+        count += 1
     return letters
 
 
@@ -164,7 +173,7 @@ def _letter(number: int) -> str:
 
 
 def _diarized(transcript: Transcript) -> dict:
-    letters = speaker_letters(transcript.segments)
+    letters = speaker_letters(transcript.segments, transcript.speaker_names)
     segments: list[dict] = []
     for segment in transcript.segments:
         text = str(segment.get("text", "")).strip()

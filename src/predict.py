@@ -17,7 +17,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ import rp_schema
 from resident import batching, lanes, startup
 from resident.models import AsrModels, ModelLoadError, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
-from stages import alignment, asr, audio, fetch, vad
+from stages import alignment, asr, audio, fetch, known_speakers, vad
 from transcript import DecodedWindow, Transcript, response_dict
 
 if TYPE_CHECKING:
@@ -236,11 +236,13 @@ class Predictor:
                                              control=control)
             prepared = audio.prepare_audio(path, source, workdir, max_audio_seconds=self.settings.max_audio_seconds,
                                            control=control)
+            samples = (known_speakers.load_references(opts.known_speaker_references, workdir, policy, control)
+                       if opts.known_speaker_references else [])  # known speakers' voices
         logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)
 
         # Diarization needs only the waveform: start it now, in a second thread, so it overlaps
         # VAD, ASR and alignment (GPU kernels of both stages interleave; CPU work overlaps).
-        diarization_job = (job_diarization.start(self.lanes, self.diarizers, prepared.waveform, opts, state)
+        diarization_job = (job_diarization.start(self.lanes, self.diarizers, prepared.waveform, opts, state, samples)
                            if opts.diarization else None)
 
         notify("vad", None)
@@ -286,7 +288,8 @@ class Predictor:
             if diarization_job is not None:
                 notify("diarize", None)
                 with state.timed("diarization_wait_s"):
-                    segments, diarization_backend, embeddings = self._finish_diarization(diarization_job, segments, state)
+                    segments, diarization_backend, embeddings = job_diarization.finish(diarization_job, segments, state,
+                                                                                            opts)
         except job_control.JobTimeout as exc:
             # The transcript is done: a deadline now costs only the stages after it.
             skipped = [name for name, wanted, done in (
@@ -299,6 +302,7 @@ class Predictor:
             language_probability=None if detection is None else round(detection.probability, 4),
             warnings=state.warnings, output_format=opts.output_format, speaker_embeddings=embeddings,
             duration_s=prepared.duration_s, task=opts.task, decoded=[_decoded(t) for t in kept],
+            speaker_names=state.speaker_names,
         )
         transcript.output = render_output(segments, opts, state)
         if opts.debug:
@@ -307,6 +311,7 @@ class Predictor:
                 windows=windows, batch_fill_min_chunk_s=fill_chunk_s, detection=detection,
                 windows_per_generate=max_rows, transcripts=transcripts, alignment_method=alignment_method,
                 diarization_backend=diarization_backend, diarization_speakers=state.diarization_speakers,
+                known_speaker_similarities=state.known_speaker_similarities,
                 timings=state.timings,
             )
             runtime = debug_info.Runtime(device=self.device, tf32=self.tf32, gpu_stack_warnings=self.startup_warnings,
@@ -404,11 +409,6 @@ class Predictor:
             return segments, None
         state.warn(f"{reason}; word timestamps come from Whisper's cross-attention instead")
         return aligned, "whisper cross-attention"
-
-    def _finish_diarization(self, job: Future[diarization.DiarizationOutput], segments: list[dict],
-                            state: _RequestState) -> tuple[list[dict], str | None, dict[str, list[float]] | None]:
-        """Wait for diarization and label words and segments (``job_diarization.finish``)."""
-        return job_diarization.finish(job, segments, state)
 
 
 def _decoded(window: asr.WindowTranscript) -> DecodedWindow:

@@ -4,8 +4,12 @@ the error every request check raises. Only the standard library: ``rp_schema`` i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+# The labels diarization gives speakers it cannot name; a known name must not look like one.
+_DIARIZER_LABEL = re.compile(r"SPEAKER_\d+", re.IGNORECASE)
 
 
 class ValidationError(ValueError):
@@ -93,3 +97,34 @@ def check_response_shape(values: Mapping[str, Any], sources: Mapping[str, str]) 
     if shape == "diarized_json" and not values["diarization"]:
         raise ValidationError(f"response_format diarized_json needs diarization=true (diarization is false"
                               f"{origin(sources['diarization'])})", "response_format")
+
+
+#: Longest known speaker name (characters): names label words and subtitles.
+MAX_SPEAKER_NAME_CHARS = 64
+
+
+def check_known_speakers(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """OpenAI's known-speaker rules: one reference sample per name, distinct names, and
+    diarization on (the names label its speakers)."""
+    names, references = values["known_speaker_names"], values["known_speaker_references"]
+    if names is None and references is None:
+        return
+    if names is None or references is None:
+        given, missing = ("known_speaker_names", "known_speaker_references") if references is None else (
+            "known_speaker_references", "known_speaker_names")
+        raise ValidationError(f"{given} needs {missing} (one reference sample per name)", missing)
+    if len(names) != len(references):
+        raise ValidationError(f"known_speaker_names has {len(names)} name(s) but known_speaker_references "
+                              f"{len(references)} sample(s): give one sample per name", "known_speaker_references")
+    for name in names:
+        if len(name) > MAX_SPEAKER_NAME_CHARS:
+            raise ValidationError(f"known_speaker_names: {name[:20]!r}... is longer than {MAX_SPEAKER_NAME_CHARS} "
+                                  "characters", "known_speaker_names")
+        if _DIARIZER_LABEL.fullmatch(name):
+            raise ValidationError(f"known_speaker_names: {name!r} looks like the diarizer's own labels "
+                                  "(SPEAKER_00, ...); choose another name", "known_speaker_names")
+    if len(set(names)) != len(names):
+        raise ValidationError("known_speaker_names: each name may appear once", "known_speaker_names")
+    if not values["diarization"]:
+        raise ValidationError(f"known_speaker_names needs diarization=true (diarization is false"
+                              f"{origin(sources['diarization'])})", "known_speaker_names")

@@ -22,7 +22,8 @@ start-up (:func:`read_request_env`, kept in ``settings.WorkerSettings``); a bad
 ENV value is reported by each request that falls back to it, naming the
 variable, so a request that sets the field itself is still served.
 
-Only the standard library, :mod:`languages`, :mod:`request_rules` and :mod:`safe_values` are imported so the module
+Only the standard library, :mod:`languages`, :mod:`request_rules`, :mod:`scalar_text` and
+:mod:`safe_values` are imported so the module
 loads in milliseconds (no torch, no whisperx).
 """
 
@@ -43,9 +44,12 @@ from typing import Any, Final
 from languages import WHISPER_LANGUAGE_CODES
 from request_rules import ValidationError as ValidationError  # re-exported: callers know it from here
 from request_rules import check_audio_source as _check_audio_source
+from request_rules import check_known_speakers as _check_known_speakers
 from request_rules import check_response_shape as _check_response_shape
 from request_rules import check_speakers as _check_speakers
 from request_rules import origin as _origin
+from scalar_text import NULL_WORDS
+from scalar_text import parse_scalar as parse_scalar  # re-exported: the door and settings parse with it
 from safe_values import REDACTED as REDACTED  # re-exported: callers know it from here
 from safe_values import json_safe as json_safe  # re-exported: the handler renders answers with it
 from safe_values import redact_url as _redact_url
@@ -54,9 +58,6 @@ from safe_values import short as _short
 logger = logging.getLogger(__name__)
 
 
-_TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
-_FALSE_WORDS: Final = frozenset({"false", "0", "no", "off"})
-_NULL_WORDS: Final = frozenset({"none", "null"})
 
 # How a string value is tidied before checks: identifiers and paths lose
 # surrounding whitespace (copy-paste artefacts), choice-like values are also
@@ -85,12 +86,16 @@ class _Rules:
     # Several of ``choices`` at once: a JSON list or a comma-separated string, kept as one
     # comma-joined string in the order of ``choices`` (OpenAI's ``timestamp_granularities[]``).
     many: bool = False
+    # For list fields (``tuple[str, ...]``): the most items a request may give.
+    max_items: int | None = None
 
 
 _RULES_KEY: Final = "request_field"
 
 #: OpenAI's ``response_format`` values of ``/v1/audio/transcriptions``.
 RESPONSE_FORMATS: Final = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+#: Most known speakers one request may name (OpenAI's limit for ``known_speaker_names[]``).
+MAX_KNOWN_SPEAKERS: Final = 4
 #: OpenAI's ``timestamp_granularities[]`` values.
 TIMESTAMP_GRANULARITIES: Final = ("word", "segment")
 
@@ -229,6 +234,19 @@ class RequestOptions:
     suppress_numerals: bool = _option(False, "Spell numbers out as words instead of digits.")
     task: str = _option("transcribe", "transcribe, or translate into English.", normalize=_LOWER, choices=("transcribe", "translate"))
     return_speaker_embeddings: bool = _option(False, "Return one embedding vector per diarized speaker.")
+    # --- known speakers (OpenAI's known_speaker_names[] / known_speaker_references[]) ----------
+    known_speaker_names: tuple[str, ...] | None = _option(
+        None, "Names for the speakers of known_speaker_references, in the same order (at most 4).",
+        aliases=("known_speaker_names[]",), max_items=MAX_KNOWN_SPEAKERS,
+    )
+    known_speaker_references: tuple[str, ...] | None = _option(
+        None, "A 2-10 s sample of each known speaker: a data URL, base64 or an http(s) link (known_speakers.py).",
+        aliases=("known_speaker_references[]",), normalize=_KEEP, max_items=MAX_KNOWN_SPEAKERS,
+    )
+    known_speaker_min_similarity: float = _option(
+        0.6, "Cosine similarity a known speaker's sample needs with a diarized speaker to name it "
+        "(measured by bench/known_speakers.py).", env=("KNOWN_SPEAKER_MIN_SIMILARITY",), min=-1.0, max=1.0,
+    )
     # Excluded from eq/hash: provenance is not part of the option values.
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
@@ -248,6 +266,8 @@ class RequestOptions:
                 data["audio_base64"] = f"<base64, {len(data['audio_base64'])} chars>"
             if data["audio_file"] is not None:
                 data["audio_file"] = _redact_url(data["audio_file"])
+            if data["known_speaker_references"] is not None:
+                data["known_speaker_references"] = [_shown_reference(ref) for ref in data["known_speaker_references"]]
         return data
 
     def __repr__(self) -> str:
@@ -257,12 +277,22 @@ class RequestOptions:
         return f"RequestOptions({body})"
 
 
+def _shown_reference(reference: str) -> str:
+    """A known speaker's sample as logs and debug output show it: a link without its credentials,
+    inline audio by its length only."""
+    if reference[:8].lower().startswith(("http://", "https://")):
+        return _redact_url(reference)
+    return f"<inline audio, {len(reference)} chars>"
+
+
 def _spec_of(option: Field[Any], annotation: Any) -> _Spec:
-    """The :class:`_Spec` of one declared field: ``X | None`` makes it nullable of type X."""
+    """The :class:`_Spec` of one declared field: ``X | None`` makes it nullable of type X;
+    ``tuple[str, ...]`` is a list of strings (type ``tuple``)."""
     members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     scalar = [member for member in members if member is not type(None)]
     assert len(scalar) == 1, f"{option.name}: one scalar type expected, got {annotation!r}"
-    return _Spec(option.name, scalar[0], option.default, len(scalar) < len(members), option.metadata[_RULES_KEY])
+    kind = tuple if typing.get_origin(scalar[0]) is tuple else scalar[0]
+    return _Spec(option.name, kind, option.default, len(scalar) < len(members), option.metadata[_RULES_KEY])
 
 
 _HINTS: Final = typing.get_type_hints(RequestOptions)
@@ -293,6 +323,8 @@ def _schema_entry(spec: _Spec) -> dict[str, Any]:
         entry["choices"] = rules.choices
     if rules.aliases:
         entry["aliases"] = rules.aliases
+    if rules.max_items is not None:
+        entry["max_items"] = rules.max_items
     return entry
 
 
@@ -396,6 +428,7 @@ def resolve_options(job_input: Mapping[str, Any], environ: RequestEnv | Mapping[
     _check_audio_source(values)
     _check_speakers(values, sources)
     _check_response_shape(values, sources)
+    _check_known_speakers(values, sources)
     return RequestOptions(**values, sources=MappingProxyType(sources))
 
 
@@ -509,8 +542,15 @@ def _coerce_request(spec: _Spec, value: Any, key: str | None = None) -> Any:
     """
     key = key or spec.name
     expected = {bool: "a JSON boolean (true/false)", int: "an integer",
-                float: "a number", str: "a string"}[spec.type]  # fmt: skip
+                float: "a number", str: "a string", tuple: "a list of strings"}[spec.type]  # fmt: skip
     problem = ValidationError(f"{key} must be {expected} (got {_describe(spec, value)})", spec.name)
+    if spec.type is tuple:
+        items = [value] if isinstance(value, str) else value  # one item may come as a plain string
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise problem
+        for item in items:
+            _check_characters(spec, item, key)
+        return tuple(_normalize(spec, item) for item in items)
     if spec.type is bool:
         if isinstance(value, bool):
             return value
@@ -585,7 +625,7 @@ def _normalize(spec: _Spec, text: str) -> str:
 
 def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
     """Parse an ENV string into the field's type or raise ValidationError."""
-    if spec.nullable and text.lower() in _NULL_WORDS:
+    if spec.nullable and text.lower() in NULL_WORDS:
         return None
     if spec.type is str:
         # os.environ holds undecodable bytes as lone surrogates.
@@ -606,32 +646,15 @@ def _parse_env(spec: _Spec, env_name: str, text: str) -> Any:
     return parsed
 
 
-def parse_scalar(kind: type, text: str) -> bool | int | float | None:
-    """Parse a bool/int/float ENV string; return None when it does not parse."""
-    if kind is bool:
-        word = text.lower()
-        if word in _TRUE_WORDS:
-            return True
-        if word in _FALSE_WORDS:
-            return False
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(number):
-        return None
-    if kind is int:
-        # int() keeps precision for long digit strings; "4.0" is still an int.
-        try:
-            return int(text)
-        except ValueError:
-            return int(number) if number.is_integer() else None
-    return number
-
-
 def _check_constraints(spec: _Spec, value: Any, source: str) -> None:
-    """Enforce choices and numeric ranges on a typed, non-null value."""
+    """Enforce choices, numeric ranges and list lengths on a typed, non-null value."""
+    if spec.type is tuple:
+        if not value or any(not item for item in value):
+            raise ValidationError(f"{spec.name} must be a list of non-empty strings{_origin(source)}", spec.name)
+        if spec.rules.max_items is not None and len(value) > spec.rules.max_items:
+            raise ValidationError(f"{spec.name} holds {len(value)} items, more than the {spec.rules.max_items} "
+                                  f"allowed{_origin(source)}", spec.name)
+        return
     if spec.rules.many:
         if not value:
             raise ValidationError(f"{spec.name} needs at least one of {', '.join(spec.rules.choices or ())}"

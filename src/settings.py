@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 
 from logs import DEFAULT_LOG_PATH, redact
 from result_store import DEFAULT_INLINE_LIMIT_BYTES, ResultDelivery
-from rp_schema import RequestEnv, parse_scalar, read_request_env
+from rp_schema import RequestEnv, read_request_env
+from scalar_text import FALSE_WORDS, TRUE_WORDS, parse_scalar
 from stages.fetch import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FetchPolicy
 
 
@@ -53,8 +54,6 @@ class SettingsError(ValueError):
         super().__init__(message)
 
 
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def _number(value: float) -> str:
@@ -161,9 +160,9 @@ class EnvVar:
             return value
         if self.kind is bool:
             word = text.lower()
-            if word in _TRUE_WORDS:
+            if word in TRUE_WORDS:
                 return True
-            if word in _FALSE_WORDS:
+            if word in FALSE_WORDS:
                 return False
             raise _Bad(self.problem(text))
         number = self._parse_number(text)

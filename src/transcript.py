@@ -48,6 +48,8 @@ class Transcript:
     duration_s: the audio's length in seconds (None where a test builds a Transcript by hand).
     task: ``transcribe``, or ``translate`` (into English).
     decoded: the decoded windows whose text the segments hold, in time order.
+    speaker_names: the known speakers' names that label speakers (the others keep the
+        diarizer's labels).
     """
 
     segments: list[dict]
@@ -61,6 +63,7 @@ class Transcript:
     duration_s: float | None = None
     task: str = "transcribe"
     decoded: list[DecodedWindow] = field(default_factory=list)
+    speaker_names: tuple[str, ...] = ()
 
 
 def response_dict(transcript: Transcript) -> dict:

@@ -162,6 +162,7 @@ class _Limits:
 
     max_seconds: float  # 0 (or inf) = no cap
     control: JobControl | None
+    limit_name: str = "MAX_AUDIO_SECONDS"  # how errors name the cap
 
     @property
     def capped(self) -> bool:
@@ -179,12 +180,12 @@ class _Limits:
         if self.capped and duration_s is not None and duration_s > self.max_seconds + DURATION_SLACK_S:
             raise AudioError(
                 f"audio is {duration_s:.1f} s long, over this worker's limit of "
-                f"{self.max_seconds:g} s (MAX_AUDIO_SECONDS)"
+                f"{self.max_seconds:g} s ({self.limit_name})"
             )
 
     def too_long(self) -> AudioError:
         """The error for audio found to be over the cap while decoding (its length is unknown)."""
-        return AudioError(f"audio is longer than this worker's limit of {self.max_seconds:g} s (MAX_AUDIO_SECONDS)")
+        return AudioError(f"audio is longer than this worker's limit of {self.max_seconds:g} s ({self.limit_name})")
 
     def check(self) -> None:
         """Raise JobCancelled/JobTimeout if the job must stop."""
@@ -204,6 +205,7 @@ def prepare_audio(
     *,
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     control: JobControl | None = None,
+    limit_name: str = "MAX_AUDIO_SECONDS",
 ) -> PreparedAudio:
     """Probe; if 16 kHz mono WAV/FLAC read directly with soundfile, else decode+resample with ffmpeg.
 
@@ -211,7 +213,8 @@ def prepare_audio(
     from video containers), streamed through a pipe into a WAV in ``workdir``. The result is
     a float32 16 kHz mono waveform plus that WAV (or the input itself when it already is one).
 
-    ``max_audio_seconds``: longest audio accepted (0 = no limit). ``control``: the job's
+    ``max_audio_seconds``: longest audio accepted (0 = no limit), named ``limit_name`` in
+    errors. ``control``: the job's
     deadline and cancel token (None = unbounded); stopping raises its JobCancelled/JobTimeout.
 
     Refused with an ``AudioError`` naming the problem: an empty file, a WAV whose header
@@ -221,7 +224,7 @@ def prepare_audio(
     """
     if math.isnan(max_audio_seconds) or max_audio_seconds < 0:
         raise ValueError(f"max_audio_seconds must be >= 0 (0 = no limit), not {max_audio_seconds!r}")
-    limits = _Limits(float(max_audio_seconds), control)
+    limits = _Limits(float(max_audio_seconds), control, limit_name)
     limits.check()
     path = Path(path)
     workdir = Path(workdir)

@@ -38,7 +38,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -110,6 +110,9 @@ class DiarizationOutput:
     warnings: human-readable notes for the response (fallbacks, speaker-count misses).
     exclusive_turns: the same speech with one speaker at a time (pyannote 4's exclusive
         diarization), or None.
+    centroids: speaker label -> the embedding of that speaker's voice (``speaker_voices``), when
+        known-speaker samples were given.
+    reference_embeddings: one row per known-speaker sample, from the same embedding model, or None.
     """
 
     turns: list[SpeakerTurn]
@@ -117,6 +120,8 @@ class DiarizationOutput:
     backend: str
     warnings: list[str] = field(default_factory=list)
     exclusive_turns: list[SpeakerTurn] | None = None
+    centroids: dict[str, list[float]] | None = None
+    reference_embeddings: np.ndarray | None = None
 
     @property
     def assignment_turns(self) -> list[SpeakerTurn]:
@@ -220,6 +225,22 @@ class PipelineRun:
     turns: list[SpeakerTurn]
     exclusive_turns: list[SpeakerTurn] | None
     embeddings: dict[str, list[float]] | None
+    centroids: dict[str, list[float]] | None = None
+    reference_embeddings: np.ndarray | None = None
+
+
+def embed_samples(pipeline: Pipeline, samples: Sequence[np.ndarray]) -> np.ndarray:
+    """One embedding row per sample (16 kHz mono float32) from the pipeline's own speaker-embedding
+    model, so they compare with its centroids (pyannote's ``SpeakerDiarization._embedding``:
+    CAM++ in the offline pipeline, WeSpeaker in pyannote's)."""
+    embedding: Any = getattr(pipeline, "_embedding", None)
+    if embedding is None:
+        raise RuntimeError(f"{type(pipeline).__name__} has no speaker-embedding model to compare samples with")
+    rows = []
+    for sample in samples:
+        tensor = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))[None, None, :]
+        rows.append(np.asarray(embedding(tensor), dtype=np.float64)[0])
+    return np.stack(rows)
 
 
 def run_pyannote_pipeline(
@@ -228,12 +249,14 @@ def run_pyannote_pipeline(
     bounds: SpeakerBounds,
     return_embeddings: bool,
     progress_callback: ProgressCallback | None = None,
+    samples: Sequence[np.ndarray] = (),
 ) -> PipelineRun:
     """Diarize 16 kHz mono float32 ``waveform`` with a pyannote ``SpeakerDiarization`` (the
     offline one, or the one inside ``whisperx.diarize.DiarizationPipeline.model``).
 
     Called directly rather than through whisperX's wrapper, whose table keeps only the
-    overlapping annotation: the exclusive one is what words are assigned from.
+    overlapping annotation: the exclusive one is what words are assigned from. With known-speaker
+    ``samples``, the speakers' centroids and the samples' embeddings come back too.
     """
     audio = {"waveform": torch.from_numpy(waveform)[None, :], "sample_rate": SAMPLE_RATE, "uri": "request"}
     hook = _progress_hook(progress_callback)
@@ -249,11 +272,43 @@ def run_pyannote_pipeline(
     annotation = output.speaker_diarization
     exclusive = getattr(output, "exclusive_speaker_diarization", None)
     embeddings = _embeddings_dict(annotation.labels(), output.speaker_embeddings) if return_embeddings else None
-    return PipelineRun(
-        annotation_to_turns(annotation),
-        annotation_to_turns(exclusive) if exclusive is not None else None,
-        embeddings,
-    )
+    turns = annotation_to_turns(annotation)
+    exclusive_turns = annotation_to_turns(exclusive) if exclusive is not None else None
+    centroids = references = None
+    if samples:
+        voices = speaker_voices(waveform, exclusive_turns if exclusive_turns is not None else turns)
+        rows = embed_samples(pipeline, list(voices.values())) if voices else np.zeros((0, 0))
+        centroids = {label: [float(x) for x in row] for label, row in zip(voices, rows, strict=True)}
+        references = embed_samples(pipeline, samples)
+    return PipelineRun(turns, exclusive_turns, embeddings, centroids, references)
+
+
+#: Most speech per diarized speaker embedded to compare with known speakers' samples (seconds).
+VOICE_SECONDS = 30.0
+#: Least speech a diarized speaker needs to be compared with them (seconds).
+MIN_VOICE_SECONDS = 0.5
+
+
+def speaker_voices(waveform: np.ndarray, turns: Sequence[SpeakerTurn]) -> dict[str, np.ndarray]:
+    """Each speaker's voice as one stretch of audio: their longest turns (one speaker at a time)
+    up to ``VOICE_SECONDS``, joined in time order; speakers with under ``MIN_VOICE_SECONDS`` left
+    out. Why not pyannote's centroids: it pads them with zeros for speakers its clustering did not
+    make (measured on the meeting clips: the second speaker of trn00 and trn03), and a voice
+    embedded whole compares like with like with a sample embedded whole."""
+    voices = {}
+    for label in sorted({turn.speaker for turn in turns}):
+        own = sorted((turn for turn in turns if turn.speaker == label), key=lambda turn: turn.start - turn.end)
+        chosen, total = [], 0.0
+        for turn in own:
+            if total >= VOICE_SECONDS:
+                break
+            end = min(turn.end, turn.start + VOICE_SECONDS - total)
+            chosen.append((turn.start, end))
+            total += end - turn.start
+        if total >= MIN_VOICE_SECONDS:
+            voices[label] = np.concatenate([waveform[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
+                                            for start, end in sorted(chosen)])
+    return voices
 
 
 # --------------------------------------------------------------------------- registry
@@ -535,8 +590,12 @@ class DiarizationModels:
         num_speakers: int | None,
         return_embeddings: bool,
         progress_callback: ProgressCallback | None = None,
+        samples: Sequence[np.ndarray] = (),
     ) -> DiarizationOutput:
         """Speaker turns of ``waveform`` (float32 mono, 16 kHz samples).
+
+        ``samples``: known speakers' voices (16 kHz mono float32); their embeddings and the
+        speakers' centroids come back in the output (``known_speakers`` pairs them).
 
         Tries ``model`` when a token is given or ``model`` is a local directory; otherwise, or
         when that fails, runs the offline pipeline and adds a warning naming why. Raises
@@ -562,7 +621,8 @@ class DiarizationModels:
             try:
                 entry = self.requested_pipeline(model, token)
                 with entry.lease() as requested:
-                    run = run_pyannote_pipeline(requested.model, audio, bounds, return_embeddings, progress_callback)
+                    run = run_pyannote_pipeline(requested.model, audio, bounds, return_embeddings, progress_callback,
+                                                samples)
                 return self._finish(run, duration, model, bounds, notes)
             except Stopped:
                 raise  # the job is over: no fallback run
@@ -576,7 +636,7 @@ class DiarizationModels:
         try:
             offline = self.offline_pipeline()
             with offline.lease() as pipeline:
-                run = run_pyannote_pipeline(pipeline, audio, bounds, return_embeddings, progress_callback)
+                run = run_pyannote_pipeline(pipeline, audio, bounds, return_embeddings, progress_callback, samples)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as DiarizationUnavailable
@@ -609,7 +669,7 @@ class DiarizationModels:
         if not turns:
             notes.append("diarization found no speech")
         logger.info("diarization (%s): %d turns, %d speakers", backend, len(turns), count)
-        return DiarizationOutput(turns, embeddings, backend, notes, exclusive)
+        return DiarizationOutput(turns, embeddings, backend, notes, exclusive, run.centroids, run.reference_embeddings)
 
 
 def _release_cuda_memory() -> None:

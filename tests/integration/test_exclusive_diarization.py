@@ -85,11 +85,12 @@ def test_a_word_in_overlapped_speech_goes_to_the_exclusive_speaker():
 def test_the_predictor_assigns_words_from_the_exclusive_turns():
     from concurrent.futures import Future
 
-    from predict import Predictor, _RequestState
+    import job_diarization
+    from predict import _RequestState
 
     turns = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(1.0, 3.0, "B")]
     job: Future = Future()
     job.set_result(DiarizationOutput(turns, None, "test", [], [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.0, 3.0, "B")]))
     state = _RequestState()
-    segments, backend, _ = Predictor._finish_diarization(None, job, _segments(), state)  # uses no Predictor state
+    segments, backend, _ = job_diarization.finish(job, _segments(), state)  # what the Predictor calls
     assert segments[0]["speaker"] == "A" and backend == "test" and state.diarization_speakers == 2

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # just above the stages; no stage reads ENV or imports the settings.
     ("settings", ("settings",)),
     ("stages", ("stages.*",)),
-    ("bottom", ("rp_schema", "request_rules", "safe_values", "result_store", "job_control", "model_cache", "languages", "logs")),
+    ("bottom", ("rp_schema", "request_rules", "scalar_text", "safe_values", "result_store", "job_control", "model_cache", "languages", "logs")),
 )
 
 

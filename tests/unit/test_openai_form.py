@@ -68,7 +68,7 @@ def test_the_translation_route_translates_and_refuses_diarized_json():
     (_form(audio=None), "file"),
     (_form(audio=b""), "file"),
     (_form(("url", "https://example.com/a.wav")), "file"),
-    (_form(("known_speaker_names[]", "Ann")), "known_speaker_names"),
+    (_form(("include[]", "logprobs")), "include"),
 ])
 def test_requests_the_door_cannot_serve_name_the_field(form, param):
     with pytest.raises(openai_door.OpenAIError) as caught:

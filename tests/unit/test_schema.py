@@ -65,6 +65,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "return_speaker_embeddings": False,
     "response_format": None,
     "timestamp_granularities": None,
+    "known_speaker_names": None,
+    "known_speaker_references": None,
+    "known_speaker_min_similarity": 0.6,
 }
 
 EXPECTED_ENV: dict[str, tuple[str, ...]] = {
@@ -94,6 +97,7 @@ EXPECTED_ENV: dict[str, tuple[str, ...]] = {
     "language_detection_max_tries": ("LANGUAGE_DETECTION_MAX_TRIES",),
     "output_format": ("OUTPUT_FORMAT",),
     "debug": ("DEBUG",),
+    "known_speaker_min_similarity": ("KNOWN_SPEAKER_MIN_SIMILARITY",),
 }
 
 # field -> (ENV string, parsed value); every value differs from the default.
@@ -124,6 +128,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "language_detection_max_tries": ("5", 5),
     "output_format": ("srt", "srt"),
     "debug": ("yes", True),
+    "known_speaker_min_similarity": ("0.7", 0.7),
 }
 
 # field -> a valid request value different from both default and ENV sample.
@@ -154,6 +159,7 @@ REQUEST_SAMPLES: dict[str, Any] = {
     "language_detection_max_tries": 10,
     "output_format": "vtt",
     "debug": False,
+    "known_speaker_min_similarity": 0.4,
 }
 
 
