@@ -67,10 +67,15 @@ class JobControl:
     """A job's deadline and cancel token; thread-safe, shared by every thread working for it.
 
     ``budget_s``: the time budget in seconds from creation (0 or less = none).
+    ``max_audio_s``, ``max_audio_name``: a door's own cap on the audio's length in seconds (0 =
+    none) and how errors name it; the tighter of it and the worker's ``MAX_AUDIO_SECONDS`` applies.
     """
 
-    def __init__(self, budget_s: float = 0.0, job_id: str = "-") -> None:
+    def __init__(self, budget_s: float = 0.0, job_id: str = "-", max_audio_s: float = 0.0,
+                 max_audio_name: str = "") -> None:
         self.job_id = job_id
+        self.max_audio_s = max_audio_s if max_audio_s > 0 else 0.0
+        self.max_audio_name = max_audio_name
         self.budget_s = budget_s if budget_s > 0 else 0.0
         self.started = time.monotonic()
         self._ends = self.started + budget_s if budget_s > 0 else None
@@ -98,6 +103,13 @@ class JobControl:
     def remaining(self) -> float | None:
         """Seconds left (>= 0); None when there is no budget."""
         return None if self._ends is None else max(0.0, self._ends - time.monotonic())
+
+    def audio_limit(self, worker_max_s: float) -> tuple[float, str]:
+        """The audio cap that applies (seconds, 0 = none) and its name for errors: the worker's
+        ``MAX_AUDIO_SECONDS`` or this job's door cap, whichever is tighter."""
+        if self.max_audio_s and (not worker_max_s or self.max_audio_s < worker_max_s):
+            return self.max_audio_s, self.max_audio_name
+        return worker_max_s, "MAX_AUDIO_SECONDS"
 
     # ------------------------------------------------------------------ checks
     def error(self, stage: str) -> JobStopped:

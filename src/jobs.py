@@ -219,7 +219,8 @@ def _budget_s() -> float:
 
 
 async def run_in_job_thread(run: Callable[[job_control.JobControl], Any], job_id: str,
-                            cancelled_by: str = "RunPod", budget_s: float | None = None) -> Any:
+                            cancelled_by: str = "RunPod", budget_s: float | None = None,
+                            max_audio: tuple[float, str] = (0.0, "")) -> Any:
     """``run(control)`` in a job thread, awaited, so the caller's event loop keeps serving while
     jobs run.
 
@@ -227,13 +228,14 @@ async def run_in_job_thread(run: Callable[[job_control.JobControl], Any], job_id
     When the awaiting task is cancelled (RunPod stops the job, a client goes away: ``cancelled_by``
     names who, for the log and the error), the job's control is cancelled, so its thread stops at
     its next check and its slot frees up. ``budget_s``: a door's tighter time budget (seconds;
-    the smaller of it and ``JOB_TIMEOUT_S`` applies).
+    the smaller of it and ``JOB_TIMEOUT_S`` applies). ``max_audio``: a door's cap on the audio's
+    length (seconds, and its name for errors; ``JobControl.audio_limit``).
     """
     loop = asyncio.get_running_loop()
     budget = _budget_s()
     if budget_s is not None and budget_s > 0:
         budget = min(budget, budget_s) if budget > 0 else budget_s
-    control = job_control.JobControl(budget, job_id)
+    control = job_control.JobControl(budget, job_id, *max_audio)
     # A copy of this task's context: the job's log capture, set in the thread, stays its own.
     running = loop.run_in_executor(_threads(), contextvars.copy_context().run, run, control)
     try:

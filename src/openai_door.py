@@ -45,6 +45,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 import jobs
 import openai_shapes
@@ -71,6 +73,19 @@ _STREAM_SHAPES = ("json", "text", "verbose_json", "diarized_json")
 # Shapes that report word or segment times: alignment runs for them unless the request says.
 _TIMED_SHAPES = ("verbose_json", "diarized_json", "srt", "vtt")
 _TRANSLATION_SHAPES = ("json", "text", "srt", "vtt", "verbose_json")
+# Form limits: the audio file and a file per known speaker's sample; OpenAI's fields and this
+# worker's own leave room under 200 (a form of thousands of fields is refused at once).
+MAX_FORM_FILES = 1 + rp_schema.MAX_KNOWN_SPEAKERS
+MAX_FORM_FIELDS = 200
+# How long a request body may take to arrive when LB_REQUEST_TIMEOUT_S is 0 (seconds).
+BODY_TIMEOUT_S = 330.0
+
+
+# Audio seconds per wall second a whole job (ASR, alignment, diarization) is assumed to reach
+# when sizing LB_MAX_AUDIO_SECONDS's default: well under what was measured (BENCHMARKS: a
+# 16-minute file at 180x real time on an H100; the base model at about 5x on a 2-core CPU), as
+# the model, the audio and concurrent jobs vary.
+ASSUMED_SPEED = {"cuda": 10.0, "cpu": 0.5}
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,10 @@ class DoorSettings:
     port, port_health: where the app and ``/ping`` listen (``port_health`` 0: on ``port``).
     api_key: the Bearer key requests must carry ("" = none). max_request_bytes: largest body.
     request_timeout_s: budget of a request that is not streamed (RunPod ends a load-balancing
-    request after about 5.5 minutes; 0 = ``JOB_TIMEOUT_S`` alone).
+    request after about 5.5 minutes; 0 = ``JOB_TIMEOUT_S`` alone); also how long a request's
+    body may take to arrive.
+    max_audio_s: longest audio (seconds) a request that is not streamed may carry, refused before
+    it is decoded; 0 = ``request_timeout_s`` times the device's ``ASSUMED_SPEED``.
     """
 
     port: int = 80
@@ -88,12 +106,20 @@ class DoorSettings:
     api_key: str = ""
     max_request_bytes: int = 30_000_000
     request_timeout_s: float = 330.0
+    max_audio_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> DoorSettings:
-        values = read_env(environ, ("PORT", "PORT_HEALTH", "API_KEY", "MAX_REQUEST_BYTES", "LB_REQUEST_TIMEOUT_S"))
+        values = read_env(environ, ("PORT", "PORT_HEALTH", "API_KEY", "MAX_REQUEST_BYTES", "LB_REQUEST_TIMEOUT_S",
+                                    "LB_MAX_AUDIO_SECONDS"))
         return cls(values["PORT"], values["PORT_HEALTH"], values["API_KEY"], values["MAX_REQUEST_BYTES"],
-                   values["LB_REQUEST_TIMEOUT_S"])
+                   values["LB_REQUEST_TIMEOUT_S"], values["LB_MAX_AUDIO_SECONDS"])
+
+    def audio_cap(self, device: str) -> tuple[float, str]:
+        """The cap on a request that is not streamed (seconds of audio) and its name for errors."""
+        cap = self.max_audio_s or self.request_timeout_s * ASSUMED_SPEED.get(device, ASSUMED_SPEED["cpu"])
+        return cap, ("LB_MAX_AUDIO_SECONDS: a request that is not streamed must finish within RunPod's 5.5 minutes; "
+                     "send it with stream=true, or to the queue endpoint")
 
 
 class OpenAIError(Exception):
@@ -134,6 +160,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self.state = "loading"  # -> "ready", or "faulted" after a GPU fault
+        self.device = "cpu"  # the Predictor's, once started
         self._thread = threading.Thread(target=self._start, name="start-up", daemon=True)
 
     def begin(self) -> None:
@@ -143,7 +170,7 @@ class Readiness:
         # A start-up failure is answered to every request (503 naming the cause), not by an
         # unhealthy /ping: RunPod would restart the worker into the same failure, silently.
         with contextlib.suppress(jobs.WorkerUnavailable):
-            jobs.start_up()
+            self.device = jobs.start_up().device
         if self.state == "loading":
             self.state = "ready"
 
@@ -221,8 +248,17 @@ async def job_input_from_form(form: FormData, translate: bool) -> dict[str, Any]
 _ALIASES = {alias: name for name, entry in rp_schema.INPUT_SCHEMA.items() for alias in entry.get("aliases", ())}
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def _bounded_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes, and with 408 when
+    it has not all arrived after ``timeout_s`` seconds (a client trickling bytes holds no more)."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except TimeoutError:
+        raise OpenAIError(408, f"the request body did not arrive within {timeout_s:g} s", "file",
+                          "request_timeout") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise OpenAIError(413, f"the request is {int(declared)} bytes, over this endpoint's limit of {limit} bytes "
@@ -259,7 +295,8 @@ _TIMEOUT_HINT = ("; RunPod ends a load-balancing request after about 5.5 minutes
                  "audio with stream=true, or to the queue endpoint")
 
 
-async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readiness, budget_s: float) -> Response:
+async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readiness, budget_s: float,
+                   max_audio: tuple[float, str]) -> Response:
     """One job for one HTTP request; cancelled when the client disconnects."""
     job_id = f"lb-{uuid.uuid4().hex[:12]}"
 
@@ -267,7 +304,7 @@ async def _run_job(request: Request, job_input: dict[str, Any], readiness: Readi
         return jobs.run_job(job_id, job_input, control, render=_render, render_error=lambda failure: failure)
 
     task = asyncio.ensure_future(jobs.run_in_job_thread(run, job_id, cancelled_by="the client disconnecting",
-                                                        budget_s=budget_s))
+                                                        budget_s=budget_s, max_audio=max_audio))
     while not task.done():
         await asyncio.wait({task}, timeout=0.5)
         if not task.done() and await request.is_disconnected():
@@ -379,8 +416,12 @@ def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAP
         if readiness.state == "loading":
             # RunPod routes no traffic before /ping says 200; a direct caller may retry.
             return error_response(503, "the worker is still loading its models", "server_error", code="loading", retry=True)
-        body = await _bounded_body(request, door.max_request_bytes)
-        form = await _replayed(request, body).form(max_files=2, max_fields=200, max_part_size=door.max_request_bytes)
+        body = await _bounded_body(request, door.max_request_bytes, door.request_timeout_s or BODY_TIMEOUT_S)
+        try:
+            form = await _replayed(request, body).form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS,
+                                                       max_part_size=door.max_request_bytes)
+        except (HTTPException, MultiPartException) as exc:  # too many fields or files, a broken body
+            raise OpenAIError(400, f"malformed multipart form: {getattr(exc, 'detail', None) or exc}") from None
         try:
             job_input = await job_input_from_form(form, translate)
             stream = wants_stream(form)
@@ -388,7 +429,7 @@ def create_app(door: DoorSettings, readiness: Readiness | None = None) -> FastAP
             await form.close()
         if stream:
             return _stream_job(job_input, readiness)
-        return await _run_job(request, job_input, readiness, door.request_timeout_s)
+        return await _run_job(request, job_input, readiness, door.request_timeout_s, door.audio_cap(readiness.device))
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:

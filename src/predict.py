@@ -17,7 +17,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,10 +140,6 @@ class Predictor:
     def diarization_threads(self) -> int:
         return self.lanes.diarization_threads
 
-    @property
-    def _diarization_pool(self) -> ThreadPoolExecutor:
-        return self.lanes.diarization_pool
-
     # ------------------------------------------------------------------ start-up
     def setup(self) -> None:
         """Load the model registries, then the default ASR model, the VAD and the preloaded
@@ -234,8 +229,9 @@ class Predictor:
             policy = self.settings.fetch
             path, source = fetch.fetch_audio(opts.audio_file, opts.audio_base64, opts.audio_filename, workdir, policy,
                                              control=control)
-            prepared = audio.prepare_audio(path, source, workdir, max_audio_seconds=self.settings.max_audio_seconds,
-                                           control=control)
+            cap_s, cap_name = control.audio_limit(self.settings.max_audio_seconds)
+            prepared = audio.prepare_audio(path, source, workdir, max_audio_seconds=cap_s, control=control,
+                                           limit_name=cap_name)
             samples = (known_speakers.load_references(opts.known_speaker_references, workdir, policy, control)
                        if opts.known_speaker_references else [])  # known speakers' voices
         logger.info("audio: %.2f s, %s", prepared.duration_s, prepared.reason)

@@ -290,6 +290,9 @@ ENV_TABLE: tuple[EnvVar, ...] = (
              min=1, max=2**40, unit="bytes"),
     _env_var(float, "LB_REQUEST_TIMEOUT_S", 330.0, "load_balancer: time budget of a request that is not streamed "
              "(RunPod ends one after about 5.5 minutes)", min=0, max=ONE_WEEK_S, unit="seconds", zero="`JOB_TIMEOUT_S` alone"),
+    _env_var(float, "LB_MAX_AUDIO_SECONDS", 0.0, "load_balancer: longest audio a request that is not streamed may carry, "
+             "refused before decoding", min=0, max=ONE_WEEK_S, unit="seconds",
+             zero="`LB_REQUEST_TIMEOUT_S` x 10 on a GPU, x 0.5 on CPU"),
 )
 ENV_BY_NAME: Mapping[str, EnvVar] = {var.name: var for var in ENV_TABLE}
 _FETCH_ENV = ("MAX_AUDIO_BYTES", "DOWNLOAD_CONNECT_TIMEOUT", "DOWNLOAD_READ_TIMEOUT", "DOWNLOAD_TIMEOUT",

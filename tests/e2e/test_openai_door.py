@@ -11,6 +11,7 @@ import base64
 import io
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -162,14 +163,26 @@ def test_a_bad_request_is_openais_error_object(lb):
     assert caught.value.param == "file"
 
 
+def _trickled_body_status(base: str) -> bytes:
+    """Send headers promising 100 kB and then 10 bytes only; the status line that comes back."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nxxxx")
+        return conn.recv(64).split(b"\r\n")[0]
+
+
 def test_limits_of_a_load_balancing_request(tmp_path):
-    """A body over MAX_REQUEST_BYTES is 413; a request past LB_REQUEST_TIMEOUT_S is 408 saying
-    what to do instead; the API key is required everywhere but /ping."""
+    """A body over MAX_REQUEST_BYTES is 413; audio over LB_MAX_AUDIO_SECONDS is refused before it is
+    decoded, and a request past LB_REQUEST_TIMEOUT_S is 408, both saying what to do instead; a
+    body that trickles in is 408 after the same time; a form of a thousand fields is OpenAI's
+    error object; the API key is required everywhere but /ping."""
     media = tmp_path / "media"
     media.mkdir()
     shutil.copy(SAMPLE, media / "sample.wav")
+    shutil.copy(FESTVOX / "wav" / "ru_0001.wav", media / "short.wav")
     with FileServer(media) as files, LoadBalancerWorker(tmp_path, MAX_REQUEST_BYTES="100000", API_KEY="s3cret", WARMUP="false",
-                                                        LB_REQUEST_TIMEOUT_S="0.5") as small:
+                                                        LB_REQUEST_TIMEOUT_S="1", LB_MAX_AUDIO_SECONDS="20") as small:
         client = small.client(api_key="s3cret")
         with pytest.raises(openai.APIStatusError) as caught, SAMPLE.open("rb") as audio:  # ~1 MB
             client.audio.transcriptions.create(file=audio, model="whisper-1")
@@ -178,11 +191,22 @@ def test_limits_of_a_load_balancing_request(tmp_path):
         with pytest.raises(openai.AuthenticationError):
             small.client(api_key="wrong").models.list()
         assert requests.get(f"{small.base}/ping", timeout=5).status_code == 200  # RunPod's probe needs no key
-        with pytest.raises(openai.APIStatusError) as caught:
+        with pytest.raises(openai.BadRequestError) as caught:  # 30 s of audio, 20 s allowed
             client.audio.transcriptions.create(file=("unused.wav", b""), model="whisper-1",
                                                extra_body={"url": files.url("sample.wav")})
+        assert "30.0 s long" in caught.value.message and "LB_MAX_AUDIO_SECONDS" in caught.value.message
+        assert "stream=true" in caught.value.message
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.audio.transcriptions.create(file=("unused.wav", b""), model="whisper-1",
+                                               extra_body={"url": files.url("short.wav")})
         assert caught.value.status_code == 408 and "stream=true" in caught.value.message
         assert caught.value.response.headers["x-should-retry"] == "false"
+        assert _trickled_body_status(small.base) == b"HTTP/1.1 408 Request Timeout"
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.audio.transcriptions.create(file=("a.wav", b"RIFF"), model="whisper-1",
+                                               extra_body={f"x{i}": "1" for i in range(1000)})
+        assert "malformed multipart form" in caught.value.message and "fields" in caught.value.message
+        assert small.proc.poll() is None
 
 
 def test_a_client_that_goes_away_cancels_its_job(lb, tmp_path):

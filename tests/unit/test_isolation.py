@@ -58,7 +58,7 @@ def test_translation_is_aligned_in_english(task, expected, monkeypatch):
     segments, method = predictor._align(None, None, None, ["kept"], "ru", rp_schema.RequestOptions(task=task), [], state)
     assert predictor.aligners.asked == [expected]
     assert method == "whisper cross-attention" and seen["called"]
-    predictor._diarization_pool.shutdown()
+    predictor.lanes.diarization_pool.shutdown()
 
 
 def test_allow_list_entries():

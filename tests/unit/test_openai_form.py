@@ -113,3 +113,19 @@ def test_ping_answers_204_while_loading_and_requests_get_503():
         assert client.get("/ping").status_code == 204
         refused = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF")}, data={"model": "whisper-1"})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "loading"
+
+
+def test_the_audio_cap_of_a_request_that_is_not_streamed():
+    door = openai_door.DoorSettings(request_timeout_s=330.0)
+    assert door.audio_cap("cuda")[0] == 3300.0 and door.audio_cap("cpu")[0] == 165.0
+    assert openai_door.DoorSettings(max_audio_s=60.0).audio_cap("cuda")[0] == 60.0
+    assert "stream=true" in door.audio_cap("cpu")[1]
+
+
+def test_the_tighter_audio_cap_applies():
+    import job_control
+
+    assert job_control.JobControl(0, "j", 60.0, "LB cap").audio_limit(14400.0) == (60.0, "LB cap")
+    assert job_control.JobControl(0, "j", 60.0, "LB cap").audio_limit(0.0) == (60.0, "LB cap")
+    assert job_control.JobControl(0, "j", 600.0, "LB cap").audio_limit(300.0) == (300.0, "MAX_AUDIO_SECONDS")
+    assert job_control.JobControl(0, "j").audio_limit(300.0) == (300.0, "MAX_AUDIO_SECONDS")
