@@ -3,6 +3,8 @@
 - ``FileServer``: serves a folder over HTTP (the audio "links" of the requests).
 - ``WorkerApi``: the worker started as ``python src/handler.py --rp_serve_api`` (the RunPod
   SDK's own local API server), called over HTTP on ``/runsync``.
+- ``LoadBalancerWorker``: the worker as a load-balancing endpoint (``ENDPOINT_TYPE=load_balancer``),
+  ready once ``/ping`` says 200; ``client()`` is the official ``openai`` client pointed at it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import requests
 
 from references import ASSETS, LOCAL_MODELS, ROOT
@@ -134,3 +137,45 @@ class WorkerApi:
         if self.proc:
             stop_process(self.proc)
         self._log.close()
+
+
+class LoadBalancerWorker:
+    """``python -u src/handler.py`` with ENDPOINT_TYPE=load_balancer on a free port."""
+
+    def __init__(self, folder: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "stdout.txt"
+        self.container_log = folder / "container_log.txt"
+        self.env = worker_env(ENDPOINT_TYPE="load_balancer", PORT=str(self.port), ALLOW_PRIVATE_URLS="true",
+                              CONTAINER_LOG_PATH=str(self.container_log), **env)
+        self.pings: list[int] = []
+
+    def __enter__(self) -> LoadBalancerWorker:
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-u", "src/handler.py"], cwd=ROOT, env=self.env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+            try:
+                status = requests.get(f"{self.base}/ping", timeout=2).status_code
+            except requests.ConnectionError:
+                time.sleep(0.5)
+                continue
+            self.pings.append(status)
+            if status == 200:
+                return self
+            time.sleep(0.5)
+        raise RuntimeError("the worker did not become ready in 300 s")
+
+    def client(self, api_key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=600)
+
+    def log_lines(self) -> list[str]:
+        return self.container_log.read_text(encoding="utf-8", errors="replace").splitlines() if self.container_log.exists() else []
+
+    def __exit__(self, *exc: object) -> None:
+        stop_process(self.proc)
+        self._out.close()
