@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import io
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import requests
 import soundfile as sf
 
-from references import FESTVOX
+from references import FESTVOX, PYANNOTE_SAMPLE
 from servers import LocalServer
 
 SAMPLE_RATE = 16_000
@@ -284,3 +285,45 @@ def rss_mb(pid: int) -> float:
         except psutil.Error:
             pass
     return total / 2**20
+
+
+# ---------------------------------------------------------------- known speakers of pyannote's sample
+def sample_turns() -> list[tuple[float, float, str]]:
+    """pyannote's reference turns of its two-speaker ``sample.wav``: (start, end, speaker) in seconds."""
+    turns = []
+    for line in (PYANNOTE_SAMPLE / "sample.rttm").read_text().splitlines():
+        fields = line.split()
+        turns.append((float(fields[3]), float(fields[3]) + float(fields[4]), fields[7]))
+    return turns
+
+
+def sample_speaker_voice(speaker: str, seconds: float = 8.0) -> tuple[np.ndarray, int]:
+    """Up to ``seconds`` of ``speaker`` (``speaker90`` or ``speaker91``) talking alone in the
+    sample, longest stretches first, joined in time order; returns (samples, rate)."""
+    audio, rate = sf.read(PYANNOTE_SAMPLE / "sample.wav", dtype="float32")
+    turns = sample_turns()
+    stretches = []
+    for start, end, who in turns:
+        if who != speaker:
+            continue
+        pieces = [(start, end)]
+        for other_start, other_end, other in turns:  # cut out everyone else's speech
+            if other != speaker:
+                pieces = [part for a, b in pieces
+                          for part in ((a, min(b, other_start)), (max(a, other_end), b)) if part[1] > part[0]]
+        stretches += pieces
+    chosen, total = [], 0.0
+    for start, end in sorted(stretches, key=lambda piece: piece[0] - piece[1]):
+        take = min(end - start, seconds - total)
+        if take <= 0:
+            break
+        chosen.append((start, start + take))
+        total += take
+    return np.concatenate([audio[int(a * rate):int(b * rate)] for a, b in sorted(chosen)]), rate
+
+
+def wav_data_url(samples: np.ndarray, rate: int) -> str:
+    """``samples`` as a 16-bit WAV in a data URL (how OpenAI's client sends a known speaker's sample)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

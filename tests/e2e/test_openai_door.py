@@ -7,21 +7,18 @@ away cancelling its job."""
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import shutil
 import socket
 import time
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import requests
 import soundfile as sf
 import srt
-from fixtures_audio import concat_clips
+from fixtures_audio import concat_clips, sample_speaker_voice, sample_turns, wav_data_url
 from openai.types.audio import (
     TranscriptionDiarized,
     TranscriptionTextDeltaEvent,
@@ -220,45 +217,6 @@ def test_an_error_in_a_stream_is_raised_by_the_official_client(lb):
             pass
 
 
-def _rttm_turns() -> list[tuple[float, float, str]]:
-    """pyannote's reference turns of the sample: (start, end, speaker) in seconds."""
-    turns = []
-    for line in (PYANNOTE_SAMPLE / "sample.rttm").read_text().splitlines():
-        fields = line.split()
-        turns.append((float(fields[3]), float(fields[3]) + float(fields[4]), fields[7]))
-    return turns
-
-
-def _data_url(samples: np.ndarray, rate: int) -> str:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _solo_sample(audio: np.ndarray, rate: int, speaker: str, seconds: float = 8.0) -> str:
-    """Up to ``seconds`` of ``speaker`` talking alone (longest stretches first), as a data URL."""
-    turns = _rttm_turns()
-    stretches = []
-    for start, end, who in turns:
-        if who != speaker:
-            continue
-        pieces = [(start, end)]
-        for other_start, other_end, other in turns:  # cut out everyone else's speech
-            if other == speaker:
-                continue
-            pieces = [part for a, b in pieces
-                      for part in ((a, min(b, other_start)), (max(a, other_end), b)) if part[1] - part[0] > 0]
-        stretches += pieces
-    chosen, total = [], 0.0
-    for start, end in sorted(stretches, key=lambda p: p[0] - p[1]):
-        take = min(end - start, seconds - total)
-        if take <= 0:
-            break
-        chosen.append((start, start + take))
-        total += take
-    return _data_url(np.concatenate([audio[int(a * rate):int(b * rate)] for a, b in sorted(chosen)]), rate)
-
-
 def test_known_speakers_name_the_right_voices(lb):
     """OpenAI's ``known_speaker_names[]`` / ``known_speaker_references[]`` through the official
     client: one sample per speaker of the sample (their solo speech, cut from the same recording:
@@ -267,7 +225,6 @@ def test_known_speakers_name_the_right_voices(lb):
     person's name, and the stranger's name labels nothing. Measured on a 2-core CPU: 66 of 68
     words (97 %); cosine similarities 0.97 for both speakers (same recording) and 0.38 for the
     stranger, against the default threshold of 0.6."""
-    audio, rate = sf.read(SAMPLE, dtype="float32")
     stranger, stranger_rate = sf.read(FESTVOX / "wav" / "ru_0001.wav", dtype="float32")
     names = {"speaker90": "Alice", "speaker91": "Bob"}
     with SAMPLE.open("rb") as upload:
@@ -275,13 +232,14 @@ def test_known_speakers_name_the_right_voices(lb):
             file=upload, model="gpt-4o-transcribe-diarize", response_format="verbose_json",
             timestamp_granularities=["word"], extra_body={"diarization": True},
             known_speaker_names=["Alice", "Bob", "Stranger"],
-            known_speaker_references=[_solo_sample(audio, rate, "speaker90"), _solo_sample(audio, rate, "speaker91"),
-                                      _data_url(stranger[: 6 * stranger_rate], stranger_rate)])
+            known_speaker_references=[wav_data_url(*sample_speaker_voice("speaker90")),
+                                      wav_data_url(*sample_speaker_voice("speaker91")),
+                                      wav_data_url(stranger[: 6 * stranger_rate], stranger_rate)])
     body = raw.http_response.json()
     words = TranscriptionVerbose.model_validate(body, strict=True).words or []
     speakers = [extra["speaker"] for extra in body["whisperx"]["words"]]
     assert len(words) == len(speakers) > 20
-    turns = _rttm_turns()
+    turns = sample_turns()
     scored = right = 0
     for word, speaker in zip(words, speakers, strict=True):
         middle = (word.start + word.end) / 2

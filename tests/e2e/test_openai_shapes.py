@@ -8,7 +8,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import soundfile as sf
 import srt
+from fixtures_audio import sample_speaker_voice
 from openai.types.audio import TranscriptionDiarized, TranscriptionVerbose
 from references import PYANNOTE_SAMPLE, require_assets
 from servers import FileServer, WorkerApi
@@ -17,12 +19,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sample_url(tmp_path_factory):
+def media(tmp_path_factory):
+    """The sample and one speaker's voice from it, served over HTTP."""
     require_assets()
     root = tmp_path_factory.mktemp("media")
     shutil.copy(PYANNOTE_SAMPLE / "sample.wav", root / "sample.wav")
+    sf.write(root / "speaker91.wav", *sample_speaker_voice("speaker91"))
     with FileServer(root) as server:
-        yield server.url("sample.wav")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sample_url(media):
+    return media.url("sample.wav")
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +99,21 @@ def test_a_bad_shape_request_is_a_clear_error(api, sample_url, request_fields, n
     envelope = api.runsync({"audio_file": sample_url, **request_fields})
     error = str(envelope.get("error") or envelope["output"]["error"])
     assert named in error, envelope
+
+
+def test_a_known_speaker_by_link_is_named_in_every_shape(api, media, own):
+    """One known speaker, their sample a link (fetched like ``audio_file``): their segments carry the
+    name in the worker's own answer and in ``diarized_json``, where the other speaker still gets a
+    letter; the grouping of segments by speaker is the one the unnamed answer has."""
+    known = {"audio_file": media.url("sample.wav"), "known_speaker_names": ["Bob"],
+             "known_speaker_references": [media.url("speaker91.wav")]}
+    named = _ok(api.runsync({**known, "debug": True}))
+    own_labels = [s.get("speaker") for s in own["segments"]]
+    named_labels = [s.get("speaker") for s in named["segments"]]
+    assert "Bob" in named_labels and len(own_labels) == len(named_labels)
+    bob = {own_label for own_label, label in zip(own_labels, named_labels, strict=True) if label == "Bob"}
+    assert len(bob) == 1 and [label == "Bob" for label in named_labels] == [label in bob for label in own_labels]
+    assert named["debug_info"]["output"]["known_speaker_similarities"]["Bob"] >= 0.6
+    diarized = TranscriptionDiarized.model_validate(_ok(api.runsync({**known, "response_format": "diarized_json"})),
+                                                    strict=True)
+    assert {s.speaker for s in diarized.segments} == {"Bob", "A"}
