@@ -7,6 +7,7 @@ away cancelling its job."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import socket
@@ -18,6 +19,7 @@ import pytest
 import requests
 import soundfile as sf
 import srt
+import webvtt
 from fixtures_audio import concat_clips, sample_speaker_voice, sample_turns, wav_data_url
 from openai.types.audio import (
     TranscriptionDiarized,
@@ -73,6 +75,11 @@ def test_verbose_json_through_the_official_client(lb, queue_answer):
     assert "logs" not in body
 
 
+def _vtt_seconds(stamp: str) -> float:
+    hours, minutes, seconds = stamp.split(":")
+    return round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 3)
+
+
 def test_diarized_json_and_text_shapes(lb, queue_answer):
     client = lb.client()
     with SAMPLE.open("rb") as audio:
@@ -89,6 +96,12 @@ def test_diarized_json_and_text_shapes(lb, queue_answer):
     with SAMPLE.open("rb") as audio:
         subtitles = client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="srt")
     assert " ".join(" ".join(cue.content.split()) for cue in srt.parse(subtitles)) == _queue_text(queue_answer)
+    with SAMPLE.open("rb") as audio:
+        captions = client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="vtt")
+    parsed_vtt = list(webvtt.from_buffer(io.StringIO(captions)))
+    assert captions.startswith("WEBVTT") and " ".join(" ".join(c.text.split()) for c in parsed_vtt) == _queue_text(queue_answer)
+    assert [(_vtt_seconds(c.start), _vtt_seconds(c.end)) for c in parsed_vtt] == [
+        (round(s["start"], 3), round(s["end"], 3)) for s in queue_answer["segments"] if s["text"].strip()]
     with SAMPLE.open("rb") as audio:
         plain = client.audio.transcriptions.create(file=audio, model="whisper-1")  # json, OpenAI's default
     assert plain.text == _queue_text(queue_answer)
