@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--clip-s", type=float, default=30.0)
     parser.add_argument("--jobs", type=int, default=0, help="MAX_CONCURRENT_JOBS (0: the worker's default)")
+    parser.add_argument("--lb-first", action="store_true", help="measure the load-balancing door first (order check)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lb_vs_queue.json")
     args = parser.parse_args()
     require_assets()
@@ -85,27 +86,32 @@ def main() -> None:
     env = {"MAX_CONCURRENT_JOBS": str(args.jobs)} if args.jobs else {}
     results = {}
 
-    with FileServer(folder) as files, WorkerApi(folder / "queue.log", **env) as api:
-        api.runsync({"audio_file": files.url(clips[0].name), "language": "ru"})  # warm
+    def run_queue() -> None:
+        with FileServer(folder) as files, WorkerApi(folder / "queue.log", **env) as api:
+            api.runsync({"audio_file": files.url(clips[0].name), "language": "ru"})  # warm
 
-        def queue_send(path: Path) -> None:
-            envelope = api.runsync({"audio_file": files.url(path.name), "language": "ru"})
-            if envelope.get("status") != "COMPLETED" or "error" in (envelope.get("output") or {}):
-                raise RuntimeError(str(envelope)[:300])
+            def queue_send(path: Path) -> None:
+                envelope = api.runsync({"audio_file": files.url(path.name), "language": "ru"})
+                if envelope.get("status") != "COMPLETED" or "error" in (envelope.get("output") or {}):
+                    raise RuntimeError(str(envelope)[:300])
 
-        results["queue"] = drive(args.clients, work, queue_send)
+            results["queue"] = drive(args.clients, work, queue_send)
 
-    with LoadBalancerWorker(folder, **env) as lb:
-        client = lb.client()
+    def run_load_balancer() -> None:
+        with LoadBalancerWorker(folder, **env) as lb:
+            client = lb.client()
 
-        def lb_send(path: Path) -> None:
-            with path.open("rb") as audio:
-                client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="verbose_json",
-                                                   timestamp_granularities=["word"],
-                                                   extra_body={"language": "ru", "diarization": True})
+            def lb_send(path: Path) -> None:
+                with path.open("rb") as audio:
+                    client.audio.transcriptions.create(file=audio, model="whisper-1", response_format="verbose_json",
+                                                       timestamp_granularities=["word"],
+                                                       extra_body={"language": "ru", "diarization": True})
 
-        lb_send(clips[0])  # warm
-        results["load_balancer"] = drive(args.clients, work, lb_send)
+            lb_send(clips[0])  # warm
+            results["load_balancer"] = drive(args.clients, work, lb_send)
+
+    for run in (run_load_balancer, run_queue) if args.lb_first else (run_queue, run_load_balancer):
+        run()
 
     rows = {}
     for door, run in results.items():
@@ -124,6 +130,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": commit, "machine": platform.processor() or platform.machine(),
+                                    "order": "load_balancer first" if args.lb_first else "queue first",
                                     "clients": args.clients, "per_client": args.per_client, "clip_s": args.clip_s,
                                     "audio_s": round(audio_s, 1), "rows": rows, "ratios": ratio, "runs": results},
                                    indent=1))
