@@ -45,6 +45,7 @@ from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 
 from diarization_quality import Clip, load_clips, to_annotation  # noqa: E402
 from stages import diarization, known_speakers  # noqa: E402
+from stages.speaker_assignment import longest_spans  # noqa: E402
 
 SAMPLE_S = 8.0
 MIN_SAMPLE_S = 2.0
@@ -62,17 +63,10 @@ def cut_sample(clip: Clip, speaker: str) -> np.ndarray | None:
     """Up to SAMPLE_S s of ``speaker``'s solo speech in ``clip`` (longest stretches first, in time
     order), or None when there is less than MIN_SAMPLE_S."""
     rate = diarization.SAMPLE_RATE
-    stretches = sorted(solo_speech(clip.reference, speaker), key=lambda s: -s.duration)
-    chosen, total = [], 0.0
-    for segment in stretches:
-        if total >= SAMPLE_S:
-            break
-        take = min(segment.duration, SAMPLE_S - total)
-        chosen.append((segment.start, segment.start + take))
-        total += take
-    if total < MIN_SAMPLE_S:
+    chosen = longest_spans(((s.start, s.end) for s in solo_speech(clip.reference, speaker)), SAMPLE_S)
+    if sum(end - start for start, end in chosen) < MIN_SAMPLE_S:
         return None
-    return np.concatenate([clip.audio[int(start * rate):int(end * rate)] for start, end in sorted(chosen)])
+    return np.concatenate([clip.audio[int(start * rate):int(end * rate)] for start, end in chosen])
 
 
 def named_share(clip: Clip, turns: list, name_of: dict[str, str]) -> dict[str, float]:

@@ -24,6 +24,7 @@ import soundfile as sf
 
 from references import FESTVOX, PYANNOTE_SAMPLE
 from servers import LocalServer
+from stages.speaker_assignment import longest_spans
 
 SAMPLE_RATE = 16_000
 
@@ -312,14 +313,7 @@ def sample_speaker_voice(speaker: str, seconds: float = 8.0) -> tuple[np.ndarray
                 pieces = [part for a, b in pieces
                           for part in ((a, min(b, other_start)), (max(a, other_end), b)) if part[1] > part[0]]
         stretches += pieces
-    chosen, total = [], 0.0
-    for start, end in sorted(stretches, key=lambda piece: piece[0] - piece[1]):
-        take = min(end - start, seconds - total)
-        if take <= 0:
-            break
-        chosen.append((start, start + take))
-        total += take
-    return np.concatenate([audio[int(a * rate):int(b * rate)] for a, b in sorted(chosen)]), rate
+    return np.concatenate([audio[int(a * rate):int(b * rate)] for a, b in longest_spans(stretches, seconds)]), rate
 
 
 def wav_data_url(samples: np.ndarray, rate: int) -> str:

@@ -63,7 +63,7 @@ from stages.offline_diarization import (
 # (pyannote imports the class by that name).
 from stages.offline_diarization import OfflineSpeakerDiarization as OfflineSpeakerDiarization
 from stages.pyannote_telemetry import disable_pyannote_telemetry
-from stages.speaker_assignment import SpeakerTurn, clip_turns
+from stages.speaker_assignment import SpeakerTurn, clip_turns, longest_spans
 
 if TYPE_CHECKING:
     from whisperx.diarize import DiarizationPipeline
@@ -297,17 +297,10 @@ def speaker_voices(waveform: np.ndarray, turns: Sequence[SpeakerTurn]) -> dict[s
     embedded whole compares like with like with a sample embedded whole."""
     voices = {}
     for label in sorted({turn.speaker for turn in turns}):
-        own = sorted((turn for turn in turns if turn.speaker == label), key=lambda turn: turn.start - turn.end)
-        chosen, total = [], 0.0
-        for turn in own:
-            if total >= VOICE_SECONDS:
-                break
-            end = min(turn.end, turn.start + VOICE_SECONDS - total)
-            chosen.append((turn.start, end))
-            total += end - turn.start
-        if total >= MIN_VOICE_SECONDS:
+        chosen = longest_spans(((turn.start, turn.end) for turn in turns if turn.speaker == label), VOICE_SECONDS)
+        if sum(end - start for start, end in chosen) >= MIN_VOICE_SECONDS:
             voices[label] = np.concatenate([waveform[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
-                                            for start, end in sorted(chosen)])
+                                            for start, end in chosen])
     return voices
 
 
