@@ -262,6 +262,7 @@ def test_known_speakers_name_the_right_voices(lb):
         if len(talking) == 1:
             scored += 1
             right += speaker == names[talking.pop()]
+    print(f"KNOWN-RATE {right}/{scored}")  # for scripts/kernel_paths.py-style runs (pytest -s)
     assert scored > 20 and right / scored >= 0.9, (right, scored, body["whisperx"])
     assert "Stranger" not in speakers
     assert any("known speaker 'Stranger' was not recognised" in w for w in body["whisperx"]["warnings"])

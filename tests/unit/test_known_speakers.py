@@ -144,3 +144,31 @@ def test_openai_letters_skip_known_names():
 def test_schema_lists_the_known_speaker_fields():
     entry = rp_schema.INPUT_SCHEMA["known_speaker_references"]
     assert entry["type"] is tuple and entry["max_items"] == 4 and "known_speaker_references[]" in entry["aliases"]
+
+
+def test_longest_spans_take_the_longest_first_and_cut_the_last():
+    from stages.speaker_assignment import longest_spans
+
+    spans = [(0.0, 1.0), (2.0, 7.0), (10.0, 13.0), (20.0, 20.5)]
+    assert longest_spans(spans, 7.0) == [(2.0, 7.0), (10.0, 12.0)]
+    assert longest_spans(spans, 100.0) == sorted(spans)
+    assert longest_spans([], 5.0) == []
+
+
+def test_a_dripping_or_cancelled_sample_link_stops_with_the_job(tmp_path: Path):
+    """A sample link that sends a byte a second ends at the job's deadline; a cancelled job
+    fetches nothing."""
+    import job_control
+    from fixtures_audio import HostileServer
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(16000 * 2, dtype=np.float32), 16000, subtype="PCM_16")
+    policy = FetchPolicy(allow_private_urls=True)
+    with HostileServer({"clip.wav": clip}) as server:
+        with pytest.raises(job_control.JobTimeout, match="download"):  # not the 64 KB at a byte a second
+            known_speakers.load_references([server.url("drip")], tmp_path / "a", policy, job_control.JobControl(2.0))
+        cancelled = job_control.JobControl()
+        cancelled.cancel("cancelled by a test")
+        with pytest.raises(job_control.JobCancelled):
+            known_speakers.load_references([server.url("drip")], tmp_path / "b", policy, cancelled)
+        assert server.hits.get("/drip", 0) == 1
