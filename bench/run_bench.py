@@ -120,7 +120,7 @@ def instrument_stages() -> None:
     from stages import diarization
     from stages import vad
 
-    STAGES.wrap(vad, "speech_scores", "vad")
+    STAGES.wrap(vad, "speech_scores_in_steps", "vad")
     STAGES.wrap(asr, "transcribe_windows", "asr")
     STAGES.wrap(alignment, "align_with_wav2vec2", "alignment")
     STAGES.wrap(diarization, "run_pyannote_pipeline", "diarization")

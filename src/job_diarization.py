@@ -21,6 +21,7 @@ import numpy as np
 import job_control
 import rp_schema
 from job_state import RequestState
+from resident.diarization_ready import DiarizationReady
 from resident.lanes import TORCH_WAIT_CHECK_S, Lanes
 from stages import known_speakers, speaker_assignment
 
@@ -29,25 +30,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("predict")  # the Predictor's log lines, as before the split
 
+UNAVAILABLE = "diarization is not available in this worker; speakers are not labelled"
+
 # How long a job's cleanup waits for its stopped diarization to end (seconds): a stop takes
 # effect after the batch in progress, well under this on CPU and GPU.
 DIARIZATION_STOP_WAIT_S = 10.0
 
 
-def start(lanes: Lanes, diarizers: diarization.DiarizationModels | None, waveform: np.ndarray,
+def start(lanes: Lanes, ready: DiarizationReady | None, waveform: np.ndarray,
           opts: rp_schema.RequestOptions, state: RequestState,
           samples: Sequence[np.ndarray] = ()) -> Future[diarization.DiarizationOutput] | None:
     """Submit diarization to the background threads; returns a Future (or None if unavailable).
 
+    ``ready``: the diarization registry, which start-up's diarization lane may still be
+    building: the run then waits for it in its thread (``diarization_warmup_wait_s``).
     ``samples``: the known speakers' voices (``known_speakers.load_references``), embedded by
     the same run. The call runs in a copy of this request's context, so its log lines still
     land in this request's ``logs``.
     """
-    if diarizers is None:
-        state.warn("diarization is not available in this worker; speakers are not labelled")
+    if ready is None or (ready.built() and ready.peek() is None):
+        state.warn(UNAVAILABLE)
         return None
-    from stages import diarization
-
     context = contextvars.copy_context()
     submitted = time.perf_counter()
 
@@ -55,6 +58,10 @@ def start(lanes: Lanes, diarizers: diarization.DiarizationModels | None, wavefor
         # Called after each segmentation/embedding batch: a job that is over (failed,
         # or out of its time budget) must not keep the one diarization thread busy.
         if state.stop.is_set() or state.control.stopped():
+            # Imported here, in the diarization thread: the job's own thread never waits
+            # for pyannote's import, which start-up's diarization lane may still be running.
+            from stages import diarization
+
             raise diarization.Stopped("the job ended before its diarization did")
 
     def stop_waiting() -> None:
@@ -63,8 +70,15 @@ def start(lanes: Lanes, diarizers: diarization.DiarizationModels | None, wavefor
     def run() -> diarization.DiarizationOutput:
         # How long this job's diarization waited for a thread and a turn (other jobs' runs).
         with lanes.diarization_turns.turn(stop_waiting) as held:
+            diarizers = ready.models(stop_waiting)
             started = time.perf_counter()
             state.timings["diarization_queue_s"] = round(started - submitted, 4)
+            warm_up_wait = ready.warm_up_wait(submitted, started)
+            if warm_up_wait > 0:
+                # The part of the queue time during which start-up's diarization lane still ran.
+                state.timings["diarization_warmup_wait_s"] = round(warm_up_wait, 4)
+            if diarizers is None:
+                raise RuntimeError(UNAVAILABLE)
 
             def at_batch(percent: float) -> None:
                 check(percent)

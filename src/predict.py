@@ -29,6 +29,7 @@ import job_state
 import model_policy
 import rp_schema
 from resident import batching, lanes, startup
+from resident.diarization_ready import DiarizationReady
 from resident.models import AsrModels, ModelLoadError, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 from stages import alignment, asr, audio, fetch, known_speakers, vad
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
     from faster_whisper.tokenizer import Tokenizer
 
-    from stages import diarization
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,9 @@ class Predictor:
         self.device = "cpu"
         self.asr_models: AsrModels | None = None
         self.aligners: alignment.AlignmentModels | None = None
-        self.diarizers: diarization.DiarizationModels | None = None
+        # The diarization registry as start-up's lane builds it (None: none; tests give a
+        # bare Predictor one with ``DiarizationReady.of``).
+        self.diarization: DiarizationReady | None = None
         self.startup_timings: dict[str, float] = {}
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
@@ -151,7 +153,7 @@ class Predictor:
         built = startup.start_up(self.settings, self.lanes, self.startup_timings)
         self.resident = built
         self.device, self.max_concurrent_jobs, self.tf32 = built.device, built.max_concurrent_jobs, built.tf32
-        self.asr_models, self.aligners, self.diarizers = built.asr_models, built.aligners, built.diarizers
+        self.asr_models, self.aligners, self.diarization = built.asr_models, built.aligners, built.diarization
         self.startup_error, self.startup_warnings = built.error, built.gpu_stack_warnings
 
     def _preload_choice(self) -> tuple[str, str]:
@@ -238,7 +240,7 @@ class Predictor:
 
         # Diarization needs only the waveform: start it now, in a second thread, so it overlaps
         # VAD, ASR and alignment (GPU kernels of both stages interleave; CPU work overlaps).
-        diarization_job = (job_diarization.start(self.lanes, self.diarizers, prepared.waveform, opts, state, samples)
+        diarization_job = (job_diarization.start(self.lanes, self.diarization, prepared.waveform, opts, state, samples)
                            if opts.diarization else None)
 
         notify("vad", None)

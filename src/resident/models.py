@@ -23,7 +23,7 @@ from model_cache import SingleFlightCache
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
-    from whisperx.vads.pyannote import VoiceActivitySegmentation
+    from stages.vad_network import VadNetwork
 
 logger = logging.getLogger("models")  # the bare name: log lines read as before the move
 
@@ -160,7 +160,7 @@ class AsrModels:
         # (path, compute type, device) -> model
         self._whisper: SingleFlightCache[tuple[str, str, str], WhisperModel] = SingleFlightCache(
             max_cached, on_evict=self._evicted)
-        self._vad: VoiceActivitySegmentation | None = None
+        self._vad: VadNetwork | None = None
         self._vad_lock = threading.Lock()  # apart: the VAD loads while a Whisper model does
 
     @property
@@ -219,19 +219,19 @@ class AsrModels:
         logger.info("ASR model loaded in %.2f s", time.perf_counter() - started)
         return instance
 
-    def vad(self) -> VoiceActivitySegmentation:
-        """whisperX's bundled pyannote VAD (weights ship in the wheel, so it runs offline).
+    def vad(self) -> VadNetwork:
+        """whisperX's bundled VAD network (weights ship in the wheel, so it runs offline),
+        read in plain torch (``stages.vad_network``: no pyannote import).
 
         Its output is frame-level speech scores; thresholds are applied per request in
         ``vad.speech_windows``, so one instance serves every option set.
         """
         with self._vad_lock:
             if self._vad is None:
-                import torch
-                from whisperx.vads.pyannote import load_vad_model
+                from stages.vad_network import VadNetwork, bundled_checkpoint
 
-                logger.info("loading VAD model (whisperX pyannote)")
-                self._vad = load_vad_model(torch.device(self.device).type)
+                logger.info("loading VAD model (whisperX's segmentation checkpoint)")
+                self._vad = VadNetwork.load(bundled_checkpoint(), self.device)
             return self._vad
 
 

@@ -2,7 +2,8 @@
 cache and the GPU stack check (before CUDA starts), the device and how many jobs and
 diarization threads it gets (``lanes``), the model registries, the precision policy, then the
 warm-up (``warmup.WarmUp``: the default ASR model, the VAD, the preloaded aligners and the
-diarization pipeline, each in the lane that later runs it for jobs).
+diarization pipeline, each in the lane that later runs it for jobs; the worker is ready before
+the diarization lane ends).
 
 ``start_up`` returns a ``Resident``: everything built, for the Predictor to keep.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import rp_schema
 from resident import batching, gpu_check, precision, warmup
+from resident.diarization_ready import DiarizationReady
 from resident.lanes import Lanes, default_concurrent_jobs, default_diarization_threads
 from resident.models import AsrModels, pick_device
 from settings import WorkerSettings, use_kernel_cache
@@ -57,24 +59,25 @@ class Resident:
     aligners: alignment.AlignmentModels
     tf32: bool
     gpu_stack_warnings: list[str]
-    diarizers: diarization.DiarizationModels | None = None
+    # The diarization registry, built by start-up's diarization lane, which may end after
+    # start_up returns (jobs that need it wait for it).
+    diarization: DiarizationReady = field(default_factory=DiarizationReady)
     # Why the default model did not load (None: it did); jobs naming it get this error.
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _build_diarizers(settings: WorkerSettings, resident: Resident, replicas: int) -> diarization.DiarizationModels | None:
-    """The diarization registry (imports pyannote: the warm-up runs this in the diarization
+def _build_diarizers(settings: WorkerSettings, device: str, replicas: int) -> diarization.DiarizationModels | None:
+    """The diarization registry (imports pyannote: the warm-up runs this in a diarization
     thread, beside the ASR model's load)."""
     try:
         from stages import diarization
     except ImportError:  # pragma: no cover - module always ships with the worker
         return None
-    resident.diarizers = diarization.DiarizationModels(
-        resident.device, settings.offline_diarization_dir, max_cached=settings.max_cached_models,
+    return diarization.DiarizationModels(
+        device, settings.offline_diarization_dir, max_cached=settings.max_cached_models,
         kept_models=frozenset(default_diarization_models(settings)), replicas=replicas,
     )
-    return resident.diarizers
 
 
 def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) -> Resident:
@@ -108,9 +111,11 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
     resident = Resident(device=device, max_concurrent_jobs=max_jobs, asr_models=asr_models, aligners=aligners,
                         tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings)
     timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
+    resident.diarization = DiarizationReady(tasks=diarization_threads if settings.warmup else 1)
     warm_up = warmup.WarmUp(
         settings=settings, device=device, asr_models=asr_models, aligners=aligners,
-        diarizers=lambda: _build_diarizers(settings, resident, max(diarization_threads, max_jobs)),
+        diarizers=lambda: _build_diarizers(settings, device, max(diarization_threads, max_jobs)),
+        diarization_ready=resident.diarization,
         diarization_pool=lanes.diarization_pool, diarization_threads=diarization_threads,
         torch_thread=lanes.torch_thread, side_stream_scope=lanes.side_stream_scope,
         # The cap on windows per generate call that jobs get, so the ASR warm-up runs their shapes.

@@ -5,19 +5,20 @@
   H100/H200, L4 or L40S), the first encode compiles its kernels from PTX, ~14 s on the lent
   H200 with an empty kernel cache (bench/cold_start_probe.py); that compilation sets the
   length of a cold start;
-- the diarization thread: the diarization registry (pyannote's import), the offline pipeline
-  and one run of it;
+- the diarization threads: the diarization registry (pyannote's import), the offline pipeline
+  and one run of it per thread. The worker is ready without this lane: only jobs that ask for
+  speakers need it, and they wait for it (``diarization_ready.DiarizationReady``);
 - the torch thread, where jobs' VAD and aligner forwards run later: the VAD, then the
   aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on every input shape a job can give them.
 
-Start-up takes the longest lane instead of their sum. What each step took lands in the
+Start-up takes the longer of the ASR and VAD/aligner lanes instead of their sum. What each step took lands in the
 Predictor's ``startup_timings``:
 
 - ``model_load_s``: loading the default ASR model (absent when it failed to load);
 - ``warmup_s``: the ASR warm-up (one transcription; with ``WARMUP`` only);
 - ``vad_warmup_s``: loading the VAD and, with ``WARMUP``, running it;
 - ``diarization_warmup_s``: the diarization lane (with ``WARMUP``, one run on noise and one
-  CAM++ forward);
+  CAM++ forward), filled in when it ends, which may be after ``setup_s``;
 - ``aligner_warmup_s``: loading (and with ``WARMUP``, running) the aligners.
 
 The Predictor adds ``setup_s``, the whole of ``setup()``.
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from resident import precision
+from resident.diarization_ready import DiarizationReady
 from resident.models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
 from stages import alignment, asr, vad
@@ -70,7 +72,8 @@ class WarmUp:
     settings: the worker's settings (``warmup``, ``models_dir``, ``preload_align_languages``).
     asr_models, aligners: the model registries jobs use.
     diarizers: builds the diarization registry (None: no diarization); called in
-        the diarization thread, since it imports pyannote.
+        a diarization thread, since it imports pyannote.
+    diarization_ready: where the diarization lane puts the registry, for jobs to wait on.
     diarization_pool, diarization_threads: the lanes' diarization threads, each of which
         runs the pipeline once (per-thread state lives in the threads that run requests).
     torch_thread: the lanes' thread for the VAD and the aligners' forwards: they are
@@ -88,6 +91,7 @@ class WarmUp:
     asr_models: AsrModels
     aligners: alignment.AlignmentModels
     diarizers: Callable[[], diarization.DiarizationModels | None]
+    diarization_ready: DiarizationReady
     diarization_pool: ThreadPoolExecutor
     diarization_threads: int
     torch_thread: ThreadPoolExecutor
@@ -97,20 +101,21 @@ class WarmUp:
     timings: dict[str, float]
 
     def run(self, model_name: str, requested_compute_type: str) -> str | None:
-        """Load ``model_name`` (kept resident) and the VAD, and warm everything up, in lanes.
+        """Load ``model_name`` (kept resident) and the VAD, and warm everything up, in lanes;
+        returns when the ASR and VAD/aligner lanes are done. The diarization lane goes on in
+        its threads (``diarization_ready`` says when it has built the registry and ended).
 
         A failure to load the default model is logged and returned (the worker keeps serving
         requests that name another model); warm-up failures are logged only.
         """
-        diarization_ready = self.diarization_pool.submit(self._diarization)
+        self._start_diarization_lane()
         torch_ready = self.torch_thread.submit(self._torch_models)
         error = self._asr_lane(model_name, requested_compute_type)
-        for lane, future in (("diarization", diarization_ready), ("VAD/aligner", torch_ready)):
-            try:
-                future.result()
-            except Exception as exc:  # each lane's own failures are reported per request
-                logger.warning("%s warm-up failed: %s", lane, exc)
-        # Here, after every lane: freeing device memory synchronises the device.
+        try:
+            torch_ready.result()
+        except Exception as exc:  # the lane's own failures are reported per request
+            logger.warning("VAD/aligner warm-up failed: %s", exc)
+        # Here, after the lanes "ready" waits for: freeing device memory synchronises the device.
         self.release_gpu_cache()
         return error
 
@@ -152,7 +157,8 @@ class WarmUp:
     def _torch_models(self) -> None:
         """The VAD, then the aligners: load, and with WARMUP run once."""
         started = time.perf_counter()
-        precision.pin_pyannote()  # before the VAD's first pyannote call (see precision.apply)
+        # No pyannote here: the VAD network is plain torch, so this lane never waits for
+        # pyannote's import, which the diarization lane runs.
         vad_model = self.asr_models.vad()
         if self.settings.warmup:
             # Over 30 s and 2 minutes on a GPU: one batch of chunks and a full one.
@@ -181,24 +187,42 @@ class WarmUp:
                 logger.warning("aligner for %s not preloaded: %s", language, exc)
         self.timings["aligner_warmup_s"] = round(time.perf_counter() - started, 3)
 
-    def _diarization(self) -> None:
-        """In a diarization thread: build the registry and load the offline pipeline; with
-        WARMUP, every diarization thread then runs it once at the same time (so each loads a
-        replica and sets up its own per-thread state: cuDNN plans of the segmentation model)."""
+    def _start_diarization_lane(self) -> None:
+        """Submit the diarization lane: one task per diarization thread (with ``WARMUP``; one
+        without), all before any job can submit its diarization, so jobs queue behind them.
+        The first builds the registry (pyannote's import) and loads the offline pipeline; with
+        WARMUP every task then runs the pipeline once at the same time (each thread loads a
+        replica and sets up its per-thread state: cuDNN plans of the segmentation model)."""
+        tasks = self.diarization_threads if self.settings.warmup else 1
+        together = threading.Barrier(tasks, timeout=DIARIZATION_BARRIER_S)
         started = time.perf_counter()
-        precision.pin_pyannote()  # before the pipeline's first pyannote call (see precision.apply)
-        diarizers = self.diarizers()
-        if diarizers is None:
-            return
-        diarizers.warm_up()
-        if self.settings.warmup:
-            together = threading.Barrier(self.diarization_threads, timeout=DIARIZATION_BARRIER_S)
-            others = [self.diarization_pool.submit(self._diarization_run, diarizers, together)
-                      for _ in range(self.diarization_threads - 1)]
-            self._diarization_run(diarizers, together)
-            for other in others:
-                other.result()
-        self.timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
+        for index in range(tasks):
+            self.diarization_pool.submit(self._diarization_task, index == 0, together, started)
+
+    def _diarization_task(self, builds: bool, together: threading.Barrier, started: float) -> None:
+        """One task of the diarization lane (see ``_start_diarization_lane``)."""
+        ready = self.diarization_ready
+        try:
+            if builds:
+                diarizers = None
+                try:
+                    precision.pin_pyannote()  # before the pipeline's first pyannote call (see precision.apply)
+                    diarizers = self.diarizers()
+                    if diarizers is not None:
+                        diarizers.warm_up()
+                finally:
+                    ready.set_models(diarizers)
+            else:
+                diarizers = ready.models()
+            if diarizers is not None and self.settings.warmup:
+                self._diarization_run(diarizers, together)
+        except Exception as exc:  # reported again per request that needs diarization
+            logger.warning("diarization warm-up failed: %s", exc)
+        finally:
+            if ready.task_done():
+                self.timings["diarization_warmup_s"] = round(time.perf_counter() - started, 3)
+                logger.info("diarization warmed up in %.1f s (after ready)", self.timings["diarization_warmup_s"])
+                self.release_gpu_cache()
 
     def _diarization_run(self, diarizers: diarization.DiarizationModels, together: threading.Barrier) -> None:
         """One diarization thread's warm-up, on its stream: the pipeline on noise (on a GPU, more

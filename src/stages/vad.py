@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
-    from pyannote.core import SlidingWindowFeature
-    from whisperx.vads.pyannote import VoiceActivitySegmentation
-
-SAMPLE_RATE = 16_000
+from stages.vad_network import SAMPLE_RATE as SAMPLE_RATE  # re-exported: the stages' sample rate
+from stages.vad_network import SpeechScores, VadNetwork
 
 
 @dataclass(frozen=True)
@@ -54,106 +49,57 @@ class SpeechWindow:
         return sum(end - start for start, end in self.regions) if self.regions else self.duration
 
 
-def speech_scores(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray) -> SlidingWindowFeature:
-    """Frame-level speech probabilities for 16 kHz mono float32 ``waveform``
-    (a pyannote ``SlidingWindowFeature``)."""
-    import torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
-    return vad_pipeline({"waveform": tensor, "sample_rate": SAMPLE_RATE})
+def speech_scores(network: VadNetwork, waveform: np.ndarray) -> SpeechScores:
+    """Frame-level speech probabilities for 16 kHz mono float32 ``waveform``, in one go."""
+    return speech_scores_in_steps(network, waveform, lambda work: work())
 
 
-@dataclass
-class ScorePlan:
-    """``speech_scores`` cut into bounded work items: one inference batch of 5 s chunks each.
-
-    The VAD network slides over the file in chunks (``duration`` / ``step`` of its
-    ``Inference``) and runs them ``batch_size`` at a time; this plan holds the same chunks
-    and batches as pyannote's ``Inference.slide`` and aggregates their outputs the same way,
-    so the scores equal a single call's (tests/integration/test_fairness.py). Whoever runs the
-    plan may put other work between two batches: a long file's VAD no longer holds the
-    model for its whole length, and the job can stop between batches.
-    """
-
-    inference: Any  # pyannote.audio Inference (the VAD pipeline's ``_segmentation``)
-    chunks: torch.Tensor  # (num_chunks, channels, window samples)
-    last_chunk: torch.Tensor | None  # the zero-padded tail chunk, if the file does not end on the grid
-    num_samples: int
-
-    def batches(self) -> list[torch.Tensor]:
-        """The inference batches, in order (the padded tail chunk alone last, as pyannote does)."""
-        size = int(self.inference.batch_size)
-        out = [self.chunks[c : c + size] for c in range(0, self.chunks.shape[0], size)]
-        if self.last_chunk is not None:
-            out.append(self.last_chunk[None])
-        return out
-
-    def run_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """One batch through the network (frames of speech probability per chunk)."""
-        return np.asarray(self.inference.infer(batch))
-
-    def finish(self, outputs: list[np.ndarray]) -> SlidingWindowFeature:
-        """The batches' outputs stacked and aggregated over overlapping chunks, as one call would."""
-        from pyannote.core import Segment, SlidingWindow, SlidingWindowFeature
-
-        inference = self.inference
-        stacked = np.vstack(outputs)
-        chunk_grid = SlidingWindow(start=0.0, duration=inference.duration, step=inference.step)
-        if inference.skip_aggregation or inference.pre_aggregation_hook is not None:
-            raise NotImplementedError("the VAD pipeline aggregates its own way")  # whisperX's never does
-        aggregated = inference.aggregate(SlidingWindowFeature(stacked, chunk_grid), inference.model.receptive_field,
-                                         warm_up=inference.warm_up, hamming=True, missing=0.0)
-        if self.last_chunk is not None:
-            aggregated.data = aggregated.crop(Segment(0.0, self.num_samples / SAMPLE_RATE), mode="loose")
-        return aggregated
+def speech_scores_in_steps(network: VadNetwork, waveform: np.ndarray,
+                           run: Callable[[Callable[[], np.ndarray]], np.ndarray]) -> SpeechScores:
+    """``speech_scores``, each forward batch of 5 s chunks handed to ``run`` as a work item of
+    its own (e.g. a shared model thread that serves other jobs between two items, and checks
+    whether this job must stop): a long file's VAD never holds the model for its whole length."""
+    batches, samples = network.batches(waveform)
+    outputs = [run(lambda batch=batch: network.infer(batch)) for batch in batches]  # type: ignore[misc]
+    return network.aggregate(outputs, samples)
 
 
-def plan_speech_scores(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray) -> ScorePlan | None:
-    """The work of ``speech_scores`` as a ``ScorePlan``; None when the pipeline is not the
-    frame-level, single-output kind this plan reproduces (then call ``speech_scores``)."""
-    import torch
-    from pyannote.audio.core.task import Resolution
-
-    inference = getattr(vad_pipeline, "_segmentation", None)
-    specs = getattr(getattr(inference, "model", None), "specifications", None)
-    if inference is None or isinstance(specs, tuple) or specs is None or specs.resolution != Resolution.FRAME:
-        return None
-    if specs.permutation_invariant or inference.skip_aggregation or inference.pre_aggregation_hook is not None:
-        return None
-    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
-    window = int(inference.model.audio.get_num_samples(inference.duration))
-    step = round(inference.step * SAMPLE_RATE)
-    num_samples = tensor.shape[1]
-    if num_samples >= window:
-        chunks = tensor.unfold(1, window, step).permute(1, 0, 2)  # (chunk, channel, frame)
-    else:
-        chunks = tensor.new_zeros((0, 1, window))
-    last = None
-    if num_samples < window or (num_samples - window) % step > 0:
-        tail = tensor[:, chunks.shape[0] * step :]
-        last = torch.nn.functional.pad(tail, (0, window - tail.shape[1]))
-    return ScorePlan(inference, chunks, last, num_samples)
-
-
-def speech_scores_in_steps(vad_pipeline: VoiceActivitySegmentation, waveform: np.ndarray,
-                           run: Callable[[Callable[[], np.ndarray]], np.ndarray]) -> SlidingWindowFeature:
-    """``speech_scores``, each inference batch handed to ``run`` as a work item of its own
-    (e.g. a shared model thread that serves other jobs between two items, and checks whether
-    this job must stop); identical scores."""
-    plan = plan_speech_scores(vad_pipeline, waveform)
-    if plan is None:
-        return run(lambda: speech_scores(vad_pipeline, waveform))  # type: ignore[return-value,arg-type]
-    outputs = [run(lambda batch=batch: plan.run_batch(batch)) for batch in plan.batches()]  # type: ignore[misc]
-    return plan.finish(outputs)
-
-
-def binarize(scores: SlidingWindowFeature, opts: VadOptions) -> list[tuple[float, float]]:
-    """Hysteresis thresholding of ``scores`` into speech regions (seconds), with regions
-    longer than ``chunk_size`` cut at their lowest-probability frame (whisperX's min-cut)."""
-    from whisperx.vads.pyannote import Binarize
-
-    active = Binarize(onset=opts.onset, offset=opts.offset, max_duration=opts.chunk_size)(scores)
-    return [(float(seg.start), float(seg.end)) for seg in active.get_timeline()]
+def binarize(scores: SpeechScores, opts: VadOptions) -> list[tuple[float, float]]:
+    """Hysteresis thresholding of ``scores`` into speech regions (seconds): speech starts above
+    ``onset`` and ends below ``offset``, at frame centres. A region growing past ``chunk_size``
+    is cut at its lowest-scoring frame in its second half (whisperX's min-cut), and the rest
+    goes on as a region of its own. Sorted, without duplicates or empty regions, as whisperX's
+    ``Binarize`` gives them."""
+    data = np.asarray(scores.data, dtype=np.float32).reshape(-1)
+    if not len(data):
+        return []
+    times = scores.frames.middle(np.arange(len(data))).tolist()
+    values = data.tolist()
+    found: set[tuple[float, float]] = set()
+    start, active = times[0], values[0] > opts.onset
+    run_scores, run_times = [values[0]], [start]
+    t = start
+    for t, y in zip(times[1:], values[1:]):
+        if not active:
+            if y > opts.onset:
+                start, active = t, True
+            continue
+        if t - start > opts.chunk_size:
+            half = len(run_scores) // 2
+            cut = half + int(np.argmin(run_scores[half:]))
+            found.add((start, run_times[cut]))
+            start = run_times[cut]
+            run_scores, run_times = run_scores[cut + 1 :], run_times[cut + 1 :]
+        elif y < opts.offset:
+            found.add((start, t))
+            start, active = t, False
+            run_scores, run_times = [], []
+        run_scores.append(y)
+        run_times.append(t)
+    if active:
+        found.add((start, t))
+    # Regions of a microsecond or less are empty (pyannote's segment precision).
+    return sorted((float(a), float(b)) for a, b in found if b - a > 1e-6)
 
 
 def refine_regions(
@@ -205,10 +151,10 @@ def group_windows(regions: list[tuple[float, float]], chunk_size: float) -> list
     return windows
 
 
-def mean_speech_prob(scores: SlidingWindowFeature, regions: tuple[tuple[float, float], ...]) -> float:
+def mean_speech_prob(scores: SpeechScores, regions: tuple[tuple[float, float], ...]) -> float:
     """Mean frame speech probability of ``scores`` inside ``regions`` (seconds)."""
-    data = np.asarray(scores.data).reshape(len(scores.data), -1)[:, 0]
-    frames = scores.sliding_window
+    data = np.asarray(scores.data).reshape(-1)
+    frames = scores.frames
     centres = frames.start + frames.duration / 2 + frames.step * np.arange(len(data))
     inside = np.zeros(len(data), dtype=bool)
     for start, end in regions:
@@ -222,7 +168,7 @@ SURE_SPEECH_PROB = 0.5
 SURE_SPEECH_MIN_S = 1.0
 
 
-def detection_windows(scores: SlidingWindowFeature, windows: list[SpeechWindow], min_prob: float = SURE_SPEECH_PROB,
+def detection_windows(scores: SpeechScores, windows: list[SpeechWindow], min_prob: float = SURE_SPEECH_PROB,
                       min_duration_s: float = SURE_SPEECH_MIN_S) -> list[SpeechWindow]:
     """The ASR windows, trimmed to the speech the VAD is sure of, for language detection.
 
@@ -245,7 +191,7 @@ def detection_windows(scores: SlidingWindowFeature, windows: list[SpeechWindow],
     return picked or list(windows)
 
 
-def speech_windows(scores: SlidingWindowFeature, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
+def speech_windows(scores: SpeechScores, opts: VadOptions, duration_s: float) -> list[SpeechWindow]:
     """Speech windows for the ASR from frame scores, under ``opts``, each with its mean
     speech probability (used with Whisper's no-speech probability to drop non-speech)."""
     regions = refine_regions(binarize(scores, opts), opts, duration_s)
@@ -256,7 +202,7 @@ def speech_windows(scores: SlidingWindowFeature, opts: VadOptions, duration_s: f
 
 
 def fill_batch(
-    scores: SlidingWindowFeature,
+    scores: SpeechScores,
     windows: list[SpeechWindow],
     opts: VadOptions,
     duration_s: float,

@@ -40,17 +40,17 @@ def _clip_request(env, **fields) -> rp_schema.RequestOptions:
 
 
 class _DiarizationStarts:
-    """Wraps ``predictor.diarizers.diarize`` to record when each run starts (monotonic s)."""
+    """Wraps ``predictor.diarization.models().diarize`` to record when each run starts (monotonic s)."""
 
     def __init__(self, predictor, monkeypatch):
         self.starts: list[float] = []
-        original = predictor.diarizers.diarize
+        original = predictor.diarization.models().diarize
 
         def diarize(*args, **kwargs):
             self.starts.append(time.monotonic())
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(predictor.diarizers, "diarize", diarize)
+        monkeypatch.setattr(predictor.diarization.models(), "diarize", diarize)
 
 
 def _next_job_diarization_queue_s(predictor, env, starts: _DiarizationStarts) -> tuple[float, dict]:
@@ -68,7 +68,7 @@ def test_failed_job_does_not_hold_up_the_next_diarization(predictor, env, long_w
     CPU work): its cleanup stops that run, so the next job's diarization starts at once."""
     starts = _DiarizationStarts(predictor, monkeypatch)
 
-    def broken_vad(model, waveform):
+    def broken_vad(model, waveform, run):
         # Fail once the diarization is under way: cancelling a queued run is the easy case.
         deadline = time.monotonic() + 30
         while not starts.starts and time.monotonic() < deadline:
@@ -77,7 +77,7 @@ def test_failed_job_does_not_hold_up_the_next_diarization(predictor, env, long_w
         raise RuntimeError("VAD exploded")
 
     with monkeypatch.context() as patch:
-        patch.setattr(vad, "speech_scores", broken_vad)
+        patch.setattr(vad, "speech_scores_in_steps", broken_vad)
         failed_at = time.monotonic()
         with pytest.raises(RuntimeError, match="VAD exploded"):
             predictor.predict(rp_schema.resolve_options({"audio_file": str(long_wav[0]), "diarization": True}, env))
