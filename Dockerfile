@@ -9,6 +9,40 @@
 # (variant B) share their layers in the build cache. The comments about the choices made
 # live in Dockerfile.base; docs/DEPLOY.md describes the build arguments.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# CTranslate2, the Whisper engine. "source" (default) builds it from its release source with
+# machine code for CT2_CUDA_ARCH_LIST (builder/build_ctranslate2.sh; ~20-40 min once, then
+# cached): PyPI's wheel holds machine code up to sm_86 only, so every H100/H200 (sm_90) and
+# L4/L40S/RTX 4090 (sm_89) worker would JIT-compile its kernels at its first call (10-14 s of
+# each cold start at large-v3 size). "pypi" keeps PyPI's wheel (a quick build, e.g. for CPU).
+ARG CTRANSLATE2_FROM=source
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu22.04
+
+FROM ${CUDA_DEVEL_IMAGE} AS ctranslate2-source
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG CTRANSLATE2_VERSION=4.8.5
+ARG ONEDNN_VERSION=3.1.1
+ARG CT2_CUDA_ARCH_LIST="8.0 8.6 8.9 9.0 9.0+PTX"
+# The wheel is built for the worker's Python (3.11) against this CUDA 12 toolkit.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates g++ make git python3.11 python3.11-dev python3.11-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=bind,source=builder/build_ctranslate2.sh,target=/tmp/build_ctranslate2.sh \
+    git clone --quiet --recursive --depth 1 --shallow-submodules --branch "v${CTRANSLATE2_VERSION}" \
+      https://github.com/OpenNMT/CTranslate2.git /tmp/ct2 \
+ && git clone --quiet --depth 1 --branch "v${ONEDNN_VERSION}" https://github.com/oneapi-src/oneDNN.git /tmp/onednn \
+ && PYTHON=python3.11 CT2_CUDA_ARCH_LIST="${CT2_CUDA_ARCH_LIST}" bash /tmp/build_ctranslate2.sh /tmp/ct2 /tmp/onednn /wheels \
+ && rm -rf /tmp/ct2 /tmp/onednn
+
+FROM ${BASE_IMAGE} AS ctranslate2-pypi
+RUN mkdir -p /wheels
+
+# The stage the worker takes its CTranslate2 wheel from (BuildKit builds only that one); a
+# stage of this file, so there is no image tag to pin.
+# hadolint ignore=DL3006
+FROM ctranslate2-${CTRANSLATE2_FROM} AS ctranslate2-wheel
+
 FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -39,10 +73,16 @@ COPY requirements.txt /tmp/requirements.txt
 # Behind a TLS-inspecting proxy, pass its CA bundle as the optional secret ca_bundle
 # (--secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt): pip and the model fetcher
 # use it during their RUN only, and it is not left in the image.
+# A CTranslate2 wheel built above replaces PyPI's (same version; mounted, so not kept in a
+# layer). DL3013: that wheel is a file, its version the one requirements.txt pins.
+# hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca_bundle \
+    --mount=type=bind,from=ctranslate2-wheel,source=/wheels,target=/tmp/ctranslate2-wheels \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
  && pip install -r /tmp/requirements.txt \
+ && set -- /tmp/ctranslate2-wheels/*.whl \
+ && if [ -e "$1" ]; then pip install --no-deps --force-reinstall "$@"; fi \
  && python -c "import ctranslate2, torch, whisperx; print('ctranslate2', ctranslate2.__version__, 'torch', torch.__version__)"
 
 # Where the worker finds its models (read by src/settings.py, whisperX,

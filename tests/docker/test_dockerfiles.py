@@ -87,10 +87,35 @@ def test_cmd_runs_the_handler_from_the_workdir():
 def test_base_image_is_a_build_argument_with_python_311():
     for name in ("Dockerfile", "Dockerfile.base"):
         lines = instructions(name)
-        assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE}", name
+        froms = [line for line in lines if line.startswith("FROM ")]
+        assert lines[0].startswith("ARG BASE_IMAGE=") and froms[-1] == "FROM ${BASE_IMAGE}", name
         text = " ".join(lines)
         assert "python3.11 -m venv /opt/venv" in text and "ffmpeg" in text and "libsndfile1" in text
     assert instructions("Dockerfile.app")[:2] == ["ARG WORKER_BASE=whisperx-worker-base:latest", "FROM ${WORKER_BASE}"]
+
+
+def test_ctranslate2_is_built_for_the_cards_we_deploy_on_and_replaces_pypis():
+    """The worker stage installs the wheel of the stage CTRANSLATE2_FROM names: built from the
+    release source for sm_80/86/89/90 + PTX by default (the script's own default list too), or
+    none (PyPI's from requirements.txt); the built version is the one requirements.txt pins."""
+    for name in ("Dockerfile", "Dockerfile.base"):
+        lines, defaults = instructions(name), arg_defaults(name)
+        assert defaults["CTRANSLATE2_FROM"] == "source"
+        assert defaults["CT2_CUDA_ARCH_LIST"] == "8.0 8.6 8.9 9.0 9.0+PTX"
+        assert "FROM ${CUDA_DEVEL_IMAGE} AS ctranslate2-source" in lines
+        assert "FROM ${BASE_IMAGE} AS ctranslate2-pypi" in lines
+        assert "FROM ctranslate2-${CTRANSLATE2_FROM} AS ctranslate2-wheel" in lines
+        build = next(line for line in lines if "build_ctranslate2.sh /tmp/ct2 /tmp/onednn /wheels" in line)
+        assert 'CT2_CUDA_ARCH_LIST="${CT2_CUDA_ARCH_LIST}"' in build and "--branch \"v${CTRANSLATE2_VERSION}\"" in build
+        install = next(line for line in lines if "pip install -r /tmp/requirements.txt" in line)
+        assert "from=ctranslate2-wheel,source=/wheels,target=/tmp/ctranslate2-wheels" in install
+        assert 'set -- /tmp/ctranslate2-wheels/*.whl && if [ -e "$1" ]; then pip install --no-deps --force-reinstall "$@"; fi' in install
+        pinned = re.search(r"^ctranslate2==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+        assert pinned and defaults["CTRANSLATE2_VERSION"] == pinned.group(1)
+    script = (ROOT / "builder" / "build_ctranslate2.sh").read_text()
+    assert 'CT2_CUDA_ARCH_LIST="${CT2_CUDA_ARCH_LIST:-8.0 8.6 8.9 9.0 9.0+PTX}"' in script
+    proc = subprocess.run(["bash", "-n", str(ROOT / "builder" / "build_ctranslate2.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_token_is_only_a_secret_mount():
