@@ -192,20 +192,22 @@ def main() -> int:
     parser.add_argument("--tabulate", action="store_true", help="run nothing: tabulate the runs recorded earlier")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: -m quality)")
     args = parser.parse_args()
-    wanted = [p for p in PATHS if not args.paths or p.name in args.paths.split(",")]
+    wanted = {p.name for p in PATHS if not args.paths or p.name in args.paths.split(",")}
     flags = cpu_flags()
     tabled = {run["path"]: run for run in json.loads(args.out.read_text())["runs"]} if args.out.exists() else {}
     runs, not_runnable = [], []
-    for path in wanted:
+    # Every path gets its column: run now (the wanted ones this CPU can run), else its record.
+    for path in PATHS:
         missing = path.needs() - flags
         if missing:
             not_runnable.append({"path": path.name, "env": path.env, "missing_cpu_flags": sorted(missing)})
-            print(f"{path.name}: not runnable here (CPU lacks {', '.join(sorted(missing))})", flush=True)
-            continue
-        if args.tabulate:
+            if path.name in wanted:
+                print(f"{path.name}: not runnable here (CPU lacks {', '.join(sorted(missing))})", flush=True)
+        if missing or args.tabulate or path.name not in wanted:
             # This machine's record of the path, else the run the current table holds (the
-            # records live in the git-ignored bench/results/).
-            recorded = recorded_run(path) or tabled.get(path.name)
+            # records live in the git-ignored bench/results/; a path this CPU cannot run keeps
+            # the column another CPU recorded).
+            recorded = (None if missing else recorded_run(path)) or tabled.get(path.name)
             if recorded is not None:
                 runs.append(recorded)
             continue
