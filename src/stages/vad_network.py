@@ -56,14 +56,23 @@ class _Absorbed:
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
-    _TRUSTED = ("torch", "collections", "builtins", "__builtin__", "_codecs", "numpy")
+    """Resolves only what a weights checkpoint needs (tensor rebuilding, storages, dtypes and
+    plain containers); any other pickled global becomes ``_Absorbed``, so no callable the file
+    names runs (torch.load's own ``weights_only`` allow-list refuses pyannote's and omegaconf's
+    pickled objects outright, hence this one)."""
+
+    _CONTAINERS = {("builtins", "dict"), ("builtins", "list"), ("builtins", "set"), ("builtins", "tuple"),
+                   ("builtins", "int"), ("builtins", "float"), ("builtins", "str"), ("builtins", "bytes"),
+                   ("builtins", "bool"), ("builtins", "slice"), ("collections", "OrderedDict"),
+                   ("collections", "defaultdict"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in self._TRUSTED and name not in ("eval", "exec", "getattr", "__import__", "system"):
-            if module in ("builtins", "__builtin__") and name not in ("dict", "list", "set", "tuple", "long", "int",
-                                                                      "float", "str", "bytes", "bool", "slice"):
-                return _Absorbed
-            return super().find_class("builtins" if module == "__builtin__" else module, "int" if name == "long" else name)
+        module = "builtins" if module == "__builtin__" else module
+        name = "int" if (module, name) == ("builtins", "long") else name
+        tensor_part = (module == "torch._utils" and name.startswith("_rebuild_")) or (
+            module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)))
+        if tensor_part or (module, name) in self._CONTAINERS:
+            return super().find_class(module, name)
         return _Absorbed
 
 

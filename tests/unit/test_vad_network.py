@@ -80,17 +80,22 @@ def test_regions_equal_whisperx_binarize(speech_scores, onset, offset, chunk_siz
 
 
 def test_the_checkpoint_reader_runs_no_pickled_code(tmp_path):
-    """Objects the checkpoint pickles that are not torch's or builtin containers are absorbed
-    unread: a pickled call to os.system does not run."""
+    """Globals the checkpoint pickles other than tensor rebuilding and plain containers are
+    absorbed unread: a pickled call to os.system, or to torch.save, does not run."""
     marker = tmp_path / "ran"
 
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
+    class TorchPayload:  # torch's own callables are not trusted either, only tensor rebuilding
+        def __reduce__(self):
+            return (torch.save, ({"x": 1}, str(marker)))
+
     hparams, weights = read_checkpoint(bundled_checkpoint())
     hostile = tmp_path / "hostile.bin"
-    torch.save({"hyper_parameters": hparams, "state_dict": weights, "extra": Payload()}, str(hostile))
+    torch.save({"hyper_parameters": hparams, "state_dict": weights, "extra": Payload(), "more": TorchPayload()},
+               str(hostile))
     read_hparams, read_weights = read_checkpoint(hostile)
     assert not marker.exists()
     assert read_hparams["lstm"]["num_layers"] == 4 and set(read_weights) == set(weights)
