@@ -49,6 +49,11 @@ CT2_WITH_CUDA="${CT2_WITH_CUDA:-1}"
 CT2_WITH_MKL="${CT2_WITH_MKL:-1}"
 CT2_CUDA_ARCH_LIST="${CT2_CUDA_ARCH_LIST:-8.0 8.6 8.9 9.0 9.0+PTX}"
 log() { echo "[ctranslate2 build] $*" >&2; }
+fail() {  # fail STEP: the step's first errors (compiler messages go to its log too)
+  log "$1 failed; its log: $BUILD_DIR/$1.log"
+  grep -E "error|Error" "$BUILD_DIR/$1.log" | grep -v Werror | head -20 >&2
+  exit 1
+}
 
 for need in "$CT2_SOURCE/CMakeLists.txt" "$CT2_SOURCE/third_party/spdlog/CMakeLists.txt" \
             "$CT2_SOURCE/third_party/cpu_features/CMakeLists.txt" "$ONEDNN_SOURCE/CMakeLists.txt"; do
@@ -75,8 +80,8 @@ cmake -S "$ONEDNN_SOURCE" -B "$BUILD_DIR/onednn" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_INSTALL_PREFIX="$INTEL_ROOT/oneapi/dnnl/latest/cpu_gomp" \
   -DONEDNN_LIBRARY_TYPE=STATIC -DONEDNN_BUILD_EXAMPLES=OFF -DONEDNN_BUILD_TESTS=OFF \
   -DONEDNN_ENABLE_WORKLOAD=INFERENCE -DONEDNN_ENABLE_PRIMITIVE="CONVOLUTION;REORDER" \
-  -DONEDNN_BUILD_GRAPH=OFF >"$BUILD_DIR/onednn.log"
-cmake --build "$BUILD_DIR/onednn" -j "$JOBS" --target install >>"$BUILD_DIR/onednn.log"
+  -DONEDNN_BUILD_GRAPH=OFF >"$BUILD_DIR/onednn.log" 2>&1 || fail onednn
+cmake --build "$BUILD_DIR/onednn" -j "$JOBS" --target install >>"$BUILD_DIR/onednn.log" 2>&1 || fail onednn
 
 cuda_args=(-DWITH_CUDA=OFF)
 if [ "$CT2_WITH_CUDA" = 1 ]; then
@@ -90,8 +95,8 @@ log "CTranslate2 from $CT2_SOURCE (CUDA: $CT2_WITH_CUDA, architectures: $CT2_CUD
 MKLROOT="$MKLROOT" cmake -S "$CT2_SOURCE" -B "$BUILD_DIR/ct2" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_INSTALL_PREFIX="$BUILD_DIR/prefix" -DCMAKE_CXX_FLAGS="-msse4.1" -DBUILD_CLI=OFF \
   -DWITH_MKL="$([ "$CT2_WITH_MKL" = 1 ] && echo ON || echo OFF)" -DWITH_DNNL=ON -DINTEL_ROOT="$INTEL_ROOT" -DOPENMP_RUNTIME=COMP "${cuda_args[@]}" \
-  >"$BUILD_DIR/ct2.log"
-cmake --build "$BUILD_DIR/ct2" -j "$JOBS" --target install >>"$BUILD_DIR/ct2.log"
+  >"$BUILD_DIR/ct2.log" 2>&1 || fail ct2
+cmake --build "$BUILD_DIR/ct2" -j "$JOBS" --target install >>"$BUILD_DIR/ct2.log" 2>&1 || fail ct2
 LIB="$(ls "$BUILD_DIR"/prefix/lib*/libctranslate2.so.[0-9]* | head -1)"
 
 log "Python wheel for $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
