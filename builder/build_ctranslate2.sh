@@ -86,8 +86,12 @@ cmake --build "$BUILD_DIR/onednn" -j "$JOBS" --target install >>"$BUILD_DIR/oned
 cuda_args=(-DWITH_CUDA=OFF)
 if [ "$CT2_WITH_CUDA" = 1 ]; then
   nvcc_flags="-Xfatbin=-compress-all"
-  # CUDA 13 keeps Thrust/CUB under include/cccl; CUDA 12 (the image's) on the include path itself.
-  [ -d "$CUDA_HOME/include/cccl" ] && nvcc_flags="$nvcc_flags;-I$CUDA_HOME/include/cccl"
+  # CTranslate2 compiles against its own Thrust/CUB (third_party/thrust, a CCCL 2 submodule):
+  # CUDA 13's CCCL 3 dropped thrust::identity and cub::FpLimits, which it uses. Only a source
+  # without that submodule falls back to the toolkit's (under include/cccl from CUDA 13 on).
+  if [ ! -d "$CT2_SOURCE/third_party/thrust/thrust" ] && [ -d "$CUDA_HOME/include/cccl" ]; then
+    nvcc_flags="$nvcc_flags;-I$CUDA_HOME/include/cccl"
+  fi
   cuda_args=(-DWITH_CUDA=ON -DWITH_CUDNN=OFF -DCUDA_DYNAMIC_LOADING=ON -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME"
              "-DCUDA_NVCC_FLAGS=$nvcc_flags" "-DCUDA_ARCH_LIST=$CT2_CUDA_ARCH_LIST")
 fi
