@@ -80,8 +80,8 @@ def main() -> None:
     predictor = Predictor(settings)
     predictor.setup()
     # Measure warm jobs: the diarization lane may still run after setup() (issue 26).
-    while predictor.diarization is not None and predictor.diarization.warmed_at is None:
-        time.sleep(0.05)
+    if predictor.diarization is not None:
+        predictor.diarization.wait_until_warm()
     env = {"MODEL": model_dir.name}
 
     stage_timings: dict[str, list[dict]] = {"alone": [], "beside": []}

@@ -54,8 +54,8 @@ def main() -> None:
     predictor = Predictor(settings)
     predictor.setup()
     # Measure warm jobs: the diarization lane may still run after setup() (issue 26).
-    while predictor.diarization is not None and predictor.diarization.warmed_at is None:
-        time.sleep(0.05)
+    if predictor.diarization is not None:
+        predictor.diarization.wait_until_warm()
     rows = []
     for batch_size in (int(value) for value in args.batch_sizes.split(",")):
         arrivals: list[float] = []

@@ -31,6 +31,7 @@ class DiarizationReady:
         self._models: diarization.DiarizationModels | None = None
         self._lock = threading.Lock()
         self._tasks_left = tasks
+        self._warm = threading.Event()
         self.warmed_at: float | None = None  # time.perf_counter() when the lane's last task ended
 
     @classmethod
@@ -39,6 +40,7 @@ class DiarizationReady:
         ready = cls(tasks=0)
         ready.set_models(models)
         ready.warmed_at = time.perf_counter()
+        ready._warm.set()
         return ready
 
     def set_models(self, models: diarization.DiarizationModels | None) -> None:
@@ -71,7 +73,13 @@ class DiarizationReady:
                 self.warmed_at = time.perf_counter()
         if last and not self._built.is_set():
             self.set_models(None)
+        if last:
+            self._warm.set()
         return last
+
+    def wait_until_warm(self) -> None:
+        """Block until the lane has ended (benches that measure warm jobs call this)."""
+        self._warm.wait()
 
     def warm_up_wait(self, since: float, until: float) -> float:
         """Seconds of [``since``, ``until``] (perf_counter) during which the lane still ran."""

@@ -109,9 +109,9 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
     # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
     tf32 = precision.apply(device, settings.torch_allow_tf32, pin=False)
     resident = Resident(device=device, max_concurrent_jobs=max_jobs, asr_models=asr_models, aligners=aligners,
-                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings)
+                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings,
+                        diarization=DiarizationReady(tasks=diarization_threads if settings.warmup else 1))
     timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
-    resident.diarization = DiarizationReady(tasks=diarization_threads if settings.warmup else 1)
     warm_up = warmup.WarmUp(
         settings=settings, device=device, asr_models=asr_models, aligners=aligners,
         diarizers=lambda: _build_diarizers(settings, device, max(diarization_threads, max_jobs)),

@@ -27,6 +27,7 @@ def test_a_waiting_job_gets_the_registry_once_the_lane_builds_it():
     assert not ready.task_done()
     assert ready.task_done()
     assert ready.warmed_at is not None
+    ready.wait_until_warm()  # returns at once: the lane is over
 
 
 def test_a_job_stops_waiting_when_its_check_raises():
