@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import rp_schema
 from resident import batching, gpu_check, precision, warmup
 from resident.diarization_ready import DiarizationReady
-from resident.lanes import Lanes, default_concurrent_jobs, default_diarization_threads
+from resident.lanes import Lanes, default_concurrent_jobs, default_diarization_threads, default_whisper_replicas
 from resident.models import AsrModels, pick_device
 from settings import WorkerSettings, use_kernel_cache
 from stages import alignment
@@ -59,6 +59,8 @@ class Resident:
     aligners: alignment.AlignmentModels
     tf32: bool
     gpu_stack_warnings: list[str]
+    # Copies of the Whisper model on the device, so Whisper calls that may run at once.
+    whisper_replicas: int = 1
     # The diarization registry, built by start-up's diarization lane, which may end after
     # start_up returns (jobs that need it wait for it).
     diarization: DiarizationReady = field(default_factory=DiarizationReady)
@@ -103,13 +105,15 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
     max_jobs = settings.max_concurrent_jobs or default_concurrent_jobs(device)
     diarization_threads = settings.diarization_threads or default_diarization_threads(device, max_jobs)
     lanes.configure(device, settings.torch_side_streams, diarization_threads, max_jobs)
-    asr_models = AsrModels(device, settings.models_dir, settings.cpu_threads, max_cached=settings.max_cached_models)
+    replicas = settings.whisper_replicas or default_whisper_replicas(device, max_jobs)
+    asr_models = AsrModels(device, settings.models_dir, settings.cpu_threads, max_cached=settings.max_cached_models,
+                           replicas=replicas)
     aligners = alignment.AlignmentModels(device, settings.align_model_for, max_cached=settings.max_cached_aligners,
                                          kept=frozenset(settings.preload_align_languages))
     # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
     tf32 = precision.apply(device, settings.torch_allow_tf32, pin=False)
     resident = Resident(device=device, max_concurrent_jobs=max_jobs, asr_models=asr_models, aligners=aligners,
-                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings,
+                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings, whisper_replicas=replicas,
                         diarization=DiarizationReady(tasks=diarization_threads if settings.warmup else 1))
     timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
     warm_up = warmup.WarmUp(
@@ -120,10 +124,11 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
         torch_thread=lanes.torch_thread, side_stream_scope=lanes.side_stream_scope,
         # The cap on windows per generate call that jobs get, so the ASR warm-up runs their shapes.
         windows_per_generate=lambda path, compute: batching.windows_per_generate(
-            device, max_jobs, settings.asr_decode_cache_mb, path, compute),
+            device, max_jobs, settings.asr_decode_cache_mb, path, compute, replicas),
         release_gpu_cache=lanes.release_gpu_cache, timings=timings,
     )
     resident.error = warm_up.run(*preload_choice(settings))
     timings["setup_s"] = round(time.perf_counter() - started, 3)
-    logger.info("worker ready on %s in %.1f s (up to %d jobs at once)", device, timings["setup_s"], max_jobs)
+    logger.info("worker ready on %s in %.1f s (up to %d jobs at once, %d Whisper call%s at once)", device,
+                timings["setup_s"], max_jobs, replicas, "s" if replicas > 1 else "")
     return resident

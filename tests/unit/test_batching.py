@@ -185,7 +185,83 @@ def test_held_batcher_starts_no_call_until_released_then_merges(recorder):
         assert recorder.calls == [] and not recorder.busy.is_set()
     for thread in threads:
         thread.join(10)
-    assert [rows for rows, _ in recorder.calls] == [[0.0, 1.0, 2.0]]
+    # One merged call; the threads may have queued in any order.
+    assert [sorted(rows) for rows, _ in recorder.calls] == [[0.0, 1.0, 2.0]]
     assert answers == [["result-0"], ["result-1"], ["result-2"]]
     assert batcher.waiting_calls == 0
     batcher.close()
+
+
+class _Overlaps:
+    """Stands in for ``asr.generate`` on a model with replicas: each call holds its "replica"
+    until released, and the most calls seen running at once are counted."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+        self.release = threading.Event()
+        self.calls: list[list[float]] = []
+
+    def __call__(self, model, features, call, max_length):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        self.release.wait(5)
+        with self.lock:
+            self.running -= 1
+            self.calls.append([float(row[0, 0]) for row in features])
+        return [f"result-{float(row[0, 0]):g}" for row in features]
+
+
+def _overlapping_calls(monkeypatch, parallel_calls: int, callers: int):
+    """``callers`` threads each send one window of a different decoding option (so no two can
+    merge) to a batcher of ``parallel_calls``; returns (most calls at once, answers, calls)."""
+    overlaps = _Overlaps()
+    monkeypatch.setattr(asr, "generate", overlaps)
+    batcher, model = batching.CrossJobBatcher(parallel_calls=parallel_calls), object()
+    answers: list = [None] * callers
+
+    def submit(i: int) -> None:
+        answers[i] = batcher.generate(model, _rows(i), CALL.__class__(**{**CALL.__dict__, "temperature": i / 10}), 10, 16)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    # Every call is either running or queued before any is released.
+    while overlaps.running + batcher.waiting_calls < callers:
+        pass
+    overlaps.release.set()
+    for thread in threads:
+        thread.join(10)
+    batcher.close()
+    return overlaps.most_running, answers, overlaps.calls
+
+
+def test_one_call_at_a_time_without_replicas(monkeypatch):
+    most, answers, calls = _overlapping_calls(monkeypatch, parallel_calls=1, callers=3)
+    assert most == 1
+    assert answers == [["result-0"], ["result-1"], ["result-2"]]
+    assert sorted(calls) == [[0.0], [1.0], [2.0]]
+
+
+def test_with_two_replicas_two_calls_run_at_once_and_each_caller_gets_its_rows(monkeypatch):
+    most, answers, calls = _overlapping_calls(monkeypatch, parallel_calls=2, callers=4)
+    assert most == 2
+    assert answers == [["result-0"], ["result-1"], ["result-2"], ["result-3"]]
+    assert sorted(calls) == [[0.0], [1.0], [2.0], [3.0]]
+
+
+def test_replicas_share_the_decoder_cache_budget():
+    # large-v3's decoder (32 layers x 1280, 234 MiB a window) at 4096 MiB: 17 windows for one
+    # call, 8 each for two.
+    one = asr.windows_in_flight(32, 1280, 4096)
+    two = asr.windows_in_flight(32, 1280, 4096 / 2)
+    assert (one, two) == (17, 8)
+
+
+def test_replica_defaults():
+    from resident import lanes
+
+    assert lanes.default_whisper_replicas("cpu", 8) == 1
+    assert lanes.default_whisper_replicas("cuda", 2) == 1
+    assert lanes.default_whisper_replicas("cuda", 8) == 2
