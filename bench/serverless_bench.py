@@ -293,6 +293,10 @@ def main() -> None:
     predictor = handler.get_predictor()
     report["in_process_setup_s"] = round(now() - started, 3)
     report["max_concurrent_jobs"] = predictor.max_concurrent_jobs
+    report["whisper_replicas"] = predictor.whisper_calls.parallel_calls
+    import ctranslate2
+
+    report["ctranslate2"] = f"{ctranslate2.__version__} ({Path(ctranslate2.__file__).parent})"
     jobs = [job(path, args, f"clip-{k}") for k, path in enumerate(clips)]
     audio_s = 30.0 * len(jobs)
     asyncio.run(in_flight(handler, jobs[: args.in_flight * 2], args.in_flight))  # shapes of merged calls
