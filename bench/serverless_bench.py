@@ -114,6 +114,17 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def apply_aligner_option(args: argparse.Namespace) -> None:
+    """``--aligner-seconds-per-forward``: the worker's aligner options for this run."""
+    if args.aligner_seconds_per_forward:
+        import dataclasses
+
+        from stages import ctc_alignment
+
+        ctc_alignment.DEFAULT_OPTIONS = dataclasses.replace(
+            ctc_alignment.DEFAULT_OPTIONS, max_seconds_per_forward=args.aligner_seconds_per_forward)
+
+
 def child(args: argparse.Namespace) -> None:
     """The cold-start process: start-up as ``handler.main`` does it, then the first job and warm
     repeats through ``serve_job``; prints one line per event, which the parent times as they
@@ -124,6 +135,7 @@ def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (first: its own cuDNN, not an older one on the lent GPU's LD_LIBRARY_PATH)
 
     cap_decoding(args.tokens_per_second)
+    apply_aligner_option(args)
     import handler
 
     predictor = handler.get_predictor()
@@ -139,7 +151,8 @@ def child(args: argparse.Namespace) -> None:
 def cold_start(args: argparse.Namespace, clip: Path) -> dict:
     """Process start -> ready -> first result, with an empty CUDA kernel cache."""
     cache = Path(os.environ.get("TMPDIR", "/tmp")) / "serverless-bench-kernel-cache"
-    subprocess.run(["rm", "-rf", str(cache)], check=False)
+    if not args.keep_kernel_cache:
+        subprocess.run(["rm", "-rf", str(cache)], check=False)
     env = {**os.environ, **worker_env(args), "CUDA_CACHE_PATH": str(cache), "CUDA_CACHE_MAXSIZE": str(4 * 2**30)}
     command = [sys.executable, __file__, "--child-clip", str(clip), *sys.argv[1:]]
     started = now()
@@ -235,7 +248,11 @@ def main() -> None:
     parser.add_argument("--also-in-flight", default="", help="comma list: the same clips again with these many in flight")
     parser.add_argument("--long-minutes", type=float, default=16.0)
     parser.add_argument("--tokens-per-second", type=float, default=None)
-    parser.add_argument("--skip", default="", help="comma list of: cold, long")
+    parser.add_argument("--aligner-seconds-per-forward", type=float, default=None,
+                        help="the aligner's padded audio per forward (ctc_alignment.CtcAlignOptions), for A/B runs")
+    parser.add_argument("--skip", default="", help="comma list of: cold, long, clips (clips and long: the cold start alone)")
+    parser.add_argument("--keep-kernel-cache", action="store_true",
+                        help="cold start with the CUDA kernel cache a previous run left (default: emptied first)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serverless.json"))
     parser.add_argument("--child-clip", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
@@ -270,7 +287,9 @@ def main() -> None:
     report: dict = {"command": " ".join(sys.argv), "commit": git_commit(), "device": args.device, "compute_type": args.compute_type,
                     "model": Path(args.model).name, "random_weights": args.random_weights,
                     "tokens_per_second_cap": args.tokens_per_second, "clips": len(clips), "in_flight": args.in_flight,
-                    "diarization": not args.no_diarization, "aligner": args.align_model}
+                    "diarization": not args.no_diarization, "aligner": args.align_model,
+                    "kernel_cache": "kept from the previous run" if args.keep_kernel_cache else "emptied",
+                    "env": {key: os.environ[key] for key in ("WHISPER_REPLICAS", "WHISPER_FILL_WAIT_MS") if key in os.environ}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if "cold" not in skip:
@@ -281,8 +300,12 @@ def main() -> None:
             report["first_over_warm"] = round(cold["first_job_s"] / min(cold["warm_s"]), 3)
         out.write_text(json.dumps(report, indent=1))
 
+    if {"clips", "long"} <= skip:
+        print_table(report)
+        return
     os.environ.update(worker_env(args))
     cap_decoding(args.tokens_per_second)
+    apply_aligner_option(args)
     import handler
     from logs import setup_logging
 
@@ -294,6 +317,10 @@ def main() -> None:
     report["in_process_setup_s"] = round(now() - started, 3)
     report["max_concurrent_jobs"] = predictor.max_concurrent_jobs
     report["whisper_replicas"] = predictor.whisper_calls.parallel_calls
+    report["whisper_fill_wait_ms"] = predictor.settings.whisper_fill_wait_ms
+    from stages import ctc_alignment
+
+    report["aligner_seconds_per_forward"] = ctc_alignment.DEFAULT_OPTIONS.max_seconds_per_forward
     import ctranslate2
 
     report["ctranslate2"] = f"{ctranslate2.__version__} ({Path(ctranslate2.__file__).parent})"

@@ -153,7 +153,7 @@ class Predictor:
         built = startup.start_up(self.settings, self.lanes, self.startup_timings)
         self.resident = built
         self.device, self.max_concurrent_jobs, self.tf32 = built.device, built.max_concurrent_jobs, built.tf32
-        self.whisper_calls.set_parallel_calls(built.whisper_replicas)  # one call at a time per Whisper replica
+        self.whisper_calls.configure(built.whisper_replicas, self.settings.whisper_fill_wait_ms / 1000, self.lanes.jobs_in_flight)
         self.asr_models, self.aligners, self.diarization = built.asr_models, built.aligners, built.diarization
         self.startup_error, self.startup_warnings = built.error, built.gpu_stack_warnings
 

@@ -259,6 +259,8 @@ ENV_TABLE: tuple[EnvVar, ...] = (
              min=0, max=1_048_576, unit="MiB", zero="no cap"),
     _env_var(int, "WHISPER_REPLICAS", 0, "copies of the Whisper model that decode at once on one GPU", min=0, max=8,
              unit="replicas", zero="auto: 2 on a GPU running 4 or more jobs at once, else 1"),
+    _env_var(float, "WHISPER_FILL_WAIT_MS", 0.0, "longest wait of a merged Whisper call for other jobs' windows", min=0,
+             max=10_000, unit="ms", zero="off"),
     _env_var(bool, "TORCH_SIDE_STREAMS", True, "on a GPU, torch work runs on CUDA streams of its own",
              older=("DIARIZATION_SIDE_STREAM",)),
     _env_var(bool, "TORCH_ALLOW_TF32", True, "on a GPU, torch's float32 matmuls and convolutions use TF32"),
@@ -421,6 +423,9 @@ class WorkerSettings:
         leaves the GPU mostly idle between kernel launches). Each copy costs the model's weights
         again (~3 GB for large-v3 in float16), and ``ASR_DECODE_CACHE_MB`` is shared between
         them, so decoding memory stays what one call had.
+    whisper_fill_wait_ms: a merged Whisper call may wait up to this many milliseconds after its
+        oldest window arrived while it carries fewer windows than there are jobs in flight
+        (``WHISPER_FILL_WAIT_MS``; 0 = off, the default); a lone job never waits.
     torch_side_streams: on a GPU, the threads that run torch work (the diarization threads,
         the torch thread of the VAD and the aligners, and each job's thread for its log-mel
         features) launch their kernels on CUDA streams of their own (``TORCH_SIDE_STREAMS``,
@@ -482,6 +487,7 @@ class WorkerSettings:
     batch_fill_max_jobs: int = _default("BATCH_FILL_MAX_JOBS")
     asr_decode_cache_mb: float = _default("ASR_DECODE_CACHE_MB")
     whisper_replicas: int = _default("WHISPER_REPLICAS")
+    whisper_fill_wait_ms: float = _default("WHISPER_FILL_WAIT_MS")
     torch_side_streams: bool = _default("TORCH_SIDE_STREAMS")
     allowed_models: tuple[str, ...] = _default("ALLOWED_MODELS")
     max_cached_models: int = _default("MAX_CACHED_MODELS")
@@ -531,6 +537,7 @@ class WorkerSettings:
             batch_fill_max_jobs=values["BATCH_FILL_MAX_JOBS"],
             asr_decode_cache_mb=values["ASR_DECODE_CACHE_MB"],
             whisper_replicas=values["WHISPER_REPLICAS"],
+            whisper_fill_wait_ms=values["WHISPER_FILL_WAIT_MS"],
             torch_side_streams=values["TORCH_SIDE_STREAMS"],
             allowed_models=values["ALLOWED_MODELS"],
             max_cached_models=values["MAX_CACHED_MODELS"],

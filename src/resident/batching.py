@@ -86,6 +86,7 @@ class _Waiting:
     max_length: int = 0
     max_rows: int = DEFAULT_MAX_ROWS
     done: Future[list[Any]] = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
     @property
     def rows(self) -> int:
@@ -115,6 +116,10 @@ class CrossJobBatcher:
 
     def __init__(self, name: str = "whisper-batcher", parallel_calls: int = 1) -> None:
         self._name = name
+        # Batch filling (``configure``): how long a call may wait for other jobs' windows, and
+        # how many jobs could send some.
+        self._fill_wait_s = 0.0
+        self._jobs_in_flight: Callable[[], int] = lambda: 1
         self._waiting: list[_Waiting] = []
         self._wakeup = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -128,11 +133,17 @@ class CrossJobBatcher:
         """Model calls that may run at once (one thread each)."""
         return self._parallel_calls
 
-    def set_parallel_calls(self, calls: int) -> None:
-        """How many model calls may run at once: one per model replica (``WHISPER_REPLICAS``).
-        Set at start-up; threads already serving stay, more start with the next call."""
+    def configure(self, parallel_calls: int, fill_wait_s: float = 0.0, jobs_in_flight: Callable[[], int] | None = None) -> None:
+        """Set at start-up. ``parallel_calls``: model calls that may run at once, one per Whisper
+        replica (``WHISPER_REPLICAS``); threads already serving stay, more start with the next
+        call. ``fill_wait_s`` (``WHISPER_FILL_WAIT_MS``; 0 = off): a merged call may wait up to
+        this long after its oldest window arrived while it carries fewer windows than there
+        are jobs in flight (``jobs_in_flight()``) and than its cap; a lone job never waits."""
         with self._wakeup:
-            self._parallel_calls = max(1, calls)
+            self._parallel_calls = max(1, parallel_calls)
+            self._fill_wait_s = max(0.0, fill_wait_s)
+            if jobs_in_flight is not None:
+                self._jobs_in_flight = jobs_in_flight
 
     # -------------------------------------------------------------- callers' side
     def generate(self, model: WhisperModel, features: np.ndarray, call: asr.GenerateCall, max_length: int,
@@ -218,8 +229,22 @@ class CrossJobBatcher:
                     self._wakeup.wait()
                 if not self._waiting:
                     return
+                self._wait_to_fill()
+                if not self._waiting:  # withdrawn while it waited
+                    continue
                 group = self._take_group()
             self._run(group)
+
+    def _wait_to_fill(self) -> None:
+        """The fill wait of ``configure``, with the lock held (released while waiting)."""
+        while self._fill_wait_s > 0 and self._waiting and not self._closed:
+            head = self._waiting[0]
+            wanted = min(self._jobs_in_flight(), head.max_rows)
+            rows = sum(w.rows for w in self._waiting if w.shares_with(head))
+            left = head.arrived + self._fill_wait_s - time.monotonic()
+            if rows >= wanted or left <= 0:
+                return
+            self._wakeup.wait(left)
 
     def _take_group(self) -> list[_Waiting]:
         """The oldest waiting call and every later one that can share its model call, up to the

@@ -65,6 +65,10 @@ class CtcAlignOptions:
     max_trellis_cells: int = 64_000_000  # segments x frames x tokens per trellis pass (= bytes of its decision array)
 
 
+# The options the worker runs with (a benchmark may swap in others before the worker starts).
+DEFAULT_OPTIONS = CtcAlignOptions()
+
+
 @dataclass(frozen=True)
 class SegmentText:
     """One transcript segment to align: its text and where it lies in the audio (seconds)."""
@@ -339,7 +343,7 @@ def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 3
     log-softmax, host copy, trellis. A job then never meets a shape for the first time.
     Returns the number of shapes run (0 where forwards are not padded batches: their
     shapes are each segment's own length)."""
-    options = options or CtcAlignOptions()
+    options = options or DEFAULT_OPTIONS
     vocabulary = Vocabulary.from_metadata(metadata)
     if not (_fixed_rows(device, options) and uses_padded_batches(model, vocabulary, device, options)):
         return 0
@@ -638,7 +642,7 @@ def align_segments(segments: Sequence[SegmentText], model: AlignModel, metadata:
     characters than frames) comes back once with its own times and its words untimed.
     ``run_forward``: where each forward is queued (see ``_emission_batches``).
     """
-    options = options or CtcAlignOptions()
+    options = options or DEFAULT_OPTIONS
     vocabulary = Vocabulary.from_metadata(metadata)
     splitter = load_sentence_splitter(vocabulary.language)
     duration = len(waveform) / SAMPLE_RATE
@@ -679,4 +683,4 @@ def align_emission(segment: SegmentText, logprobs: np.ndarray, metadata: dict) -
     job = _Job(0, segment, plan, np.zeros(0, dtype=np.float32), 0)
     emissions = EmissionBatch(padded.numpy(), np.array([logprobs.shape[0]], dtype=np.int64))
     splitter = load_sentence_splitter(vocabulary.language)
-    return next(_align_batch([job], emissions, vocabulary, splitter, CtcAlignOptions()))[1]
+    return next(_align_batch([job], emissions, vocabulary, splitter, DEFAULT_OPTIONS))[1]

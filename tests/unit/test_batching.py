@@ -5,6 +5,7 @@ its job. (Real weights: tests/integration/test_concurrent_jobs.py.)"""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,56 @@ def test_replica_defaults():
     assert lanes.default_whisper_replicas("cpu", 8) == 1
     assert lanes.default_whisper_replicas("cuda", 2) == 1
     assert lanes.default_whisper_replicas("cuda", 8) == 2
+
+
+def _timed_submissions(batcher, model, delays: list[float]) -> tuple[list, list[threading.Thread]]:
+    """Each caller sends one window of the shared options after its delay (seconds)."""
+    answers: list = [None] * len(delays)
+
+    def submit(i: int) -> None:
+        time.sleep(delays[i])
+        answers[i] = batcher.generate(model, _rows(i), CALL, 10, 16)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(delays))]
+    for thread in threads:
+        thread.start()
+    return answers, threads
+
+
+def test_fill_wait_lets_a_call_wait_for_the_other_jobs_in_flight(recorder):
+    recorder.release.set()
+    batcher, model = batching.CrossJobBatcher(), object()
+    batcher.configure(1, fill_wait_s=2.0, jobs_in_flight=lambda: 3)
+    answers, threads = _timed_submissions(batcher, model, [0.0, 0.1, 0.2])
+    for thread in threads:
+        thread.join(10)
+    # One call: the first window waited for the two that came within the wait.
+    assert [sorted(rows) for rows, _ in recorder.calls] == [[0.0, 1.0, 2.0]]
+    assert answers == [["result-0"], ["result-1"], ["result-2"]]
+    batcher.close()
+
+
+def test_fill_wait_ends_at_its_limit_and_a_lone_job_never_waits(recorder):
+    recorder.release.set()
+    batcher, model = batching.CrossJobBatcher(), object()
+    in_flight = [3]
+    batcher.configure(1, fill_wait_s=1.0, jobs_in_flight=lambda: in_flight[0])
+    started = time.monotonic()
+    assert batcher.generate(model, _rows(7), CALL, 10, 16) == ["result-7"]
+    waited = time.monotonic() - started
+    assert 0.95 <= waited < 10  # nobody else came: the call ran once the wait was over
+    in_flight[0] = 1
+    started = time.monotonic()
+    assert batcher.generate(model, _rows(8), CALL, 10, 16) == ["result-8"]
+    assert time.monotonic() - started < 0.5
+    batcher.close()
+
+
+def test_without_fill_wait_a_call_starts_at_once(recorder):
+    recorder.release.set()
+    batcher, model = batching.CrossJobBatcher(), object()
+    batcher.configure(1, fill_wait_s=0.0, jobs_in_flight=lambda: 8)
+    started = time.monotonic()
+    assert batcher.generate(model, _rows(1), CALL, 10, 16) == ["result-1"]
+    assert time.monotonic() - started < 0.5
+    batcher.close()
