@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -101,6 +102,9 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
     # instead of caching differently sized blocks, so the aligner's and the diarization's
     # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    # Before any lane starts: the torch launchers must not wait 5 ms per kernel for Python's
+    # lock beside threads running Python code (GIL_SWITCH_INTERVAL_MS).
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     device = pick_device(settings.device)
     max_jobs = settings.max_concurrent_jobs or default_concurrent_jobs(device)
     diarization_threads = settings.diarization_threads or default_diarization_threads(device, max_jobs)
