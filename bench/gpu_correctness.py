@@ -54,10 +54,7 @@ def main() -> None:
         compute = "float16" if device == "cuda" else "int8"
         predictor = Predictor(WorkerSettings(models_dir=str(Path(args.model).parent), device=device, preload_model=args.model,
                                              preload_compute_type=compute, offline_diarization_dir=args.offline_diarization_dir,
-                                             fetch=FetchPolicy(allow_local_files=True), max_concurrent_jobs=max(1, args.in_flight),
-                                             # The batching settings a deployment would set, from ENV.
-                                             whisper_replicas=int(os.environ.get("WHISPER_REPLICAS", "0")),
-                                             whisper_fill_wait_ms=float(os.environ.get("WHISPER_FILL_WAIT_MS", "0"))))
+                                             fetch=FetchPolicy(allow_local_files=True), max_concurrent_jobs=max(1, args.in_flight)))
         predictor.setup()
         requests = [{"audio_file": str(clips / f"{clip}.wav"), "model": args.model, "compute_type": compute, "diarization": False}
                     for clip in ru]

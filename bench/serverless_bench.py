@@ -288,8 +288,7 @@ def main() -> None:
                     "model": Path(args.model).name, "random_weights": args.random_weights,
                     "tokens_per_second_cap": args.tokens_per_second, "clips": len(clips), "in_flight": args.in_flight,
                     "diarization": not args.no_diarization, "aligner": args.align_model,
-                    "kernel_cache": "kept from the previous run" if args.keep_kernel_cache else "emptied",
-                    "env": {key: os.environ[key] for key in ("WHISPER_REPLICAS", "WHISPER_FILL_WAIT_MS") if key in os.environ}}
+                    "kernel_cache": "kept from the previous run" if args.keep_kernel_cache else "emptied"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if "cold" not in skip:
@@ -316,8 +315,6 @@ def main() -> None:
     predictor = handler.get_predictor()
     report["in_process_setup_s"] = round(now() - started, 3)
     report["max_concurrent_jobs"] = predictor.max_concurrent_jobs
-    report["whisper_replicas"] = predictor.whisper_calls.parallel_calls
-    report["whisper_fill_wait_ms"] = predictor.settings.whisper_fill_wait_ms
     from stages import ctc_alignment
 
     report["aligner_seconds_per_forward"] = ctc_alignment.DEFAULT_OPTIONS.max_seconds_per_forward

@@ -153,7 +153,6 @@ class Predictor:
         built = startup.start_up(self.settings, self.lanes, self.startup_timings)
         self.resident = built
         self.device, self.max_concurrent_jobs, self.tf32 = built.device, built.max_concurrent_jobs, built.tf32
-        self.whisper_calls.configure(built.whisper_replicas, self.settings.whisper_fill_wait_ms / 1000, self.lanes.jobs_in_flight)
         self.asr_models, self.aligners, self.diarization = built.asr_models, built.aligners, built.diarization
         self.startup_error, self.startup_warnings = built.error, built.gpu_stack_warnings
 
@@ -322,7 +321,7 @@ class Predictor:
     def _windows_per_generate(self, model_path: str, compute_type: str) -> int | None:
         """Cap on windows per generate call for this device and load (``batching.windows_per_generate``)."""
         return batching.windows_per_generate(self.device, self.max_concurrent_jobs, self.settings.asr_decode_cache_mb,
-                                             model_path, compute_type, self.whisper_calls.parallel_calls)
+                                             model_path, compute_type)
 
     def _transcribe(self, model: WhisperModel, waveform: np.ndarray, windows: Sequence[vad.SpeechWindow], tokenizer: Tokenizer,
                     dopts: asr.DecodeOptions, batch_size: int, notify: ProgressFn, state: _RequestState,

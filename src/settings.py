@@ -257,12 +257,6 @@ ENV_TABLE: tuple[EnvVar, ...] = (
              min=1, max=1024, unit="jobs"),
     _env_var(float, "ASR_DECODE_CACHE_MB", 4096.0, "GPU memory the decoder's cross-attention cache may use per generate call",
              min=0, max=1_048_576, unit="MiB", zero="no cap"),
-    _env_var(int, "WHISPER_REPLICAS", 0, "copies of the Whisper model that decode at once on one GPU", min=0, max=8,
-             unit="replicas", zero="auto: 2 on a GPU running 4 or more jobs at once, else 1"),
-    _env_var(float, "GIL_SWITCH_INTERVAL_MS", 0.5, "how often a thread holding Python's lock hands it to one waiting", min=0,
-             min_exclusive=True, max=100, unit="ms"),
-    _env_var(float, "WHISPER_FILL_WAIT_MS", 0.0, "longest wait of a merged Whisper call for other jobs' windows", min=0,
-             max=10_000, unit="ms", zero="off"),
     _env_var(bool, "TORCH_SIDE_STREAMS", True, "on a GPU, torch work runs on CUDA streams of its own",
              older=("DIARIZATION_SIDE_STREAM",)),
     _env_var(bool, "TORCH_ALLOW_TF32", True, "on a GPU, torch's float32 matmuls and convolutions use TF32"),
@@ -419,21 +413,6 @@ class WorkerSettings:
         one generate call (``ASR_DECODE_CACHE_MB``; 0 = no cap): a batch needing more is
         decoded in consecutive calls. 4096 lets large-v3 decode 16 windows at once (peak
         ~13 GB at batch 32 instead of ~18 GB, for ~15 % more ASR time).
-    whisper_replicas: copies of the Whisper model on the device (``WHISPER_REPLICAS``; 0 = auto:
-        2 on a GPU that runs 4 or more jobs at once, else 1: ``lanes.default_whisper_replicas``). Each copy runs one merged generate
-        call at a time, so with two a call starts while another decodes (decoding small batches
-        leaves the GPU mostly idle between kernel launches). Each copy costs the model's weights
-        again (~3 GB for large-v3 in float16), and ``ASR_DECODE_CACHE_MB`` is shared between
-        them, so decoding memory stays what one call had.
-    gil_switch_interval_ms: ``sys.setswitchinterval`` for the worker, in milliseconds
-        (``GIL_SWITCH_INTERVAL_MS``, default 0.5; Python's own is 5). A thread that launches
-        many small torch kernels (the VAD, the aligner, diarization) gives Python's lock up at
-        each kernel and, beside a thread running Python code (another job's stages, pyannote's
-        import at start-up), waits up to the interval to get it back, per kernel:
-        bench/gil_probe.py measures the cost.
-    whisper_fill_wait_ms: a merged Whisper call may wait up to this many milliseconds after its
-        oldest window arrived while it carries fewer windows than there are jobs in flight
-        (``WHISPER_FILL_WAIT_MS``; 0 = off, the default); a lone job never waits.
     torch_side_streams: on a GPU, the threads that run torch work (the diarization threads,
         the torch thread of the VAD and the aligners, and each job's thread for its log-mel
         features) launch their kernels on CUDA streams of their own (``TORCH_SIDE_STREAMS``,
@@ -494,9 +473,6 @@ class WorkerSettings:
     batch_fill_min_chunk_s: float | None = _default("BATCH_FILL_MIN_CHUNK_S")
     batch_fill_max_jobs: int = _default("BATCH_FILL_MAX_JOBS")
     asr_decode_cache_mb: float = _default("ASR_DECODE_CACHE_MB")
-    whisper_replicas: int = _default("WHISPER_REPLICAS")
-    whisper_fill_wait_ms: float = _default("WHISPER_FILL_WAIT_MS")
-    gil_switch_interval_ms: float = _default("GIL_SWITCH_INTERVAL_MS")
     torch_side_streams: bool = _default("TORCH_SIDE_STREAMS")
     allowed_models: tuple[str, ...] = _default("ALLOWED_MODELS")
     max_cached_models: int = _default("MAX_CACHED_MODELS")
@@ -545,9 +521,6 @@ class WorkerSettings:
             batch_fill_min_chunk_s=values["BATCH_FILL_MIN_CHUNK_S"],
             batch_fill_max_jobs=values["BATCH_FILL_MAX_JOBS"],
             asr_decode_cache_mb=values["ASR_DECODE_CACHE_MB"],
-            whisper_replicas=values["WHISPER_REPLICAS"],
-            whisper_fill_wait_ms=values["WHISPER_FILL_WAIT_MS"],
-            gil_switch_interval_ms=values["GIL_SWITCH_INTERVAL_MS"],
             torch_side_streams=values["TORCH_SIDE_STREAMS"],
             allowed_models=values["ALLOWED_MODELS"],
             max_cached_models=values["MAX_CACHED_MODELS"],

@@ -12,9 +12,7 @@ stays what that job allows however many jobs wait.
 
 No timer holds a call back: while the model runs one merged call, the calls of other jobs
 queue up and form the next one, so a lone job waits for nothing and a busy worker fills its
-batches by itself. With ``parallel_calls`` above 1 (one per Whisper replica on the device,
-``WHISPER_REPLICAS``) that many threads take merged calls from the one queue, so a call can
-start while another decodes; each still merges whatever waits when it starts.
+batches by itself.
 
 Each caller gets exactly the rows it sent. A merged call's decode-length cap is the longest
 of its callers' caps (a cap bounds the cost of a looping decode; within one job the longest
@@ -61,18 +59,16 @@ CPU_SHARED_WINDOWS_PER_CALL = 2
 
 
 def windows_per_generate(device: str, max_concurrent_jobs: int, decode_cache_mb: float, model_path: str,
-                         compute_type: str, replicas: int = 1) -> int | None:
+                         compute_type: str) -> int | None:
     """Cap on windows per generate call: on a GPU the decoder cache's (``ASR_DECODE_CACHE_MB``:
-    ``decode_cache_mb``), shared by the ``replicas`` calls that may decode at once; on a CPU
-    serving several jobs at once ``CPU_SHARED_WINDOWS_PER_CALL``, so that a clip's call waits
-    behind at most a few of a long file's windows; None for none."""
+    ``decode_cache_mb``); on a CPU serving several jobs at once ``CPU_SHARED_WINDOWS_PER_CALL``,
+    so that a clip's call waits behind at most a few of a long file's windows; None for none."""
     if device != "cuda":
         return CPU_SHARED_WINDOWS_PER_CALL if max_concurrent_jobs > 1 else None
     dims = whisper_dimensions(model_path) if decode_cache_mb > 0 else None
     if dims is None:
         return None
-    return asr.windows_in_flight(dims.decoder_layers, dims.d_model, decode_cache_mb / max(1, replicas),
-                                 4 if compute_type == "float32" else 2)
+    return asr.windows_in_flight(dims.decoder_layers, dims.d_model, decode_cache_mb, 4 if compute_type == "float32" else 2)
 
 
 @dataclass(eq=False)
@@ -86,7 +82,6 @@ class _Waiting:
     max_length: int = 0
     max_rows: int = DEFAULT_MAX_ROWS
     done: Future[list[Any]] = field(default_factory=Future)
-    arrived: float = field(default_factory=time.monotonic)
 
     @property
     def rows(self) -> int:
@@ -105,45 +100,21 @@ class BatchStats:
     rows: int = 0
     merged_calls: int = 0
     most_callers: int = 0
-    # Seconds inside model calls, summed over the calls that ran at once (with parallel_calls
-    # above 1 it can exceed wall time: its share of wall time is how many calls ran on average).
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # seconds inside model calls (their share of wall time: how busy the model was)
 
 
 class CrossJobBatcher:
     """Runs the Whisper calls of concurrent callers in one thread, merging calls that can share
     a model call. Implements ``asr.WhisperCalls``; thread-safe; idle costs nothing."""
 
-    def __init__(self, name: str = "whisper-batcher", parallel_calls: int = 1) -> None:
+    def __init__(self, name: str = "whisper-batcher") -> None:
         self._name = name
-        # Batch filling (``configure``): how long a call may wait for other jobs' windows, and
-        # how many jobs could send some.
-        self._fill_wait_s = 0.0
-        self._jobs_in_flight: Callable[[], int] = lambda: 1
         self._waiting: list[_Waiting] = []
         self._wakeup = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._parallel_calls = max(1, parallel_calls)
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._held = 0
         self.stats = BatchStats()
-
-    @property
-    def parallel_calls(self) -> int:
-        """Model calls that may run at once (one thread each)."""
-        return self._parallel_calls
-
-    def configure(self, parallel_calls: int, fill_wait_s: float = 0.0, jobs_in_flight: Callable[[], int] | None = None) -> None:
-        """Set at start-up. ``parallel_calls``: model calls that may run at once, one per Whisper
-        replica (``WHISPER_REPLICAS``); threads already serving stay, more start with the next
-        call. ``fill_wait_s`` (``WHISPER_FILL_WAIT_MS``; 0 = off): a merged call may wait up to
-        this long after its oldest window arrived while it carries fewer windows than there
-        are jobs in flight (``jobs_in_flight()``) and than its cap; a lone job never waits."""
-        with self._wakeup:
-            self._parallel_calls = max(1, parallel_calls)
-            self._fill_wait_s = max(0.0, fill_wait_s)
-            if jobs_in_flight is not None:
-                self._jobs_in_flight = jobs_in_flight
 
     # -------------------------------------------------------------- callers' side
     def generate(self, model: WhisperModel, features: np.ndarray, call: asr.GenerateCall, max_length: int,
@@ -166,11 +137,9 @@ class CrossJobBatcher:
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("the Whisper batcher is closed")
-            while len(self._threads) < self._parallel_calls:
-                name = self._name if not self._threads else f"{self._name}-{len(self._threads) + 1}"
-                thread = threading.Thread(target=self._serve, name=name, daemon=True)
-                self._threads.append(thread)
-                thread.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
             self._waiting.append(waiting)
             self._wakeup.notify()
         if check is None:
@@ -210,15 +179,15 @@ class CrossJobBatcher:
         finally:
             with self._wakeup:
                 self._held -= 1
-                self._wakeup.notify_all()
+                self._wakeup.notify()
 
     def close(self) -> None:
         """Stop the thread once the calls already waiting are done."""
         with self._wakeup:
             self._closed = True
-            self._wakeup.notify_all()
-            threads = list(self._threads)
-        for thread in threads:
+            self._wakeup.notify()
+            thread = self._thread
+        if thread is not None:
             thread.join()
 
     # -------------------------------------------------------------- batcher thread
@@ -229,22 +198,8 @@ class CrossJobBatcher:
                     self._wakeup.wait()
                 if not self._waiting:
                     return
-                self._wait_to_fill()
-                if not self._waiting:  # withdrawn while it waited
-                    continue
                 group = self._take_group()
             self._run(group)
-
-    def _wait_to_fill(self) -> None:
-        """The fill wait of ``configure``, with the lock held (released while waiting)."""
-        while self._fill_wait_s > 0 and self._waiting and not self._closed:
-            head = self._waiting[0]
-            wanted = min(self._jobs_in_flight(), head.max_rows)
-            rows = sum(w.rows for w in self._waiting if w.shares_with(head))
-            left = head.arrived + self._fill_wait_s - time.monotonic()
-            if rows >= wanted or left <= 0:
-                return
-            self._wakeup.wait(left)
 
     def _take_group(self) -> list[_Waiting]:
         """The oldest waiting call and every later one that can share its model call, up to the
@@ -284,14 +239,13 @@ class CrossJobBatcher:
         else:
             assert head.call is not None
             results = asr.generate(head.model, features, head.call, max(w.max_length for w in group))
-        with self._wakeup:  # several serving threads may finish at once
-            stats = self.stats
-            stats.calls += 1
-            stats.rows += int(features.shape[0])
-            if len(group) > 1:
-                stats.merged_calls += 1
-            stats.most_callers = max(stats.most_callers, len(group))
-            stats.busy_s += time.perf_counter() - started
+        stats = self.stats
+        stats.calls += 1
+        stats.rows += int(features.shape[0])
+        if len(group) > 1:
+            stats.merged_calls += 1
+        stats.most_callers = max(stats.most_callers, len(group))
+        stats.busy_s += time.perf_counter() - started
         return results
 
 

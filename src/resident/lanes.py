@@ -35,8 +35,8 @@ T = TypeVar("T")
 TORCH_WAIT_CHECK_S = 0.2
 
 # Jobs at once by default on a GPU: one per this many GiB of device memory, at most
-# ``MAX_DEFAULT_JOBS``. The Whisper batcher keeps one generate call per Whisper replica on
-# the device at a time, so jobs add only their audio, VAD and aligner activations, and a busy spell's peak at 8 jobs
+# ``MAX_DEFAULT_JOBS``. The Whisper batcher keeps one generate call on the device at a time,
+# so jobs add only their audio, VAD and aligner activations, and a busy spell's peak at 8 jobs
 # of 30 s clips on large-v3 is what bench/serverless_bench.py reports.
 GIB_PER_DEFAULT_JOB = 10
 MAX_DEFAULT_JOBS = 8
@@ -58,25 +58,6 @@ def default_concurrent_jobs(device: str) -> int:
 # 30 s clip is ~0.25 s of mostly kernel launches, so one thread limits a busy worker
 # (bench/serverless_bench.py).
 DEFAULT_GPU_DIARIZATION_THREADS = 2
-
-
-# Whisper model copies by default on a GPU running several jobs at once. One generate call of
-# a few windows leaves the GPU mostly idle between the decoder's small kernels (one call of
-# 1 / 4 / 8 / 16 large-v3 windows took 0.53 / 0.66 / 0.85 / 1.25 s on an H100, issue 26), so
-# a second call decoding meanwhile costs the first little; each copy costs the weights again.
-# Only where at least this many jobs run at once (by default a card of 35 GiB and more), so
-# a 16 or 24 GB card does not hold a second copy for two jobs.
-DEFAULT_GPU_WHISPER_REPLICAS = 2
-MIN_JOBS_FOR_REPLICAS = 4
-
-
-def default_whisper_replicas(device: str, max_concurrent_jobs: int) -> int:
-    """Whisper copies when ``WHISPER_REPLICAS`` is not set: 1 on a CPU (its cores are busy with
-    one call already) or for fewer than ``MIN_JOBS_FOR_REPLICAS`` jobs at a time, else
-    ``DEFAULT_GPU_WHISPER_REPLICAS``."""
-    if device != "cuda" or max_concurrent_jobs < MIN_JOBS_FOR_REPLICAS:
-        return 1
-    return DEFAULT_GPU_WHISPER_REPLICAS
 
 
 def default_diarization_threads(device: str, max_concurrent_jobs: int) -> int:

@@ -153,13 +153,10 @@ class AsrModels:
     for the load of the model it asked for (``model_cache.SingleFlightCache``).
     """
 
-    def __init__(self, device: str, models_dir: str, cpu_threads: int = 0, max_cached: int = 2, replicas: int = 1) -> None:
+    def __init__(self, device: str, models_dir: str, cpu_threads: int = 0, max_cached: int = 2) -> None:
         self.device = device
         self.models_dir = models_dir
         self.cpu_threads = cpu_threads
-        # Copies of each Whisper model on the device (``WHISPER_REPLICAS``): CTranslate2 hands
-        # each concurrent call to an idle copy, so as many calls as copies run at once.
-        self.replicas = max(1, replicas)
         # (path, compute type, device) -> model
         self._whisper: SingleFlightCache[tuple[str, str, str], WhisperModel] = SingleFlightCache(
             max_cached, on_evict=self._evicted)
@@ -206,16 +203,11 @@ class AsrModels:
         from faster_whisper import WhisperModel
 
         started = time.perf_counter()
-        logger.info("loading ASR model %s (%s, %s%s)", model.path, compute_type, self.device,
-                    f", {self.replicas} replicas" if self.replicas > 1 else "")
+        logger.info("loading ASR model %s (%s, %s)", model.path, compute_type, self.device)
         try:
             instance = WhisperModel(
                 model.path,
                 device=self.device,
-                # faster-whisper's workers are CTranslate2's replicas on the one device (its
-                # inter_threads); encoder output stays on the device for whichever replica
-                # decodes it (a list of device indexes would copy it through the host).
-                num_workers=self.replicas,
                 compute_type=compute_type,
                 cpu_threads=self.cpu_threads,
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import rp_schema
 from resident import batching, gpu_check, precision, warmup
 from resident.diarization_ready import DiarizationReady
-from resident.lanes import Lanes, default_concurrent_jobs, default_diarization_threads, default_whisper_replicas
+from resident.lanes import Lanes, default_concurrent_jobs, default_diarization_threads
 from resident.models import AsrModels, pick_device
 from settings import WorkerSettings, use_kernel_cache
 from stages import alignment
@@ -60,8 +59,6 @@ class Resident:
     aligners: alignment.AlignmentModels
     tf32: bool
     gpu_stack_warnings: list[str]
-    # Copies of the Whisper model on the device, so Whisper calls that may run at once.
-    whisper_replicas: int = 1
     # The diarization registry, built by start-up's diarization lane, which may end after
     # start_up returns (jobs that need it wait for it).
     diarization: DiarizationReady = field(default_factory=DiarizationReady)
@@ -102,22 +99,17 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
     # instead of caching differently sized blocks, so the aligner's and the diarization's
     # varying shapes do not leave fragments that CTranslate2 (outside torch) cannot use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    # Before any lane starts: the torch launchers must not wait 5 ms per kernel for Python's
-    # lock beside threads running Python code (GIL_SWITCH_INTERVAL_MS).
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     device = pick_device(settings.device)
     max_jobs = settings.max_concurrent_jobs or default_concurrent_jobs(device)
     diarization_threads = settings.diarization_threads or default_diarization_threads(device, max_jobs)
     lanes.configure(device, settings.torch_side_streams, diarization_threads, max_jobs)
-    replicas = settings.whisper_replicas or default_whisper_replicas(device, max_jobs)
-    asr_models = AsrModels(device, settings.models_dir, settings.cpu_threads, max_cached=settings.max_cached_models,
-                           replicas=replicas)
+    asr_models = AsrModels(device, settings.models_dir, settings.cpu_threads, max_cached=settings.max_cached_models)
     aligners = alignment.AlignmentModels(device, settings.align_model_for, max_cached=settings.max_cached_aligners,
                                          kept=frozenset(settings.preload_align_languages))
     # Once, before any stage runs in any thread: no stage (nor pyannote) changes it later.
     tf32 = precision.apply(device, settings.torch_allow_tf32, pin=False)
     resident = Resident(device=device, max_concurrent_jobs=max_jobs, asr_models=asr_models, aligners=aligners,
-                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings, whisper_replicas=replicas,
+                        tf32=tf32, gpu_stack_warnings=gpu_warnings, timings=timings,
                         diarization=DiarizationReady(tasks=diarization_threads if settings.warmup else 1))
     timings["before_warmup_s"] = round(time.perf_counter() - started, 3)
     warm_up = warmup.WarmUp(
@@ -128,11 +120,10 @@ def start_up(settings: WorkerSettings, lanes: Lanes, timings: dict[str, float]) 
         torch_thread=lanes.torch_thread, side_stream_scope=lanes.side_stream_scope,
         # The cap on windows per generate call that jobs get, so the ASR warm-up runs their shapes.
         windows_per_generate=lambda path, compute: batching.windows_per_generate(
-            device, max_jobs, settings.asr_decode_cache_mb, path, compute, replicas),
+            device, max_jobs, settings.asr_decode_cache_mb, path, compute),
         release_gpu_cache=lanes.release_gpu_cache, timings=timings,
     )
     resident.error = warm_up.run(*preload_choice(settings))
     timings["setup_s"] = round(time.perf_counter() - started, 3)
-    logger.info("worker ready on %s in %.1f s (up to %d jobs at once, %d Whisper call%s at once)", device,
-                timings["setup_s"], max_jobs, replicas, "s" if replicas > 1 else "")
+    logger.info("worker ready on %s in %.1f s (up to %d jobs at once)", device, timings["setup_s"], max_jobs)
     return resident

@@ -150,16 +150,8 @@ class WarmUp:
         samples = noise(seconds)
         windows = [vad.SpeechWindow(0.0, seconds, ((0.0, seconds),))] * batch
         tokenizer = asr.make_tokenizer(model, "en" if not model.model.is_multilingual else "ru", "transcribe")
-
-        def once() -> None:
-            asr.transcribe_windows(model, samples, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch,
-                                   self.device, max_rows=self.windows_per_generate(resolved.path, compute_type))
-
-        # One call per replica, at once: CTranslate2 hands concurrent calls to idle replicas, so
-        # each replica's first call (its cuBLAS handle, its buffers) is paid here, not by a job.
-        with ThreadPoolExecutor(max_workers=self.asr_models.replicas, thread_name_prefix="asr-warmup") as pool:
-            for done in [pool.submit(once) for _ in range(self.asr_models.replicas)]:
-                done.result()
+        asr.transcribe_windows(model, samples, windows, tokenizer, asr.DecodeOptions(beam_size=beam), batch, self.device,
+                               max_rows=self.windows_per_generate(resolved.path, compute_type))
         self.timings["warmup_s"] = round(time.perf_counter() - started, 3)
 
     def _torch_models(self) -> None:
