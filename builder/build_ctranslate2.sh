@@ -119,8 +119,9 @@ patchelf --set-rpath '$ORIGIN' "$pkg"/ctranslate2/_ext*.so
 "$TOOLS/wheel" pack -d "$WHEEL_DIR" "$pkg" >/dev/null
 log "wrote $(ls "$WHEEL_DIR"/ctranslate2-*.whl)"
 if [ "$CT2_WITH_CUDA" = 1 ] && command -v cuobjdump >/dev/null; then
-  log "machine code and PTX in $(basename "$LIB"):"
+  log "machine code (kernels per architecture) in $(basename "$LIB"):"
   cuobjdump --list-elf "$LIB" | grep -o 'sm_[0-9]*' | sort | uniq -c >&2 || true
+  log "PTX (kernels per virtual architecture, compiled by the driver on newer cards):"
   cuobjdump --list-ptx "$LIB" | grep -o 'sm_[0-9]*' | sort | uniq -c >&2 || true
 fi
 [ "${KEEP_BUILD:-0}" = 1 ] || rm -rf "$BUILD_DIR"
