@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import pytest
 
 from fixtures_audio import SHORT_CLIPS, festvox_wav, job_dirs, run_and_poll, transcript
-from references import festvox_transcripts, require_assets, wer
+from references import assert_transcript_of, nearest_festvox_clip, normalise, require_assets
 from servers import FileServer, WorkerApi
 
 REQUESTS = 24
 IN_FLIGHT = 4
 OVERALL_CAP_S = 600.0
 REQUEST_TIMEOUT_S = 300.0
-WER_MAX = 0.35
 FAST = {"diarization": False, "align_output": False}
 
 
@@ -93,7 +92,6 @@ def _send(api: WorkerApi, job: Job) -> tuple[dict, float]:
 
 def test_burst_of_mixed_requests(api, media, worker_tmp):
     jobs = _jobs(media)
-    references = festvox_transcripts()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
         futures = {pool.submit(_send, api, job): job for job in jobs}
@@ -118,9 +116,9 @@ def test_burst_of_mixed_requests(api, media, worker_tmp):
                 problems.append(f"{job.name}: expected COMPLETED, got {envelope}")
                 continue
             text = transcript(envelope["output"])
-            score = wer(references[job.clip], text)
-            if score > WER_MAX:
-                problems.append(f"{job.name}: WER {score:.2f} for {job.clip}: {text!r}")
+            nearest = nearest_festvox_clip(text) if normalise(text) else None
+            if nearest != job.clip:  # its own clip's text, not another job's (nor none)
+                problems.append(f"{job.name}: transcript of {nearest}, not {job.clip}: {text!r}")
                 continue
             completed += 1
         else:
@@ -151,4 +149,4 @@ def test_burst_of_mixed_requests(api, media, worker_tmp):
     # And it still serves a plain request afterwards.
     after = api.runsync({"audio_file": media.url(f"{SHORT_CLIPS[1]}.wav"), **FAST})
     assert after["status"] == "COMPLETED"
-    assert wer(references[SHORT_CLIPS[1]], transcript(after["output"])) <= WER_MAX
+    assert_transcript_of(SHORT_CLIPS[1], transcript(after["output"]))
