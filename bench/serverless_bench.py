@@ -258,6 +258,8 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if "clips" in skip and "long" not in skip:
+        parser.error("--skip clips needs long too (clips,long: the cold start alone); the long file runs after the clips' warm-up")
     args.also_in_flight = [int(n) for n in args.also_in_flight.split(",") if n.strip()]
     import torch  # noqa: F401  (first: its own cuDNN, not an older one on the lent GPU's LD_LIBRARY_PATH)
 
