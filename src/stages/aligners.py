@@ -12,11 +12,14 @@ if TYPE_CHECKING:
     from torchaudio.models import Wav2Vec2Model
     from transformers import Wav2Vec2ForCTC
 
+    from stages.wav2vec2_network import Wav2Vec2Ctc
+
 __all__ = ["AlignModel", "Aligner", "AlignerUnavailable", "HalfPrecision"]
 
-# A wav2vec2 aligner as ``whisperx.load_align_model`` returns it (a Hugging Face model or a
-# torchaudio bundle), on a GPU behind ``HalfPrecision``.
-AlignModel: TypeAlias = "Wav2Vec2ForCTC | Wav2Vec2Model | HalfPrecision"
+# A wav2vec2 aligner: a Hugging Face checkpoint built by ``wav2vec2_network``, or what
+# ``whisperx.load_align_model`` returns (a transformers model or a torchaudio bundle), on a GPU
+# behind ``HalfPrecision``.
+AlignModel: TypeAlias = "Wav2Vec2Ctc | Wav2Vec2ForCTC | Wav2Vec2Model | HalfPrecision"
 
 
 class AlignerUnavailable(RuntimeError):
@@ -41,7 +44,7 @@ class HalfPrecision:
     its speed on tensor cores; CTC emissions are log-softmaxed in float32 afterwards.
     """
 
-    def __init__(self, inner: Wav2Vec2ForCTC | Wav2Vec2Model) -> None:
+    def __init__(self, inner: Wav2Vec2Ctc | Wav2Vec2ForCTC | Wav2Vec2Model) -> None:
         self.inner = inner.half()
 
     def __call__(self, waveform: torch.Tensor, *args: Any, **kwargs: Any) -> Any:

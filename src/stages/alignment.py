@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -126,33 +127,60 @@ class AlignmentModels:
             release_cuda_cache()  # the dropped weights' blocks go back for CTranslate2 to use
 
     def _load(self, language: str) -> Aligner:
-        import whisperx
-
-        name = self._override(language)
-        logger.info("loading alignment model for %s (%s)", language, name or _whisperx_default(language))
-        chatter = io.StringIO()
+        name = self._override(language) or _whisperx_default(language)
+        if not name:
+            raise AlignerUnavailable(f"no wav2vec2 alignment model for language {language!r}: whisperX has no default "
+                                     f"for it and ALIGN_MODEL_{language.upper()} is not set")
+        logger.info("loading alignment model for %s (%s)", language, name)
         try:
-            # whisperX prints load errors to stdout; keep them out of the worker's output.
-            with contextlib.redirect_stdout(chatter):
-                model, metadata = whisperx.load_align_model(language, self.device, model_name=name)
-        except Exception as exc:  # offline, gated, unknown language, corrupt folder
+            loaded = _load_plain(language, name, self.device) if _names_folder_or_hub_repo(name) else None
+            model, metadata = loaded or _load_with_whisperx(language, name, self.device)
+        except Exception as exc:  # offline, gated, corrupt folder
             raise AlignerUnavailable(
-                f"no wav2vec2 alignment model for language {language!r} "
-                f"({name or _whisperx_default(language)}): {type(exc).__name__}"
-            ) from None
-        finally:
-            if chatter.getvalue().strip():
-                logger.debug("whisperX: %s", chatter.getvalue().strip()[:500])
+                f"no wav2vec2 alignment model for language {language!r} ({name}): {type(exc).__name__}") from None
         if self.device == "cuda":
             model = HalfPrecision(model)
-        return Aligner(language, model, metadata, name or _whisperx_default(language))
+        return Aligner(language, model, metadata, name)
 
 
-def _whisperx_default(language: str) -> str:
-    """whisperX's own aligner for ``language`` (a torchaudio bundle or a Hub id), for the record."""
-    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+def _whisperx_default(language: str) -> str | None:
+    """whisperX's own aligner for ``language`` (a torchaudio bundle name or a Hub id), or None."""
+    from stages.whisperx_tables import constant
 
-    return DEFAULT_ALIGN_MODELS_TORCH.get(language) or DEFAULT_ALIGN_MODELS_HF.get(language) or "whisperX default"
+    return constant("alignment", "DEFAULT_ALIGN_MODELS_TORCH").get(language) or constant("alignment", "DEFAULT_ALIGN_MODELS_HF").get(language)
+
+
+def _names_folder_or_hub_repo(name: str) -> bool:
+    """A local folder or an ``owner/name`` Hub id, as against a torchaudio bundle name."""
+    return "/" in name or Path(name).is_dir()
+
+
+def _load_plain(language: str, name: str, device: str) -> tuple[AlignModel, dict] | None:
+    """A Hugging Face wav2vec2 CTC aligner built without transformers (``wav2vec2_network``),
+    with whisperX's metadata; None for a variant that module does not build."""
+    from stages import aligner_files, wav2vec2_network
+
+    folder = aligner_files.local_folder(name)
+    try:
+        model = wav2vec2_network.load_wav2vec2_ctc(folder, device)
+    except wav2vec2_network.Unsupported as exc:
+        logger.info("aligner %s is loaded through transformers: %s", name, exc)
+        return None
+    return model, {"language": language, "dictionary": wav2vec2_network.ctc_dictionary(folder), "type": "huggingface"}
+
+
+def _load_with_whisperx(language: str, name: str, device: str) -> tuple[AlignModel, dict]:
+    """whisperX's loader (torchaudio bundles, and variants ``wav2vec2_network`` does not build)."""
+    import whisperx
+
+    chatter = io.StringIO()
+    try:
+        # whisperX prints load errors to stdout; keep them out of the worker's output.
+        with contextlib.redirect_stdout(chatter):
+            return whisperx.load_align_model(language, device, model_name=name)
+    finally:
+        if chatter.getvalue().strip():
+            logger.debug("whisperX: %s", chatter.getvalue().strip()[:500])
 
 
 _PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")

@@ -90,7 +90,7 @@ class Vocabulary:
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> Vocabulary:
-        from whisperx.alignment import LANGUAGES_WITHOUT_SPACES
+        from stages.whisperx_tables import constant
 
         dictionary = metadata["dictionary"]
         blank_id = 0
@@ -98,7 +98,7 @@ class Vocabulary:
             if label in ("[pad]", "<pad>"):
                 blank_id = code
         language = metadata["language"]
-        return cls(dictionary, blank_id, language, language not in LANGUAGES_WITHOUT_SPACES, metadata["type"])
+        return cls(dictionary, blank_id, language, language not in constant("alignment", "LANGUAGES_WITHOUT_SPACES"), metadata["type"])
 
 
 @dataclass(frozen=True)
@@ -242,10 +242,13 @@ def rows_for_length(padded_samples: int, options: CtcAlignOptions) -> int:
 
 
 def output_frames(model: AlignModel, samples: np.ndarray) -> np.ndarray:
-    """Emission frames a Hugging Face wav2vec2 model makes from inputs of ``samples`` samples."""
+    """Emission frames a Hugging Face wav2vec2 model (transformers' or ``wav2vec2_network``'s)
+    makes from inputs of ``samples`` samples."""
     lengths = torch.as_tensor(samples, dtype=torch.long)
+    # wav2vec2_network's own networks name it plainly; transformers' keep it private
+    output_lengths = getattr(model, "output_lengths", None) or model._get_feat_extract_output_lengths
     # transformers annotates the legacy class torch.LongTensor, which an int64 Tensor is not to a type checker
-    return model._get_feat_extract_output_lengths(lengths).cpu().numpy().astype(np.int64)  # type: ignore[arg-type]
+    return output_lengths(lengths).cpu().numpy().astype(np.int64)  # type: ignore[arg-type,operator]
 
 
 def _forward_padded(model: AlignModel, jobs: Sequence[_Job], device: str, options: CtcAlignOptions) -> tuple[list[torch.Tensor], np.ndarray]:
