@@ -3,9 +3,10 @@
 Order of preference for a request with ``align_output``:
 
 1. wav2vec2 CTC forced alignment (whisperX's method and results, re-implemented for speed in
-   ``ctc_alignment``) with the model of the detected language (loaded by whisperX on first
-   use, the ``MAX_CACHED_ALIGNERS`` most recently used kept resident besides the preloaded
-   ones; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id);
+   ``ctc_alignment``) with the model of the detected language, loaded on first use (Hugging
+   Face checkpoints in plain torch by ``wav2vec2_network``, torchaudio bundles and variants it
+   does not build by whisperX), the ``MAX_CACHED_ALIGNERS`` most recently used kept resident
+   besides the preloaded ones; ``ALIGN_MODEL_<LANG>`` maps a language to a local dir or Hub id;
 2. when no aligner exists or loads for the language (no network, unknown language,
    silence detected as a rare language), Whisper's cross-attention word timings computed
    from the ASR model itself, which runs offline with the weights already resident.
