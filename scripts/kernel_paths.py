@@ -50,8 +50,10 @@ class KernelPath:
     env: dict[str, str] = field(default_factory=dict)
 
     def needs(self) -> set[str]:
-        """CPU flags (as /proc/cpuinfo spells them) this path's forced instruction sets need."""
-        text = " ".join(self.env.values()).lower()
+        """CPU flags (as /proc/cpuinfo spells them) this path's forced instruction sets need.
+        ``ONEDNN_MAX_CPU_ISA`` is a cap, not a demand (oneDNN takes the best the CPU has up to
+        it), so only CTranslate2's and torch's forced choices count."""
+        text = " ".join(v for k, v in self.env.items() if k != "ONEDNN_MAX_CPU_ISA").lower()
         flags = set()
         if "avx512" in text:
             flags.add("avx512f")
