@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,6 @@ class CtcOutput:
     ``CausalLMOutput`` carries them (``aligners.HalfPrecision`` replaces them with float32)."""
 
     logits: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Wav2Vec2Ctc(nn.Module):
