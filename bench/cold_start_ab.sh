@@ -26,7 +26,7 @@ import json, sys
 d = json.load(open(sys.argv[1])); c = d.get("cold_start", {})
 t = (c.get("first_job") or {}).get("timings") or {}
 print("ready", c.get("ready_s"), "first result", c.get("first_result_s"), "first/warm", d.get("first_over_warm"))
-print({k: v for k, v in d.items() if k.startswith(("clips_x_rt", "clips_p50", "throughput_ratio", "p50_ratio", "long_file_x_rt", "peak_gpu_mib"))})
+print({k: v for k, v in d.items() if k.startswith(("clips_x_rt", "clips_p50", "throughput_ratio", "p50_ratio", "long_file_x_rt", "peak_gpu_mib", "whisper_calls", "stage_s"))})
 print("start-up", json.dumps(t.get("startup")))
 print("first job", json.dumps({k: v for k, v in t.items() if k != "startup"}))
 PY
