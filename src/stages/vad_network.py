@@ -46,13 +46,18 @@ def bundled_checkpoint() -> Path:
 
 class _Absorbed:
     """Stands in for every non-torch object pickled in the checkpoint (pyannote's task
-    specifications, omegaconf nodes): they are not needed, and no foreign code runs."""
+    specifications, omegaconf nodes): no foreign code runs. What the pickle hands it (the
+    constructor's arguments, the state it restores) is kept as plain data, so the task
+    specifications of a segmentation checkpoint (chunk duration, powerset classes) can be read."""
+
+    args: tuple = ()
+    state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        self.args = args
 
     def __setstate__(self, state: Any) -> None:
-        pass
+        self.state = state
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -85,8 +90,19 @@ class _CheckpointPickle:
 
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The checkpoint's hyper-parameters and weights."""
+    hparams, weights, _ = read_checkpoint_with_task(path)
+    return hparams, weights
+
+
+def read_checkpoint_with_task(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint's hyper-parameters, weights and task specifications (pyannote's
+    ``Specifications`` fields as a plain dict: ``duration``, ``classes``, ``powerset_max_classes``,
+    ``warm_up``...; empty when the checkpoint has none)."""
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_CheckpointPickle)
-    return dict(checkpoint["hyper_parameters"]), dict(checkpoint["state_dict"])
+    specifications = dict(checkpoint.get("pyannote.audio", {})).get("specifications")
+    state = specifications.state if isinstance(specifications, _Absorbed) else None
+    task = dict(state) if isinstance(state, dict) else {}
+    return dict(checkpoint["hyper_parameters"]), dict(checkpoint["state_dict"]), task
 
 
 class SincFeatures(nn.Module):
@@ -118,10 +134,16 @@ class SincFeatures(nn.Module):
 
 
 class SegmentationNetwork(nn.Module):
-    """The checkpoint's network: (batch, 1, samples) -> (batch, frames, speakers) in [0, 1]."""
+    """The checkpoint's network: (batch, 1, samples) -> (batch, frames, outputs).
 
-    def __init__(self, hparams: dict) -> None:
+    outputs: 3 speaker probabilities in [0, 1] (sigmoid; whisperX's VAD checkpoint), or, with
+    ``powerset``, log-probabilities of the ``num_outputs`` speaker sets (log-softmax;
+    segmentation-3.0: 7 sets of at most 2 of 3 speakers).
+    """
+
+    def __init__(self, hparams: dict, num_outputs: int = 3, powerset: bool = False) -> None:
         super().__init__()
+        self.powerset = powerset
         lstm, linear = dict(hparams["lstm"]), dict(hparams["linear"])
         if not lstm.get("monolithic", True):
             raise ValueError("this VAD checkpoint stacks its LSTM layers one by one; expected one monolithic LSTM")
@@ -131,14 +153,15 @@ class SegmentationNetwork(nn.Module):
         width = int(lstm["hidden_size"]) * (2 if lstm["bidirectional"] else 1)
         sizes = [width] + [int(linear["hidden_size"])] * int(linear["num_layers"])
         self.linear = nn.ModuleList([nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
-        self.classifier = nn.Linear(sizes[-1], 3)
+        self.classifier = nn.Linear(sizes[-1], num_outputs)
         self.frames = FrameGrid.of_sincnet(int(hparams["sincnet"]["stride"]), int(hparams["sample_rate"]))
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(self.sincnet(waveforms).transpose(1, 2))
         for layer in self.linear:
             out = F.leaky_relu(layer(out))
-        return torch.sigmoid(self.classifier(out))
+        scores = self.classifier(out)
+        return F.log_softmax(scores, dim=-1) if self.powerset else torch.sigmoid(scores)
 
 
 @dataclass(frozen=True)

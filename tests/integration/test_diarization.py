@@ -227,9 +227,14 @@ def test_meeting_clip_der(models, clip):
 
 # --------------------------------------------------------------------------- embedding step
 @pytest.fixture(scope="module")
-def pipeline(models):
-    """The module's offline pipeline (CPU)."""
-    return models.offline_pipeline().pipeline
+def pipeline():
+    """The pyannote-based offline pipeline (CPU): these tests hold the shared file-wide
+    embedding step (``chunk_embeddings``) against pyannote's stock per-chunk loop, which needs
+    pyannote's ``SpeakerDiarization`` as ``self``. The plain pipeline the worker runs embeds with
+    the same code (``tests/integration/test_plain_diarization.py`` compares the two pipelines)."""
+    from stages.pyannote_offline_diarization import build_pyannote_offline_pipeline
+
+    return build_pyannote_offline_pipeline(OFFLINE_DIR)
 
 
 def in_memory(audio: np.ndarray, uri: str) -> dict:
