@@ -10,8 +10,10 @@ DER is reported twice: collar 0 (every boundary error counts) and a +-0.25 s col
 The scored region is the whole clip.
 
 ``--grid`` also sweeps the clustering hyper-parameters on cached segmentations and embeddings
-(pyannote's training-mode cache): it ranks settings by DER on the train clips and shows their
-DER on the held-out clips (dev, test, sample), which is how the defaults were chosen.
+(pyannote's training-mode cache, so it runs the pyannote-based class of the same pipeline,
+``OfflineSpeakerDiarization``, whose output equals the plain one's): it ranks settings by DER on
+the train clips and shows their DER on the held-out clips (dev, test, sample), which is how the
+defaults were chosen.
 
     .venv/bin/python bench/diarization_quality.py [--grid] [--threads N] [--assets DIR]
 """
@@ -158,8 +160,9 @@ def grid_search(clips: list[Clip], offline_dir: str) -> list[dict]:
     results = []
     for exclude_overlap in (False, True):
         hp = offline_diarization.OfflineHyperParameters(embedding_exclude_overlap=exclude_overlap)
-        pipeline = offline_diarization.build_offline_pipeline(offline_dir, "cpu", hp)
-        pipeline.training = True  # cache segmentation and embeddings in each file dict
+        # pyannote's class: its training mode caches segmentation and embeddings in each file dict.
+        pipeline = offline_diarization.build_pyannote_offline_pipeline(offline_dir, "cpu", hp)
+        pipeline.training = True
         files = {clip.uri: {"waveform": torch.from_numpy(clip.audio)[None], "sample_rate": 16000,
                             "uri": clip.uri} for clip in clips}
         grid = [("centroid", t) for t in np.arange(0.5, 0.91, 0.05)] + [

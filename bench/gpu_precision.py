@@ -14,7 +14,7 @@ weights (float16), a randomly initialised xlsr-53-large-shaped wav2vec2 as the R
 the offline CAM++ diarization pipeline, then sends every clip of ``--clips`` twice as a
 request with diarization on: festvox-ru ``ru_*.wav`` (language ru) and pyannote's
 ``sample.wav`` and meeting clips (language en), scored against their RTTM (DER, collar 0,
-overlap scored, whole clip). It records the TF32 flags each stage's kernels saw (pyannote's
+overlap scored, whole clip). It records the TF32 flags each stage's kernels saw (the
 segmentation batches, CAM++ batches, the aligner) and what ``debug_info.runtime.torch_tf32`` said.
 ``compare`` takes the first file as the reference: DER per clip, word times (largest difference
 per word against the reference, and between the two identical requests of each run), text and
@@ -82,7 +82,12 @@ def run(args) -> None:
 
         setattr(owner, name, wrapper)
 
-    spy(Inference, "infer", "segmentation")
+    try:  # the plain offline pipeline's segmentation batches
+        from stages.speaker_segmentation import SpeakerSegmentation
+
+        spy(SpeakerSegmentation, "infer", "segmentation")
+    except ImportError:  # a --src tree from before it: pyannote's
+        spy(Inference, "infer", "segmentation")
     spy(campplus.CampPlusEmbedding, "embed_frames", "embedding")
     spy(alignment, "align_with_wav2vec2", "alignment")
     last_turns: list = []

@@ -272,7 +272,8 @@ def stock_pipeline(args):
 
     from stages import offline_diarization
 
-    pipeline = offline_diarization.build_offline_pipeline(args.offline_diarization_dir, args.device)
+    # The pyannote-based class (the worker's own pipeline is plain torch): pyannote's loop needs it.
+    pipeline = offline_diarization.build_pyannote_offline_pipeline(args.offline_diarization_dir, args.device)
     pipeline.get_embeddings = types.MethodType(SpeakerDiarization.get_embeddings, pipeline)
     if args.device == "cuda":
         torch.cuda.synchronize()
