@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyannote.core import SlidingWindowFeature
 
+from stages.pyannote_core import SlidingWindowFeature
 from stages.campplus import CPU_EMBEDDING_FRAMES, CUDA_EMBEDDING_FRAMES, SAMPLE_RATE, CampPlusEmbedding
 
 logger = logging.getLogger("diarization")

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
-from pyannote.core import Annotation
 
 from model_cache import SingleFlightCache
 
@@ -62,6 +61,7 @@ from stages.offline_diarization import (
     PlainSpeakerDiarization,
     build_offline_pipeline,
 )
+from stages.pyannote_core import Annotation
 from stages.pyannote_telemetry import disable_pyannote_telemetry
 from stages.speaker_assignment import SpeakerTurn, clip_turns, longest_spans
 
@@ -583,9 +583,10 @@ class DiarizationModels:
             return pipeline.warm_up_embeddings()
 
     def warm_up(self) -> None:
-        """Load the offline pipeline now (start-up), logging instead of raising on failure."""
+        """Load the offline pipeline now (start-up), and what its first run would import,
+        logging instead of raising on failure."""
         try:
-            self.offline_pipeline()
+            self.offline_pipeline().pipeline.warm_up()
         except Exception as exc:  # noqa: BLE001 - a missing offline pipeline is reported per request
             logger.warning("offline diarization pipeline not loaded: %s", _describe_error(exc, None))
 

@@ -17,8 +17,9 @@ pyannote.audio on the same scipy calls, so the clusters are the same:
 4. Small clusters join the large cluster with the nearest centroid (cosine); then each
    (chunk, local speaker), kept or not, goes to the cluster with the nearest centroid.
 
-scipy's cluster and spatial modules are imported at the first clustering, not with this module:
-the diarization lane's start-up does not need them, and they take ~0.3 s to import.
+scipy's cluster and spatial modules are imported at the first clustering (or by
+``import_scipy``), not with this module: building the pipeline does not need them, and they take
+~0.3 s to import.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ logger = logging.getLogger("diarization")
 MIN_ACTIVE_RATIO = 0.2
 """Least share of its chunk's frames a local speaker must talk alone in for its embedding to
 build clusters (pyannote's ``min_active_ratio``)."""
+
+
+def import_scipy() -> None:
+    """Import the scipy modules clustering uses now (a warm-up), not in the first run that clusters."""
+    import scipy.cluster.hierarchy  # noqa: F401
+    import scipy.spatial.distance  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ formulas (frame times), the same numpy/pyannote.core calls are made on the same 
 from __future__ import annotations
 
 import numpy as np
-from pyannote.core import Annotation, Segment, SlidingWindow, SlidingWindowFeature
-from pyannote.core.utils.generators import string_generator
+
+from stages.pyannote_core import Annotation, Segment, SlidingWindow, SlidingWindowFeature, string_generator
 
 
 def overlap_add(scores: SlidingWindowFeature, frames: SlidingWindow, average: bool) -> SlidingWindowFeature:

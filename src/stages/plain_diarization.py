@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pyannote.core import Annotation, SlidingWindowFeature
 
 from stages.campplus import SAMPLE_RATE, CampPlusEmbedding, load_campplus_embedding
 from stages.chunk_embeddings import embed_chunks, warm_up_embedding
-from stages.diarization_clustering import ClusteringParameters, cluster_embeddings
+from stages.diarization_clustering import ClusteringParameters, cluster_embeddings, import_scipy
 from stages.diarization_frames import cluster_activity, discrete_diarization, speaker_count, to_annotation
+from stages.pyannote_core import Annotation, SlidingWindowFeature
 from stages.offline_assets import OFFLINE_HYPER_PARAMETERS, OfflineHyperParameters, for_device, locate_offline_assets
 from stages.speaker_segmentation import SpeakerSegmentation, load_segmentation_network
 
@@ -139,6 +139,11 @@ class PlainSpeakerDiarization:
         little speech (``chunk_embeddings.embed_chunks``)."""
         return embed_chunks(self._embedding, self.waveform(file), binary_segmentations,
                             batch_size=self.hyper_parameters.batch_size, exclude_overlap=exclude_overlap, hook=hook)
+
+    def warm_up(self) -> None:
+        """Import what the first run that clusters would (scipy's clustering, ~0.3 s), so that a
+        start-up lane pays it instead of the first job: a warm-up run on noise never clusters."""
+        import_scipy()
 
     def warm_up_embeddings(self) -> int:
         """``chunk_embeddings.warm_up_embedding`` of this pipeline's CAM++ (GPU only)."""

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyannote.core import SlidingWindow, SlidingWindowFeature
 
+from stages.pyannote_core import SlidingWindow, SlidingWindowFeature
 from stages.vad_network import FrameGrid, SegmentationNetwork, read_checkpoint_with_task
 
 SegmentationHook = Callable[..., None]

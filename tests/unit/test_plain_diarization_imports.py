@@ -24,9 +24,10 @@ from stages import diarization
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# What pyannote.audio drags in; none of it may be imported by the offline pipeline.
+# What pyannote.audio drags in, and matplotlib (pyannote.core's notebook imports it unless
+# stages/pyannote_core.py keeps it out); none of it may be imported by the offline pipeline.
 FORBIDDEN = ("pyannote.audio", "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "transformers",
-             "torchvision", "scipy.signal", "whisperx")
+             "torchvision", "scipy.signal", "whisperx", "matplotlib")
 
 PROBE = """
 import json, sys
