@@ -59,7 +59,7 @@ def start(lanes: Lanes, ready: DiarizationReady | None, waveform: np.ndarray,
         # or out of its time budget) must not keep the one diarization thread busy.
         if state.stop.is_set() or state.control.stopped():
             # Imported here, in the diarization thread: the job's own thread never waits
-            # for pyannote's import, which start-up's diarization lane may still be running.
+            # for the diarization stage's imports, which start-up's lane may still be running.
             from stages import diarization
 
             raise diarization.Stopped("the job ended before its diarization did")

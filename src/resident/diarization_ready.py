@@ -1,8 +1,8 @@
 """The diarization registry as it becomes ready, after the worker is.
 
-Start-up's diarization lane (pyannote's import, the pipeline's load and one warm-up run per
-diarization thread) is the longest lane, and only jobs that ask for speakers need it: the
-worker says "ready" without waiting for it (issue 26). A job whose diarization starts before
+Start-up's diarization lane (the diarization stage's imports, the offline pipeline's load and
+one warm-up run per diarization thread) may end last, and only jobs that ask for speakers need
+it: the worker says "ready" without waiting for it (issue 26). A job whose diarization starts before
 the lane ends waits for the registry in its diarization thread, and its ``debug_info`` timings
 carry ``diarization_warmup_wait_s``: the part of its diarization's wait that start-up's lane
 still ran.

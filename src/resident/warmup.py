@@ -158,7 +158,7 @@ class WarmUp:
         """The VAD, then the aligners: load, and with WARMUP run once."""
         started = time.perf_counter()
         # No pyannote here: the VAD network is plain torch, so this lane never waits for
-        # pyannote's import, which the diarization lane runs.
+        # pyannote's import (which no start-up lane runs: the offline diarization is plain too).
         vad_model = self.asr_models.vad()
         if self.settings.warmup:
             # Over 30 s and 2 minutes on a GPU: one batch of chunks and a full one.
