@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from stages.pyannote_core import SlidingWindow, SlidingWindowFeature
-from stages.vad_network import FrameGrid, SegmentationNetwork, read_checkpoint_with_task
+from stages.vad_network import FrameGrid, SegmentationNetwork, read_checkpoint_with_task, sliding_chunks
 
 SegmentationHook = Callable[..., None]
 """Called as ``hook(completed=chunks done, total=chunks)`` while chunks go through the network."""
@@ -150,27 +149,16 @@ class SpeakerSegmentation:
         boundary (or is shorter than a chunk), one more chunk starts after the last complete one
         and is zero-padded to full length, and runs alone.
         """
-        window, step = self.window_samples, self.step_samples
-        num_samples = int(waveform.shape[1])
-        if num_samples >= window:
-            # (channel, chunk, sample) -> (chunk, channel, sample): views, no copy.
-            chunks = waveform.unfold(1, window, step).permute(1, 0, 2)
-            num_chunks = int(chunks.shape[0])
-        else:
-            chunks, num_chunks = waveform.new_zeros((0, 1, window)), 0
-        has_last = num_samples < window or (num_samples - window) % step > 0
-        total = num_chunks + int(has_last)
+        batches, complete = sliding_chunks(waveform, self.window_samples, self.step_samples, self.batch_size)
+        full_batches = -(-complete // self.batch_size)
+        total = complete + len(batches) - full_batches  # the padded last chunk, if any, counts too
         if hook is not None:
             hook(completed=0, total=total)
         outputs = []
-        for first in range(0, num_chunks, self.batch_size):
-            outputs.append(self.infer(chunks[first:first + self.batch_size]))
+        for index, batch in enumerate(batches):
+            outputs.append(self.infer(batch))
             if hook is not None:
-                # As pyannote counts: may pass ``total`` on the last full batch.
-                hook(completed=first + self.batch_size, total=total)
-        if has_last:
-            last = waveform[:, num_chunks * step:]
-            outputs.append(self.infer(F.pad(last, (0, window - last.shape[1]))[None]))
-            if hook is not None:
-                hook(completed=total, total=total)
+                # As pyannote counts: a full batch adds batch_size (may pass ``total`` on the
+                # last one); the padded last chunk completes it.
+                hook(completed=(index + 1) * self.batch_size if index < full_batches else total, total=total)
         return SlidingWindowFeature(np.vstack(outputs), self.chunks())

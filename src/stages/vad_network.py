@@ -207,6 +207,25 @@ class SpeechScores:
     frames: FrameGrid
 
 
+def sliding_chunks(waveform: torch.Tensor, window: int, step: int, batch_size: int) -> tuple[list[torch.Tensor], int]:
+    """A (1, samples) waveform cut into ``window``-sample chunks every ``step`` samples, as
+    (chunks, 1, window) forward batches of at most ``batch_size`` complete chunks; when the file
+    does not end on a chunk boundary (or is shorter than one chunk), one more chunk after the
+    last complete one, zero-padded to full length, alone in the last batch (pyannote's sliding
+    inference). Returns the batches and the number of complete chunks."""
+    samples = int(waveform.shape[1])
+    if samples >= window:
+        chunks = waveform.unfold(1, window, step).permute(1, 0, 2)  # (chunk, channel, sample): a view
+    else:
+        chunks = waveform.new_zeros((0, 1, window))
+    complete = int(chunks.shape[0])
+    batches = [chunks[c : c + batch_size] for c in range(0, complete, batch_size)]
+    if samples < window or (samples - window) % step > 0:
+        tail = waveform[:, complete * step :]
+        batches.append(F.pad(tail, (0, window - tail.shape[1]))[None])
+    return batches, complete
+
+
 class VadNetwork:
     """The network on a device, and its sliding inference cut into batches."""
 
@@ -230,16 +249,8 @@ class VadNetwork:
         """The file's chunks in forward batches (the zero-padded tail chunk alone, last), and
         the file's length in samples."""
         tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0)
-        samples = tensor.shape[1]
-        if samples >= self.window:
-            chunks = tensor.unfold(1, self.window, self.step).permute(1, 0, 2)  # (chunk, channel, sample)
-        else:
-            chunks = tensor.new_zeros((0, 1, self.window))
-        out = [chunks[c : c + BATCH_CHUNKS] for c in range(0, chunks.shape[0], BATCH_CHUNKS)]
-        if samples < self.window or (samples - self.window) % self.step > 0:
-            tail = tensor[:, chunks.shape[0] * self.step :]
-            out.append(F.pad(tail, (0, self.window - tail.shape[1]))[None])
-        return out, samples
+        out, _ = sliding_chunks(tensor, self.window, self.step, BATCH_CHUNKS)
+        return out, tensor.shape[1]
 
     def infer(self, batch: torch.Tensor) -> np.ndarray:
         """(chunks, frames, 1): each frame's highest speaker probability, i.e. its speech score."""
