@@ -8,6 +8,10 @@ twice, each padded forward synchronised and summed. Mode ``pyannote`` starts
 
     python3 bench/aligner_lane_probe.py alone --aligner /tmp/wav2vec2-ru-large
     python3 bench/aligner_lane_probe.py pyannote --aligner /tmp/wav2vec2-ru-large
+    python3 bench/aligner_lane_probe.py alone --no-cudnn --aligner /tmp/wav2vec2-ru-large
+
+``--no-cudnn`` turns cuDNN off for the process (torch's own convolution kernels), to tell how
+much of a new shape's first-time cost is cuDNN choosing a plan.
 
 Prints one line per step (seconds). Measured on an H100 (BENCHMARKS 16, session 15).
 """
@@ -29,11 +33,13 @@ def main() -> None:
     parser.add_argument("mode", choices=("alone", "pyannote"))
     parser.add_argument("--aligner", required=True, help="wav2vec2 CTC folder (config.json, vocab.json, weights)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-cudnn", action="store_true", help="torch.backends.cudnn.enabled = False")
     args = parser.parse_args()
     clock = time.perf_counter
     started = clock()
     import torch
 
+    torch.backends.cudnn.enabled = not args.no_cudnn
     torch.zeros(1, device=args.device)
     print("torch + device", round(clock() - started, 2), flush=True)
     from stages import alignment, ctc_alignment
@@ -67,7 +73,7 @@ def main() -> None:
         spent.clear()
         began = clock()
         shapes = ctc_alignment.warm_up(aligner.model, aligner.metadata, args.device)
-        print(args.mode, attempt, "warm-up:", shapes, "shapes", round(clock() - began, 2), "s; forwards",
+        print(args.mode, "no-cudnn" if args.no_cudnn else "cudnn", attempt, "warm-up:", shapes, "shapes", round(clock() - began, 2), "s; forwards",
               round(sum(spent), 2), "s", flush=True)
 
 
