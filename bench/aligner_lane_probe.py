@@ -74,7 +74,7 @@ def main() -> None:
         began = clock()
         shapes = ctc_alignment.warm_up(aligner.model, aligner.metadata, args.device)
         print(args.mode, "no-cudnn" if args.no_cudnn else "cudnn", attempt, "warm-up:", shapes, "shapes", round(clock() - began, 2), "s; forwards",
-              round(sum(spent), 2), "s", flush=True)
+              round(sum(spent), 2), "s; each (ms):", " ".join(str(round(1000 * s)) for s in spent), flush=True)
 
 
 if __name__ == "__main__":
