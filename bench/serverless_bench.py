@@ -115,14 +115,18 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def apply_aligner_option(args: argparse.Namespace) -> None:
-    """``--aligner-seconds-per-forward``: the worker's aligner options for this run."""
+    """``--aligner-seconds-per-forward`` and ``--aligner-pad-widths``: the worker's aligner
+    options for this run."""
+    import dataclasses
+
+    from stages import ctc_alignment
+
     if args.aligner_seconds_per_forward:
-        import dataclasses
-
-        from stages import ctc_alignment
-
         ctc_alignment.DEFAULT_OPTIONS = dataclasses.replace(
             ctc_alignment.DEFAULT_OPTIONS, max_seconds_per_forward=args.aligner_seconds_per_forward)
+    if args.aligner_pad_widths is not None:
+        widths = tuple(float(w) for w in args.aligner_pad_widths.split(",") if w.strip())
+        ctc_alignment.DEFAULT_OPTIONS = dataclasses.replace(ctc_alignment.DEFAULT_OPTIONS, pad_widths_s=widths)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -250,6 +254,9 @@ def main() -> None:
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--aligner-seconds-per-forward", type=float, default=None,
                         help="the aligner's padded audio per forward (ctc_alignment.CtcAlignOptions), for A/B runs")
+    parser.add_argument("--aligner-pad-widths", default=None,
+                        help="comma list of the aligner's padded row widths in seconds (CtcAlignOptions.pad_widths_s; "
+                             "empty: whole seconds), for A/B runs")
     parser.add_argument("--skip", default="", help="comma list of: cold, long, clips (clips and long: the cold start alone)")
     parser.add_argument("--keep-kernel-cache", action="store_true",
                         help="cold start with the CUDA kernel cache a previous run left (default: emptied first)")
@@ -320,6 +327,7 @@ def main() -> None:
     from stages import ctc_alignment
 
     report["aligner_seconds_per_forward"] = ctc_alignment.DEFAULT_OPTIONS.max_seconds_per_forward
+    report["aligner_pad_widths_s"] = list(getattr(ctc_alignment.DEFAULT_OPTIONS, "pad_widths_s", ()))
     import ctranslate2
 
     report["ctranslate2"] = f"{ctranslate2.__version__} ({Path(ctranslate2.__file__).parent})"

@@ -52,7 +52,13 @@ class CtcAlignOptions:
 
     max_rows_per_forward: int = 32  # segments per model forward
     max_seconds_per_forward: float = 120.0  # padded audio per forward (rows x longest row): 240 s took ~8 GB of torch memory for xlsr-large in fp16 on an H100
-    pad_multiple_s: float = 1.0  # padded lengths are multiples of this, so shapes repeat (cuDNN autotune caches per shape)
+    # Padded row lengths (seconds, ascending): a row is padded up to the first that holds it, so
+    # shapes repeat (cuDNN plans each new shape once; on the lent H100 a new shape's first
+    # forward took ~130 ms against ~30 ms, bench/aligner_lane_probe.py). Steps of 1 s up to 8 s,
+    # where most segments fall, then ~20 % apart: 16 shapes up to 32 s, each warmed up at
+    # start-up, instead of 32 with 1 s steps. Longer rows: multiples of ``pad_multiple_s``.
+    pad_widths_s: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24, 28, 32)
+    pad_multiple_s: float = 1.0
     # Where models that pad exactly (padding_is_exact) get padded batches: "cuda" (on a GPU,
     # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and
     # computes the padding), "always" or "never" (one segment per forward everywhere).
@@ -226,9 +232,24 @@ def plan_batches(lengths: Sequence[int], padded: bool, options: CtcAlignOptions)
 
 
 def _padded_length(samples: int, options: CtcAlignOptions) -> int:
-    """``samples`` rounded up to a multiple of ``pad_multiple_s``."""
+    """``samples`` rounded up to the first of ``pad_widths_s`` that holds it, else to a
+    multiple of ``pad_multiple_s``."""
+    for seconds in options.pad_widths_s:
+        width = int(round(seconds * SAMPLE_RATE))
+        if samples <= width:
+            return width
     multiple = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))
     return int(math.ceil(samples / multiple)) * multiple
+
+
+def padded_widths(longest_samples: int, options: CtcAlignOptions) -> list[int]:
+    """Every padded row length (samples) a row of at most ``longest_samples`` can get."""
+    widths, samples = [], 1
+    while samples <= longest_samples:
+        width = _padded_length(samples, options)
+        widths.append(width)
+        samples = width + 1
+    return widths
 
 
 def _fixed_rows(device: str, options: CtcAlignOptions) -> bool:
@@ -341,8 +362,8 @@ def uses_padded_batches(model: AlignModel, vocabulary: Vocabulary, device: str, 
 
 def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
     """Align silent segments that fill one padded forward of every shape segments up to
-    ``longest_s`` seconds can produce with ``fixed_rows`` (each row 0.5 s shorter than its
-    batch, so the attention mask is used as in a job), through the whole path: forward,
+    ``longest_s`` seconds can produce with ``fixed_rows`` (each row halfway between its padded
+    width and the next smaller one, so the attention mask is used as in a job), through the whole path: forward,
     log-softmax, host copy, trellis. A job then never meets a shape for the first time.
     Returns the number of shapes run (0 where forwards are not padded batches: their
     shapes are each segment's own length)."""
@@ -351,11 +372,11 @@ def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 3
     if not (_fixed_rows(device, options) and uses_padded_batches(model, vocabulary, device, options)):
         return 0
     letters = [c for c in vocabulary.dictionary if len(c) == 1 and c.isalpha()][:8] or ["a"]
-    step = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))
-    widths = range(step, _padded_length(int(longest_s * SAMPLE_RATE), options) + 1, step)
+    widths = padded_widths(int(longest_s * SAMPLE_RATE), options)
     segments = []
-    for width in widths:
-        seconds = max(0.1, (width - step / 2) / SAMPLE_RATE)
+    for width, previous in zip(widths, [0, *widths]):
+        # halfway between this width and the one below it: a row that pads to this width
+        seconds = max(0.1, (width + previous) / 2 / SAMPLE_RATE)
         text = " ".join(letters[i % len(letters)] * 3 for i in range(max(1, int(seconds))))
         segments.extend([SegmentText(0.0, seconds, text)] * rows_for_length(width, options))
     noise = np.random.default_rng(0).standard_normal(widths[-1]).astype(np.float32) * 0.01
