@@ -54,10 +54,12 @@ class CtcAlignOptions:
     max_seconds_per_forward: float = 120.0  # padded audio per forward (rows x longest row): 240 s took ~8 GB of torch memory for xlsr-large in fp16 on an H100
     # Padded row lengths (seconds, ascending): a row is padded up to the first that holds it, so
     # shapes repeat (cuDNN plans each new shape once; on the lent H100 a new shape's first
-    # forward took ~130 ms against ~30 ms, bench/aligner_lane_probe.py). Steps of 1 s up to 8 s,
-    # where most segments fall, then ~20 % apart: 16 shapes up to 32 s, each warmed up at
-    # start-up, instead of 32 with 1 s steps. Longer rows: multiples of ``pad_multiple_s``.
-    pad_widths_s: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24, 28, 32)
+    # forward took ~130 ms against ~30 ms, bench/aligner_lane_probe.py), and every shape up to
+    # 32 s is warmed up at start-up: 18 shapes instead of 32 in whole seconds. Above 8 s the
+    # widths are where ``rows_for_length`` (120 s / width) changes, so each row shares a forward
+    # with as many others as it did in whole seconds: a long file needs no more forwards.
+    # Longer rows: multiples of ``pad_multiple_s``.
+    pad_widths_s: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 15, 17, 20, 24, 30, 32)
     pad_multiple_s: float = 1.0
     # Where models that pad exactly (padding_is_exact) get padded batches: "cuda" (on a GPU,
     # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and
