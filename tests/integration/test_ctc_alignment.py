@@ -194,7 +194,7 @@ def test_matches_whisperx_batched_layer_norm(program, layer_norm_aligner):
 
 def test_fixed_rows_pad_batches_with_silence_without_changing_words(program, layer_norm_aligner):
     """Padded forwards filled up to ``rows_for_length`` rows (the default on CUDA) time every word as
-    batches of only the real rows do; warm_up runs one forward per whole-second width."""
+    batches of only the real rows do; warm_up runs one forward per padded width (up to 4.5 s: 1-5 s)."""
     waveform, segments = program
     model, metadata = layer_norm_aligner
     exact_rows = CtcAlignOptions(padded_batches="always", fixed_rows="never")
