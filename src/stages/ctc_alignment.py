@@ -365,8 +365,8 @@ def uses_padded_batches(model: AlignModel, vocabulary: Vocabulary, device: str, 
 def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 32.0, options: CtcAlignOptions | None = None) -> int:
     """Align silent segments that fill one padded forward of every shape segments up to
     ``longest_s`` seconds can produce with ``fixed_rows`` (each row halfway between its padded
-    width and the next smaller one, so the attention mask is used as in a job), through the whole path: forward,
-    log-softmax, host copy, trellis. A job then never meets a shape for the first time.
+    width and the next smaller one, so the attention mask is used as in a job), through the
+    whole path: forward, log-softmax, host copy, trellis. A job then never meets a shape for the first time.
     Returns the number of shapes run (0 where forwards are not padded batches: their
     shapes are each segment's own length)."""
     options = options or DEFAULT_OPTIONS
