@@ -351,6 +351,7 @@ def main() -> None:
         # The keys for --in-flight; the same keys suffixed "_<N>_in_flight" for the others.
         suffix = "" if limit == args.in_flight else f"_{limit}_in_flight"
         calls_before = dict(vars(predictor.whisper_calls.stats))
+        torch_before = (predictor.lanes.torch_busy_s, predictor.lanes.torch_queued_s)
         started = now()
         together = asyncio.run(in_flight(handler, jobs, limit))
         concurrent_s = now() - started
@@ -365,6 +366,11 @@ def main() -> None:
         calls["seconds_per_call"] = round(calls["busy_s"] / max(calls["calls"], 1), 4)
         calls["busy_share"] = round(calls.pop("busy_s") / concurrent_s, 3)
         report["whisper_calls_concurrent" + suffix] = calls
+        # The torch thread (every job's VAD and aligner forwards, one at a time): its busy share,
+        # and the seconds an item waited for it, on average per job.
+        report["torch_thread_concurrent" + suffix] = {
+            "busy_share": round((predictor.lanes.torch_busy_s - torch_before[0]) / concurrent_s, 3),
+            "queued_s_per_job": round((predictor.lanes.torch_queued_s - torch_before[1]) / len(jobs), 4)}
         report["peak_gpu_mib_concurrent" + suffix] = peak_mib(memory) if memory else None
         report["stage_s_concurrent" + suffix] = mean_timings()
         out.write_text(json.dumps(report, indent=1))

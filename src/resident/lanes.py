@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -87,6 +88,12 @@ class Lanes:
         self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch", initializer=self.use_side_stream)
         self._jobs_lock = threading.Lock()
         self._jobs_in_flight = 0
+        # Seconds the torch thread spent running items, and items spent queued for it (both
+        # summed over items; written by the torch thread only). A benchmark reads their growth
+        # over a busy spell: a busy share near 1 means jobs' VAD and aligner forwards wait for
+        # one another, not for the GPU.
+        self.torch_busy_s = 0.0
+        self.torch_queued_s = 0.0
 
     def configure(self, device: str, side_streams: bool, diarization_threads: int, diarization_replicas: int) -> None:
         """Start-up's choice of device and diarization threads: a thread (and a pipeline replica)
@@ -109,7 +116,7 @@ class Lanes:
         started is withdrawn, one already running finishes alone (one batch or segment)."""
         if control is not None:
             control.check(stage)
-        future = self.torch_thread.submit(contextvars.copy_context().run, work)
+        future = self.torch_thread.submit(self._timed, contextvars.copy_context().run, work, time.perf_counter())
         if control is None:
             return future.result()
         while True:
@@ -120,6 +127,15 @@ class Lanes:
             if control.stopped():
                 future.cancel()
                 raise control.error(stage)
+
+    def _timed(self, run: Callable[[Callable[[], T]], T], work: Callable[[], T], submitted: float) -> T:
+        """``run(work)`` in the torch thread, counted into ``torch_busy_s`` / ``torch_queued_s``."""
+        started = time.perf_counter()
+        self.torch_queued_s += started - submitted
+        try:
+            return run(work)
+        finally:
+            self.torch_busy_s += time.perf_counter() - started
 
     # ------------------------------------------------------------------ CUDA side streams
     def side_stream(self) -> torch.cuda.Stream | None:

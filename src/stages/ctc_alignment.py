@@ -22,14 +22,18 @@ import bisect
 import functools
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import torch
+
+from stages.ctc_batches import SAMPLE_RATE as SAMPLE_RATE
+from stages.ctc_batches import CtcAlignOptions as CtcAlignOptions
+from stages.ctc_batches import padded_length, padded_widths, plan_batches, uses_fixed_rows
+from stages.ctc_batches import rows_for_length as rows_for_length
 
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -38,39 +42,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ctc_alignment")  # the bare name: log lines read as before the move
 
-SAMPLE_RATE = 16000
 # wav2vec2's convolutions need 400 samples for one frame; whisperX zero-pads shorter crops.
 MIN_INPUT_SAMPLES = 400
 # Frames of token emissions gathered at once by the trellis (bounds a temporary array).
 _GATHER_FRAMES = 128
-
-
-@dataclass(frozen=True)
-class CtcAlignOptions:
-    """Tunables of the emission batching and the trellis; none of them changes a result of the
-    one-segment-per-forward path, and batching changes layer-norm emissions only by float noise."""
-
-    max_rows_per_forward: int = 32  # segments per model forward
-    max_seconds_per_forward: float = 120.0  # padded audio per forward (rows x longest row): 240 s took ~8 GB of torch memory for xlsr-large in fp16 on an H100
-    # Padded row lengths (seconds, ascending): a row is padded up to the first that holds it, so
-    # shapes repeat (cuDNN plans each new shape once; on the lent H100 a new shape's first
-    # forward took ~130 ms against ~30 ms, bench/aligner_lane_probe.py), and every shape up to
-    # 32 s is warmed up at start-up: 18 shapes instead of 32 in whole seconds. Above 8 s the
-    # widths are where ``rows_for_length`` (120 s / width) changes, so each row shares a forward
-    # with as many others as it did in whole seconds: a long file needs no more forwards.
-    # Longer rows: multiples of ``pad_multiple_s``.
-    pad_widths_s: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 15, 17, 20, 24, 30, 32)
-    pad_multiple_s: float = 1.0
-    # Where models that pad exactly (padding_is_exact) get padded batches: "cuda" (on a GPU,
-    # where batching saves a launch-bound forward per segment; on a CPU it saves nothing and
-    # computes the padding), "always" or "never" (one segment per forward everywhere).
-    padded_batches: Literal["cuda", "always", "never"] = "cuda"
-    # Where padded forwards get exactly ``rows_for_length`` rows (silent rows fill a short
-    # batch), so every forward has one of ~30 shapes, all run once at start-up by ``warm_up``:
-    # "cuda" (a new shape costs cuDNN a plan, ~40 ms each, ~0.3 s on the first 16-min job
-    # without this; on a CPU the filler rows would only cost time), "always" or "never".
-    fixed_rows: Literal["cuda", "always", "never"] = "cuda"
-    max_trellis_cells: int = 64_000_000  # segments x frames x tokens per trellis pass (= bytes of its decision array)
 
 
 # The options the worker runs with (a benchmark may swap in others before the worker starts).
@@ -211,59 +186,6 @@ def padding_is_exact(model: AlignModel, vocabulary: Vocabulary) -> bool:
     return vocabulary.model_type == "huggingface" and getattr(config, "feat_extract_norm", None) == "layer"
 
 
-def plan_batches(lengths: Sequence[int], padded: bool, options: CtcAlignOptions) -> list[list[int]]:
-    """Group positions of ``lengths`` (samples) into batches, shortest first.
-
-    A batch holds at most ``max_rows_per_forward`` rows and at most ``max_seconds_per_forward``
-    of audio: padded (rows x longest row, rounded up) for padded forwards, else the sum of its
-    rows, which bounds the emissions held at once. One row always fits.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    limit = options.max_seconds_per_forward * SAMPLE_RATE
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        cost = (len(current) + 1) * _padded_length(lengths[i], options) if padded else sum(lengths[k] for k in current) + lengths[i]
-        if current and (len(current) >= options.max_rows_per_forward or cost > limit):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _padded_length(samples: int, options: CtcAlignOptions) -> int:
-    """``samples`` rounded up to the first of ``pad_widths_s`` that holds it, else to a
-    multiple of ``pad_multiple_s``."""
-    for seconds in options.pad_widths_s:
-        width = int(round(seconds * SAMPLE_RATE))
-        if samples <= width:
-            return width
-    multiple = max(1, int(round(options.pad_multiple_s * SAMPLE_RATE)))
-    return int(math.ceil(samples / multiple)) * multiple
-
-
-def padded_widths(longest_samples: int, options: CtcAlignOptions) -> list[int]:
-    """Every padded row length (samples) a row of at most ``longest_samples`` can get."""
-    widths, samples = [], 1
-    while samples <= longest_samples:
-        width = _padded_length(samples, options)
-        widths.append(width)
-        samples = width + 1
-    return widths
-
-
-def _fixed_rows(device: str, options: CtcAlignOptions) -> bool:
-    return options.fixed_rows == "always" or (options.fixed_rows == "cuda" and str(device).startswith("cuda"))
-
-
-def rows_for_length(padded_samples: int, options: CtcAlignOptions) -> int:
-    """Rows of a padded forward whose rows are ``padded_samples`` long: as many as
-    ``plan_batches`` can put in it (at least 1)."""
-    return max(1, min(options.max_rows_per_forward, int(options.max_seconds_per_forward * SAMPLE_RATE // padded_samples)))
-
-
 def output_frames(model: AlignModel, samples: np.ndarray) -> np.ndarray:
     """Emission frames a Hugging Face wav2vec2 model (transformers' or ``wav2vec2_network``'s)
     makes from inputs of ``samples`` samples."""
@@ -277,8 +199,8 @@ def output_frames(model: AlignModel, samples: np.ndarray) -> np.ndarray:
 def _forward_padded(model: AlignModel, jobs: Sequence[_Job], device: str, options: CtcAlignOptions) -> tuple[list[torch.Tensor], np.ndarray]:
     """One forward of zero-padded rows with an attention mask; logits (rows, frames, columns)."""
     lengths = np.array([len(job.samples) for job in jobs], dtype=np.int64)
-    width = _padded_length(int(lengths.max()), options)
-    rows = max(len(jobs), rows_for_length(width, options)) if _fixed_rows(device, options) else len(jobs)
+    width = padded_length(int(lengths.max()), options)
+    rows = max(len(jobs), rows_for_length(width, options)) if uses_fixed_rows(device, options) else len(jobs)
     audio = np.zeros((rows, width), dtype=np.float32)
     mask = np.ones(audio.shape, dtype=np.int64)  # filler rows: silence, unmasked (no empty attention)
     for row, job in enumerate(jobs):
@@ -371,7 +293,7 @@ def warm_up(model: AlignModel, metadata: dict, device: str, longest_s: float = 3
     shapes are each segment's own length)."""
     options = options or DEFAULT_OPTIONS
     vocabulary = Vocabulary.from_metadata(metadata)
-    if not (_fixed_rows(device, options) and uses_padded_batches(model, vocabulary, device, options)):
+    if not (uses_fixed_rows(device, options) and uses_padded_batches(model, vocabulary, device, options)):
         return 0
     letters = [c for c in vocabulary.dictionary if len(c) == 1 and c.isalpha()][:8] or ["a"]
     widths = padded_widths(int(longest_s * SAMPLE_RATE), options)
