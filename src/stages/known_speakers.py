@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from job_control import JobControl
 from stages import audio, fetch
@@ -118,6 +117,10 @@ def name_speakers(names: Sequence[str], reference_embeddings: np.ndarray, centro
                                                  for name in names])
     similarity = _cosine(np.asarray(reference_embeddings, dtype=np.float64),
                          np.asarray([centroids[label] for label in labels], dtype=np.float64))
+    # scipy.optimize is imported here, by the first job that names speakers, not by the
+    # handler's import on the way to "ready" (it took ~0.7 s of it: python -X importtime)
+    from scipy.optimize import linear_sum_assignment
+
     rows, columns = linear_sum_assignment(similarity, maximize=True)
     named: dict[str, str] = {}
     best = {name: round(float(similarity[i].max()), 4) for i, name in enumerate(names)}
