@@ -140,10 +140,18 @@ def child(args: argparse.Namespace) -> None:
 
     cap_decoding(args.tokens_per_second)
     apply_aligner_option(args)
+    import importlib.util
+
     import handler
 
+    # As handler.main starts a worker: the RunPod SDK imported beside start-up. Where the SDK is
+    # not installed (the lent GPU machine, unless its wheels are staged) the report says so:
+    # such a ready leaves out the SDK's import.
+    sdk = importlib.util.find_spec("runpod") is not None
+    if sdk:
+        handler.start_up_beside_sdk_import()
     predictor = handler.get_predictor()
-    print("READY", json.dumps(predictor.startup_timings), flush=True)
+    print("READY", json.dumps({"sdk_imported_beside": sdk}, separators=(",", ":")), json.dumps(predictor.startup_timings), flush=True)
     request = job(Path(args.child_clip), args, "first")
     for label in ("FIRST", "WARM", "WARM", "WARM"):
         started = now()
@@ -167,7 +175,9 @@ def cold_start(args: argparse.Namespace, clip: Path) -> dict:
         label, _, rest = line.strip().partition(" ")
         if label == "READY":
             report["ready_s"] = round(now() - started, 3)
-            report["startup_timings"] = json.loads(rest)
+            sdk, _, timings = rest.partition(" ")
+            report["sdk_imported_beside_start_up"] = json.loads(sdk)["sdk_imported_beside"]
+            report["startup_timings"] = json.loads(timings)
         elif label == "FIRST":
             seconds, _, detail = rest.partition(" ")
             report["first_job_s"] = round(float(seconds), 3)

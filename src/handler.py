@@ -36,11 +36,14 @@ if __name__ == "__main__":
 
     use_own_temp_dir()
 
+import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator, Callable  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import job_control  # noqa: E402
 import jobs  # noqa: E402
@@ -157,6 +160,21 @@ def _switch(name: str, fallback: object) -> object:
         return fallback
 
 
+def start_up_beside_sdk_import() -> ModuleType:
+    """Load and warm up the models (``jobs.start_up``) while the RunPod SDK is imported in
+    another thread, and return the SDK. Its import (aiohttp, fastapi, boto3; 1.6-2.0 s of a
+    2-core CPU, ``/usr/bin/time python -c "import runpod"``) is needed only to take jobs, so
+    it overlaps start-up's GPU work instead of coming before it. A start-up failure is logged
+    by ``jobs`` and answered per job; an SDK that cannot be imported raises here, as before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-sdk") as pool:
+        sdk = pool.submit(importlib.import_module, "runpod")
+        try:
+            jobs.start_up()  # load and warm up before taking jobs
+        except jobs.WorkerUnavailable:
+            pass  # logged once; jobs are answered with the cause instead of a crash loop
+        return sdk.result()
+
+
 def main() -> None:
     # Before the SDK is imported: its default DEBUG level prints every job's output.
     quiet_sdk_logs()
@@ -172,12 +190,7 @@ def main() -> None:
 
         openai_door.serve(os.environ)  # OpenAI's routes over HTTP; start-up runs beside /ping
         return
-    import runpod
-
-    try:
-        jobs.start_up()  # load and warm up before taking jobs
-    except jobs.WorkerUnavailable:
-        pass  # logged once; jobs are answered with the cause instead of a crash loop
+    runpod = start_up_beside_sdk_import()
     if _switch("QUEUE_STREAMING", False):
         runpod.serverless.start({"handler": serve_job_streaming, "concurrency_modifier": concurrency_modifier,
                                  "return_aggregate_stream": True})
