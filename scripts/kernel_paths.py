@@ -125,6 +125,9 @@ def probe(path: KernelPath) -> dict[str, str]:
                          ("onednn", r"onednn_verbose,[^\n]*?isa:([^\n,]+)")):
         match = re.search(pattern, text)
         found[key] = match.group(1).strip() if match else "?"
+    if "onednn_verbose" not in text:
+        # With MKL on an Intel CPU, MKL runs every GEMM of the probe: oneDNN prints nothing.
+        found["onednn"] = "not called"
     return found
 
 
