@@ -125,8 +125,12 @@ def probe(path: KernelPath) -> dict[str, str]:
                          ("onednn", r"onednn_verbose,[^\n]*?isa:([^\n,]+)")):
         match = re.search(pattern, text)
         found[key] = match.group(1).strip() if match else "?"
-    if "onednn_verbose" not in text:
-        # With MKL on an Intel CPU, MKL runs every GEMM of the probe: oneDNN prints nothing.
+    if out.returncode != 0:
+        # A probe that could not encode (e.g. the model is not set up) selected nothing: say so
+        # instead of leaving "?" that reads like a library's silence.
+        tail = (text.strip().splitlines() or ["?"])[-1]
+        found = {key: ("probe failed: " + tail[:80] if value == "?" else value) for key, value in found.items()}
+    elif "onednn_verbose" not in text:
         found["onednn"] = "not called"
     return found
 
