@@ -337,7 +337,7 @@ def main() -> None:
     from stages import ctc_alignment
 
     report["aligner_seconds_per_forward"] = ctc_alignment.DEFAULT_OPTIONS.max_seconds_per_forward
-    report["aligner_pad_widths_s"] = list(getattr(ctc_alignment.DEFAULT_OPTIONS, "pad_widths_s", ()))
+    report["aligner_pad_widths_s"] = list(ctc_alignment.DEFAULT_OPTIONS.pad_widths_s)
     import ctranslate2
 
     report["ctranslate2"] = f"{ctranslate2.__version__} ({Path(ctranslate2.__file__).parent})"

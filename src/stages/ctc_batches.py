@@ -37,12 +37,11 @@ class CtcAlignOptions:
     # computes the padding), "always" or "never" (one segment per forward everywhere).
     padded_batches: Literal["cuda", "always", "never"] = "cuda"
     # Where padded forwards get exactly ``rows_for_length`` rows (silent rows fill a short
-    # batch), so every forward has one of ~30 shapes, all run once at start-up by ``warm_up``:
+    # batch), so every forward has one shape per padded width, all run once at start-up by ``warm_up``:
     # "cuda" (a new shape costs cuDNN a plan, ~40 ms each, ~0.3 s on the first 16-min job
     # without this; on a CPU the filler rows would only cost time), "always" or "never".
     fixed_rows: Literal["cuda", "always", "never"] = "cuda"
     max_trellis_cells: int = 64_000_000  # segments x frames x tokens per trellis pass (= bytes of its decision array)
-
 
 
 def plan_batches(lengths: Sequence[int], padded: bool, options: CtcAlignOptions) -> list[list[int]]:
